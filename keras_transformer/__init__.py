@@ -1,0 +1,5 @@
+"""Keras 3 Transformer layers that train, save, export and decode."""
+
+__version__ = "0.1.0"
+
+from keras_transformer import layers  # noqa: E402,F401

@@ -1,0 +1,220 @@
+"""Shared fixtures and the common layer test harness.
+
+`run_layer_test` checks what every layer in the library promises: a config
+round trip, eager and symbolic calls that agree on shape, a `.keras` save/load
+inside a functional model with identical outputs, one `fit` step, and the
+`mixed_float16` / `mixed_bfloat16` policies.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import ops  # noqa: E402
+
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_keras_state():
+    """Each test starts from the same seeds, float32 policy and a clear session."""
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def random_floats(*shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(
+        "float32"
+    )
+
+
+def random_token_ids(batch, length, vocabulary_size, seed=0, padding_id=0):
+    """Random ids in [1, vocabulary_size); 0 is reserved for padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocabulary_size, size=(batch, length)).astype("int32")
+    if padding_id != 0:
+        ids[ids == padding_id] = 1
+    return ids
+
+
+def to_numpy(value):
+    return keras.ops.convert_to_numpy(value)
+
+
+def _as_call(input_data):
+    """Splits test inputs into positional and keyword call arguments."""
+    if isinstance(input_data, dict):
+        return (), dict(input_data)
+    if isinstance(input_data, (list, tuple)):
+        return tuple(input_data), {}
+    return (input_data,), {}
+
+
+def _first_output(outputs):
+    while isinstance(outputs, (list, tuple)):
+        outputs = outputs[0]
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
+    return outputs
+
+
+def _flat_outputs(outputs):
+    return keras.tree.flatten(outputs)
+
+
+def _symbolic_inputs(args, kwargs):
+    def to_input(name, value):
+        value = np.asarray(value)
+        return keras.Input(
+            shape=value.shape[1:], batch_size=None, dtype=str(value.dtype), name=name
+        )
+
+    sym_args = tuple(to_input(f"arg_{i}", v) for i, v in enumerate(args))
+    sym_kwargs = {name: to_input(name, v) for name, v in kwargs.items()}
+    return sym_args, sym_kwargs
+
+
+def _functional_model(layer, args, kwargs, call_kwargs):
+    sym_args, sym_kwargs = _symbolic_inputs(args, kwargs)
+    outputs = layer(*sym_args, **sym_kwargs, **call_kwargs)
+    inputs = list(sym_args) + list(sym_kwargs.values())
+    return keras.Model(inputs, outputs), [np.asarray(a) for a in args] + [
+        np.asarray(v) for v in kwargs.values()
+    ]
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    call_kwargs=None,
+    expected_output_shape=None,
+    expected_output_dtype=None,
+    run_training=True,
+    run_mixed_precision=True,
+    run_saving=True,
+    tmp_path=None,
+    atol=1e-6,
+):
+    """Runs the checks every layer in this library must pass.
+
+    Args:
+        layer_cls: the layer class under test.
+        init_kwargs: dict of constructor arguments.
+        input_data: a NumPy array (first positional argument), a tuple of
+            arrays (positional arguments) or a dict of arrays (keyword tensor
+            arguments). The first axis of every array is the batch axis.
+        call_kwargs: dict of non-tensor call arguments (flags).
+        expected_output_shape: shape of the first output, or None to skip.
+        expected_output_dtype: dtype of the first output under a mixed policy;
+            defaults to the policy's compute dtype.
+        run_training: run one `fit` step on the first output.
+        run_mixed_precision: check `mixed_float16` and `mixed_bfloat16`.
+        run_saving: save and reload a functional model as `.keras`.
+        tmp_path: folder for the `.keras` file (pytest's `tmp_path`).
+    """
+    call_kwargs = dict(call_kwargs or {})
+    args, kwargs = _as_call(input_data)
+
+    # Config round trip: from_config(get_config()) rebuilds an equal config.
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    revived = layer_cls.from_config(config)
+    assert revived.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert type(restored) is layer_cls
+
+    # Eager call.
+    eager_outputs = layer(*args, **kwargs, **call_kwargs)
+    eager_first = to_numpy(_first_output(eager_outputs))
+    if expected_output_shape is not None:
+        assert tuple(eager_first.shape) == tuple(expected_output_shape)
+    for value in _flat_outputs(eager_outputs):
+        value = to_numpy(value)
+        if np.issubdtype(value.dtype, np.floating):
+            assert np.all(np.isfinite(value)), "eager output is not finite"
+
+    # Symbolic call in a functional model agrees with the eager call.
+    symbolic_layer = layer_cls(**init_kwargs)
+    model, model_inputs = _functional_model(
+        symbolic_layer, args, kwargs, call_kwargs
+    )
+    symbolic_shapes = [tuple(t.shape) for t in _flat_outputs(model.outputs)]
+    eager_shapes = [tuple(to_numpy(v).shape) for v in _flat_outputs(eager_outputs)]
+    assert len(symbolic_shapes) == len(eager_shapes)
+    for symbolic, eager in zip(symbolic_shapes, eager_shapes):
+        assert len(symbolic) == len(eager)
+        for sym_dim, eager_dim in zip(symbolic, eager):
+            assert sym_dim is None or sym_dim == eager_dim, (symbolic, eager)
+    model_outputs = model.predict(model_inputs, verbose=0)
+
+    if run_saving:
+        if tmp_path is None:
+            raise ValueError("run_saving=True needs tmp_path.")
+        path = os.path.join(str(tmp_path), f"{layer_cls.__name__}.keras")
+        model.save(path)
+        reloaded = keras.saving.load_model(path)
+        reloaded_outputs = reloaded.predict(model_inputs, verbose=0)
+        for before, after in zip(
+            _flat_outputs(model_outputs), _flat_outputs(reloaded_outputs)
+        ):
+            np.testing.assert_allclose(
+                np.asarray(before), np.asarray(after), atol=atol, rtol=0
+            )
+
+    if run_training:
+        train_layer = layer_cls(**init_kwargs)
+        train_model, train_inputs = _functional_model(
+            train_layer, args, kwargs, call_kwargs
+        )
+        first = _first_output(train_model.outputs)
+        train_model = keras.Model(train_model.inputs, first)
+        target = np.zeros(
+            (train_inputs[0].shape[0],) + tuple(first.shape[1:]), dtype="float32"
+        )
+        train_model.compile(optimizer="sgd", loss="mse")
+        before = [to_numpy(w).copy() for w in train_model.trainable_weights]
+        history = train_model.fit(
+            train_inputs, target, batch_size=train_inputs[0].shape[0], verbose=0
+        )
+        assert np.isfinite(history.history["loss"][0])
+        after = [to_numpy(w) for w in train_model.trainable_weights]
+        assert any(
+            not np.array_equal(b, a) for b, a in zip(before, after)
+        ), "one fit step changed no trainable weight"
+
+    if run_mixed_precision:
+        for policy in MIXED_POLICIES:
+            mixed_layer = layer_cls(**{**init_kwargs, "dtype": policy})
+            outputs = mixed_layer(*args, **kwargs, **call_kwargs)
+            first = _first_output(outputs)
+            expected = expected_output_dtype or keras.DTypePolicy(policy).compute_dtype
+            assert keras.backend.standardize_dtype(first.dtype) == expected, (
+                policy,
+                first.dtype,
+            )
+            for value in _flat_outputs(outputs):
+                value = ops.convert_to_numpy(ops.cast(value, "float32"))
+                assert np.all(np.isfinite(value)), f"{policy} output is not finite"
+            for weight in mixed_layer.weights:
+                assert keras.backend.standardize_dtype(weight.dtype) in (
+                    "float32",
+                    "int32",
+                    "int64",
+                    "bool",
+                ), f"{weight.path} stored as {weight.dtype} under {policy}"
+
+    return eager_outputs
