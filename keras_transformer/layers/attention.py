@@ -1,0 +1,671 @@
+"""Masked multi-head attention with grouped key/value heads, position schemes
+and a fixed-size key/value cache for incremental decoding."""
+
+import functools
+
+import keras
+from keras import ops
+
+from keras_transformer.layers import _validation
+from keras_transformer.layers import masks
+from keras_transformer.layers.lora import LoRADense
+from keras_transformer.layers.relative_position_bias import AlibiBias
+from keras_transformer.layers.relative_position_bias import RelativePositionBias
+from keras_transformer.layers.rotary_embedding import RotaryEmbedding
+
+POSITION_BIASES = (None, "alibi", "relative")
+
+# Masked logits are set to this finite value rather than -inf: a row whose
+# keys are all masked then softmaxes to uniform weights instead of NaN, and
+# exp(MASKED_LOGIT - max) underflows to exactly 0 in float32 for every other
+# row, so masked keys contribute nothing.
+MASKED_LOGIT = -1e9
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product attention with masks and a KV cache.
+
+    Projects `query`, `key` and `value` with `LoRADense` layers, attends with
+    `softmax(q k^T / sqrt(key_dim) + bias)` over the allowed keys and projects
+    the concatenated heads back with an output `LoRADense`. Attention logits,
+    masking and the softmax are computed in float32 under every dtype policy.
+
+    With `num_key_value_heads < num_heads` the layer is grouped-query
+    attention: query head `h` uses key/value head
+    `h // (num_heads // num_key_value_heads)` (`num_key_value_heads=1` is
+    multi-query attention). `use_rotary=True` rotates queries and keys by
+    their positions (RoPE); `position_bias="alibi"` or `"relative"` adds a
+    per-head bias computed from query and key positions. Both position
+    schemes count query positions from `cache_update_index` (0 without a
+    cache) and key positions from 0, which is what self-attention needs.
+
+    Masks are booleans, `True` meaning "may attend". `query_mask`,
+    `value_mask`, `attention_mask` and the causal mask are combined with a
+    logical AND. A query whose keys are all masked (e.g. a padded query row)
+    gets uniform attention weights, so its output is finite but meaningless.
+
+    Key/value cache: a tensor of shape
+    `(batch_size, 2, max_length, num_key_value_heads, key_dim)` holding the
+    projected (and, with rotary, rotated) keys at index 0 of axis 1 and values
+    at index 1. Its shape never changes, so a decoding step compiles once
+    under XLA. Caching requires `value_dim == key_dim`.
+    - Self-attention decoding: pass `cache=layer.initial_cache(...)`,
+      `cache_update_index=t` and `use_causal_mask=True`. The new tokens'
+      keys/values are written at positions `t, t+1, ...` and the queries
+      attend over the whole cache; the causal mask (offset `t`) hides the
+      positions not written yet. Writes past `max_length` are not checked
+      when `cache_update_index` is a tensor.
+    - Cross-attention: pass `cache=layer.compute_key_value_cache(value)` and
+      no `cache_update_index`; the cached keys/values are used as they are
+      and `value`/`key` (if passed) are ignored.
+
+    Args:
+        num_heads: int. Number of attention (query) heads.
+        key_dim: int. Size of each query/key head. Defaults to the query
+            feature size divided by `num_heads`.
+        value_dim: int. Size of each value head. Defaults to `key_dim`.
+        num_key_value_heads: int. Number of key/value heads; must divide
+            `num_heads`. Defaults to `num_heads`.
+        dropout: float. Dropout rate on the attention probabilities.
+        use_bias: bool. Whether the projections have biases.
+        output_dim: int. Output feature size. Defaults to the query feature
+            size.
+        use_rotary: bool. Whether to apply rotary position embeddings to
+            queries and keys. Requires an even `key_dim`.
+        rotary_max_wavelength: float. Maximum wavelength of the rotary
+            embedding.
+        position_bias: `None`, `"alibi"` or `"relative"`. Additive position
+            bias on the attention logits.
+        relative_num_buckets: int. Buckets of the relative position bias.
+        relative_max_distance: int. Largest distance the relative position
+            bias distinguishes.
+        relative_bidirectional: bool. Whether the relative position bias
+            tells earlier and later keys apart (False for causal decoders).
+        kernel_initializer: initializer for the query and key kernels (and
+            the value/output kernels unless given below).
+        value_kernel_initializer: initializer for the value kernel. Defaults
+            to `kernel_initializer`.
+        output_kernel_initializer: initializer for the output kernel.
+            Defaults to `kernel_initializer`.
+        bias_initializer: initializer for the projection biases.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            e.g. `name` and `dtype`.
+
+    Call arguments:
+        query: tensor `(batch_size, query_length, query_dim)`.
+        value: tensor `(batch_size, key_length, value_dim_in)`. Defaults to
+            `query` (self-attention).
+        key: tensor `(batch_size, key_length, key_dim_in)`. Defaults to
+            `value`.
+        query_mask: bool `(batch_size, query_length)`. False rows are masked.
+        value_mask: bool `(batch_size, key_length)` (with a cache:
+            `(batch_size, max_length)`). False keys are masked.
+        attention_mask: bool `(batch_size, query_length, key_length)`.
+        use_causal_mask: bool. Mask keys after each query's position.
+        attention_bias: float tensor broadcastable to
+            `(batch_size, num_heads, query_length, key_length)`, added to
+            the logits.
+        cache: optional key/value cache (see above).
+        cache_update_index: int or scalar int tensor. Where the new keys and
+            values are written in `cache`.
+        training: bool. Whether attention dropout is active.
+        return_attention_scores: bool. Also return the attention
+            probabilities `(batch_size, num_heads, query_length, key_length)`.
+
+    Returns:
+        `outputs` of shape `(batch_size, query_length, output_dim)`; when a
+        cache is passed `(outputs, cache)`; when `return_attention_scores`
+        the scores are appended last: `(outputs, scores)` or
+        `(outputs, cache, scores)`.
+
+    Example:
+
+    ```python
+    layer = keras_transformer.layers.MultiHeadAttention(
+        num_heads=4, num_key_value_heads=2
+    )
+    x = np.random.rand(2, 5, 16).astype("float32")
+    y = layer(x, use_causal_mask=True)  # (2, 5, 16)
+
+    # Token-by-token decoding with a cache.
+    cache = layer.initial_cache(batch_size=2, max_length=5)
+    for t in range(5):
+        y_t, cache = layer(
+            x[:, t : t + 1], cache=cache, cache_update_index=t,
+            use_causal_mask=True,
+        )
+    ```
+
+    References:
+        - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
+        - [Ainslie et al., 2023](https://arxiv.org/abs/2305.13245)
+          (grouped-query attention)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        value_dim=None,
+        num_key_value_heads=None,
+        dropout=0.0,
+        use_bias=True,
+        output_dim=None,
+        use_rotary=False,
+        rotary_max_wavelength=10000.0,
+        position_bias=None,
+        relative_num_buckets=32,
+        relative_max_distance=128,
+        relative_bidirectional=True,
+        kernel_initializer="glorot_uniform",
+        value_kernel_initializer=None,
+        output_kernel_initializer=None,
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = _validation.check_positive_int("num_heads", num_heads)
+        self.key_dim = _validation.check_positive_int(
+            "key_dim", key_dim, allow_none=True
+        )
+        self.value_dim = _validation.check_positive_int(
+            "value_dim", value_dim, allow_none=True
+        )
+        self.num_key_value_heads = _validation.check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        if self.num_key_value_heads is not None:
+            _validation.check_divisible(
+                "num_heads",
+                self.num_heads,
+                "num_key_value_heads",
+                self.num_key_value_heads,
+            )
+        self.dropout = _validation.check_rate("dropout", dropout)
+        self.use_bias = bool(use_bias)
+        self.output_dim = _validation.check_positive_int(
+            "output_dim", output_dim, allow_none=True
+        )
+        self.use_rotary = bool(use_rotary)
+        self.rotary_max_wavelength = _validation.check_positive_float(
+            "rotary_max_wavelength", rotary_max_wavelength
+        )
+        self.position_bias = _validation.check_choice(
+            "position_bias", position_bias, POSITION_BIASES
+        )
+        self.relative_num_buckets = _validation.check_positive_int(
+            "relative_num_buckets", relative_num_buckets
+        )
+        self.relative_max_distance = _validation.check_positive_int(
+            "relative_max_distance", relative_max_distance
+        )
+        self.relative_bidirectional = bool(relative_bidirectional)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.value_kernel_initializer = keras.initializers.get(
+            value_kernel_initializer or kernel_initializer
+        )
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or kernel_initializer
+        )
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+        self._num_kv_heads = self.num_key_value_heads or self.num_heads
+        self.attention_dropout = keras.layers.Dropout(
+            self.dropout, name="attention_dropout", dtype=self.dtype_policy
+        )
+        self.rotary_embedding = (
+            RotaryEmbedding(
+                max_wavelength=self.rotary_max_wavelength,
+                name="rotary_embedding",
+                dtype=self.dtype_policy,
+            )
+            if self.use_rotary
+            else None
+        )
+        if self.position_bias == "alibi":
+            self.position_bias_layer = AlibiBias(
+                self.num_heads, name="position_bias", dtype=self.dtype_policy
+            )
+        elif self.position_bias == "relative":
+            self.position_bias_layer = RelativePositionBias(
+                self.num_heads,
+                num_buckets=self.relative_num_buckets,
+                max_distance=self.relative_max_distance,
+                bidirectional=self.relative_bidirectional,
+                name="position_bias",
+                dtype=self.dtype_policy,
+            )
+        else:
+            self.position_bias_layer = None
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
+        key_shape = value_shape if key_shape is None else key_shape
+        for argument, shape in (
+            ("query", query_shape),
+            ("value", value_shape),
+            ("key", key_shape),
+        ):
+            _validation.check_rank(self.name, argument, shape, 3)
+        query_features = _validation.check_last_dim(
+            self.name, "query", query_shape, None
+        )
+        value_features = _validation.check_last_dim(
+            self.name, "value", value_shape, None
+        )
+        key_features = _validation.check_last_dim(self.name, "key", key_shape, None)
+        if None not in (key_shape[1], value_shape[1]) and (
+            key_shape[1] != value_shape[1]
+        ):
+            raise ValueError(
+                f"Layer {self.name} expected key and value of the same length, "
+                f"but received key shape {tuple(key_shape)} and value shape "
+                f"{tuple(value_shape)}. Pass one key per value."
+            )
+        if self.key_dim is None and query_features % self.num_heads != 0:
+            raise ValueError(
+                f"Layer {self.name} cannot infer key_dim: the query feature "
+                f"size {query_features} is not divisible by "
+                f"num_heads={self.num_heads}. Pass key_dim explicitly or use "
+                "a feature size that is a multiple of num_heads."
+            )
+        self._key_dim = self.key_dim or query_features // self.num_heads
+        self._value_dim = self.value_dim or self._key_dim
+        self._output_dim = self.output_dim or query_features
+        if self.use_rotary and self._key_dim % 2 != 0:
+            raise ValueError(
+                f"Layer {self.name} uses rotary embeddings, which rotate pairs "
+                f"of features, but key_dim={self._key_dim} is odd. Use an even "
+                "key_dim."
+            )
+
+        def projection(name, units, kernel_initializer):
+            return LoRADense(
+                units,
+                use_bias=self.use_bias,
+                kernel_initializer=kernel_initializer,
+                bias_initializer=self.bias_initializer,
+                name=name,
+                dtype=self.dtype_policy,
+            )
+
+        self.query_dense = projection(
+            "query", self.num_heads * self._key_dim, self.kernel_initializer
+        )
+        self.key_dense = projection(
+            "key", self._num_kv_heads * self._key_dim, self.kernel_initializer
+        )
+        self.value_dense = projection(
+            "value",
+            self._num_kv_heads * self._value_dim,
+            self.value_kernel_initializer,
+        )
+        self.output_dense = projection(
+            "output", self._output_dim, self.output_kernel_initializer
+        )
+        self.query_dense.build((None, None, query_features))
+        self.key_dense.build((None, None, key_features))
+        self.value_dense.build((None, None, value_features))
+        self.output_dense.build((None, None, self.num_heads * self._value_dim))
+        if self.rotary_embedding is not None:
+            self.rotary_embedding.build((None, None, self.num_heads, self._key_dim))
+        if self.position_bias_layer is not None:
+            self.position_bias_layer.build((None, None), (None, None))
+
+    # -- caches ---------------------------------------------------------
+
+    def initial_cache(self, batch_size, max_length, dtype=None):
+        """Returns an empty self-attention key/value cache.
+
+        Args:
+            batch_size: int. Batch size of the decoded sequences.
+            max_length: int. Number of positions the cache holds.
+            dtype: dtype of the cache. Defaults to the compute dtype.
+
+        Returns:
+            Zeros of shape
+            `(batch_size, 2, max_length, num_key_value_heads, key_dim)`.
+        """
+        self._check_cacheable("initial_cache")
+        return ops.zeros(
+            (batch_size, 2, max_length, self._num_kv_heads, self._key_dim),
+            dtype=dtype or self.compute_dtype,
+        )
+
+    def compute_key_value_cache(self, value, key=None):
+        """Projects `value` (and `key`) once, for cached cross-attention.
+
+        Args:
+            value: tensor `(batch_size, key_length, value_dim_in)`.
+            key: tensor `(batch_size, key_length, key_dim_in)`. Defaults to
+                `value`.
+
+        Returns:
+            Tensor `(batch_size, 2, key_length, num_key_value_heads, key_dim)`
+            to pass as `cache` (without `cache_update_index`).
+        """
+        self._check_cacheable("compute_key_value_cache")
+        key = value if key is None else key
+        key_heads, value_heads = self._project_key_value(key, value, 0, None)
+        return ops.stack([key_heads, value_heads], axis=1)
+
+    def _check_cacheable(self, method):
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name} must be built before calling {method}(). "
+                "Call the layer once or call `layer.build(query_shape, "
+                "value_shape)` first."
+            )
+        if self._value_dim != self._key_dim:
+            raise ValueError(
+                f"Layer {self.name} cannot cache keys and values of different "
+                f"head sizes: key_dim={self._key_dim}, "
+                f"value_dim={self._value_dim}. Use value_dim=key_dim to "
+                "decode with a cache."
+            )
+
+    def _check_cache(self, cache, cache_update_index, new_length):
+        self._check_cacheable("call() with a cache")
+        shape = tuple(cache.shape)
+        expected = (2, self._num_kv_heads, self._key_dim)
+        if len(shape) != 5 or (shape[1], shape[3], shape[4]) != expected:
+            raise ValueError(
+                f"Layer {self.name} expected a cache of shape (batch_size, 2, "
+                f"max_length, {self._num_kv_heads}, {self._key_dim}), but "
+                f"received shape {shape}. Create it with "
+                "`layer.initial_cache(batch_size, max_length)` or "
+                "`layer.compute_key_value_cache(value)`."
+            )
+        if (
+            isinstance(cache_update_index, int)
+            and shape[2] is not None
+            and new_length is not None
+            and cache_update_index + new_length > shape[2]
+        ):
+            raise ValueError(
+                f"Layer {self.name} cannot write {new_length} positions at "
+                f"cache_update_index={cache_update_index} into a cache of "
+                f"max_length={shape[2]}. Use a longer cache."
+            )
+
+    # -- forward pass ---------------------------------------------------
+
+    def _split_heads(self, projected, num_heads, head_dim):
+        batch_size, length = ops.shape(projected)[0], ops.shape(projected)[1]
+        return ops.reshape(projected, (batch_size, length, num_heads, head_dim))
+
+    def _project_key_value(self, key, value, start_index, training):
+        key_heads = self._split_heads(
+            self.key_dense(key, training=training),
+            self._num_kv_heads,
+            self._key_dim,
+        )
+        value_heads = self._split_heads(
+            self.value_dense(value, training=training),
+            self._num_kv_heads,
+            self._value_dim,
+        )
+        if self.rotary_embedding is not None:
+            key_heads = self.rotary_embedding(key_heads, start_index=start_index)
+        return key_heads, value_heads
+
+
+    def _check_shape(self, argument, tensor, expected_shape, broadcastable=False):
+        """Checks the static shape of an optional mask or bias tensor."""
+        shape = tuple(tensor.shape)
+
+        def matches(got, want):
+            return None in (got, want) or got == want or (broadcastable and got == 1)
+
+        if len(shape) != len(expected_shape) or not all(
+            matches(got, want) for got, want in zip(shape, expected_shape)
+        ):
+            expected = "broadcastable to " if broadcastable else ""
+            raise ValueError(
+                f"Layer {self.name} expected {argument} of shape {expected}"
+                f"{tuple(expected_shape)}, but received shape {shape}."
+            )
+
+    def _combined_mask(
+        self,
+        query_heads,
+        key_heads,
+        query_mask,
+        value_mask,
+        attention_mask,
+        use_causal_mask,
+        start_index,
+    ):
+        """ANDs every mask into one boolean of shape `(B or 1, 1, Lq, Lk)`."""
+        batch_size, query_length = query_heads.shape[0], query_heads.shape[1]
+        key_length = key_heads.shape[1]
+        parts = []
+        if query_mask is not None:
+            self._check_shape("query_mask", query_mask, (batch_size, query_length))
+            parts.append(ops.cast(query_mask, "bool")[:, :, None])
+        if value_mask is not None:
+            self._check_shape("value_mask", value_mask, (batch_size, key_length))
+            parts.append(ops.cast(value_mask, "bool")[:, None, :])
+        if attention_mask is not None:
+            self._check_shape(
+                "attention_mask",
+                attention_mask,
+                (batch_size, query_length, key_length),
+            )
+            parts.append(ops.cast(attention_mask, "bool"))
+        if use_causal_mask:
+            causal = masks.causal_mask(
+                ops.shape(query_heads)[1], ops.shape(key_heads)[1], start_index
+            )
+            parts.append(causal[None])
+        if not parts:
+            return None
+        return functools.reduce(ops.logical_and, parts)[:, None]
+
+    def _combined_bias(self, query_heads, key_heads, attention_bias, start_index):
+        """Sums the caller's bias and the position bias, in float32."""
+        biases = []
+        if attention_bias is not None:
+            expected_shape = (
+                query_heads.shape[0],
+                self.num_heads,
+                query_heads.shape[1],
+                key_heads.shape[1],
+            )
+            self._check_shape(
+                "attention_bias", attention_bias, expected_shape, broadcastable=True
+            )
+            biases.append(ops.cast(attention_bias, "float32"))
+        if self.position_bias_layer is not None:
+            query_positions = ops.arange(
+                ops.shape(query_heads)[1], dtype="int32"
+            ) + ops.cast(start_index, "int32")
+            key_positions = ops.arange(ops.shape(key_heads)[1], dtype="int32")
+            position_bias = self.position_bias_layer(
+                query_positions[None], key_positions[None]
+            )
+            biases.append(ops.cast(position_bias, "float32"))
+        if not biases:
+            return None
+        return functools.reduce(ops.add, biases)
+
+    def _attend(self, query_heads, key_heads, value_heads, mask, bias, training):
+        """Returns the concatenated heads and the attention probabilities."""
+        batch_size = ops.shape(query_heads)[0]
+        query_length = ops.shape(query_heads)[1]
+        key_length = ops.shape(key_heads)[1]
+        groups = self.num_heads // self._num_kv_heads
+        # Logits in float32: a float16 dot product can overflow, and the
+        # softmax needs float32 precision to stay normalised.
+        scaled_query = ops.cast(query_heads, "float32") * (self._key_dim**-0.5)
+        grouped_query = ops.reshape(
+            scaled_query,
+            (batch_size, query_length, self._num_kv_heads, groups, self._key_dim),
+        )
+        logits = ops.einsum(
+            "bqngd,bknd->bngqk", grouped_query, ops.cast(key_heads, "float32")
+        )
+        logits = ops.reshape(
+            logits, (batch_size, self.num_heads, query_length, key_length)
+        )
+        if bias is not None:
+            logits = logits + bias
+        if mask is not None:
+            logits = ops.where(mask, logits, MASKED_LOGIT)
+        probabilities = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
+        weights = self.attention_dropout(probabilities, training=training)
+        weights = ops.reshape(
+            weights,
+            (batch_size, self._num_kv_heads, groups, query_length, key_length),
+        )
+        context = ops.einsum(
+            "bngqk,bknd->bqngd", weights, ops.cast(value_heads, self.compute_dtype)
+        )
+        context = ops.reshape(
+            context, (batch_size, query_length, self.num_heads * self._value_dim)
+        )
+        return context, probabilities
+
+    def call(
+        self,
+        query,
+        value=None,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        attention_bias=None,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+        return_attention_scores=False,
+    ):
+        if cache_update_index is not None and cache is None:
+            raise ValueError(
+                f"Layer {self.name} received cache_update_index="
+                f"{cache_update_index!r} but no cache. Pass "
+                "cache=layer.initial_cache(batch_size, max_length) as well."
+            )
+        start_index = 0 if cache_update_index is None else cache_update_index
+        query_heads = self._split_heads(
+            self.query_dense(query, training=training),
+            self.num_heads,
+            self._key_dim,
+        )
+        if cache is not None and cache_update_index is None:
+            self._check_cache(cache, None, None)
+            key_heads, value_heads = cache[:, 0], cache[:, 1]
+        else:
+            value = query if value is None else value
+            key = value if key is None else key
+            if cache is not None:
+                self._check_cache(cache, cache_update_index, key.shape[1])
+            key_heads, value_heads = self._project_key_value(
+                key, value, start_index, training
+            )
+            if cache is not None:
+                update = ops.stack([key_heads, value_heads], axis=1)
+                cache = ops.slice_update(
+                    cache,
+                    [0, 0, ops.cast(start_index, "int32"), 0, 0],
+                    ops.cast(update, cache.dtype),
+                )
+                key_heads, value_heads = cache[:, 0], cache[:, 1]
+        if self.rotary_embedding is not None:
+            query_heads = self.rotary_embedding(query_heads, start_index=start_index)
+
+        mask = self._combined_mask(
+            query_heads,
+            key_heads,
+            query_mask,
+            value_mask,
+            attention_mask,
+            use_causal_mask,
+            start_index,
+        )
+        bias = self._combined_bias(
+            query_heads, key_heads, attention_bias, start_index
+        )
+        context, scores = self._attend(
+            query_heads, key_heads, value_heads, mask, bias, training
+        )
+        outputs = self.output_dense(context, training=training)
+        return self._pack(outputs, cache, scores, return_attention_scores)
+
+    @staticmethod
+    def _pack(outputs, cache, scores, return_attention_scores):
+        results = [outputs]
+        if cache is not None:
+            results.append(cache)
+        if return_attention_scores:
+            results.append(scores)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        output_dim = self.output_dim or query_shape[-1]
+        return tuple(query_shape[:-1]) + (output_dim,)
+
+    def compute_output_spec(
+        self,
+        query,
+        value=None,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        attention_bias=None,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+        return_attention_scores=False,
+    ):
+        outputs = keras.KerasTensor(
+            self.compute_output_shape(query.shape), dtype=self.compute_dtype
+        )
+        if cache is not None:
+            key_length = cache.shape[2]
+            cache = keras.KerasTensor(cache.shape, dtype=cache.dtype)
+        else:
+            attended = next(t for t in (key, value, query) if t is not None)
+            key_length = attended.shape[1]
+        scores = keras.KerasTensor(
+            (query.shape[0], self.num_heads, query.shape[1], key_length),
+            dtype=self.compute_dtype,
+        )
+        return self._pack(outputs, cache, scores, return_attention_scores)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "value_dim": self.value_dim,
+                "num_key_value_heads": self.num_key_value_heads,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "output_dim": self.output_dim,
+                "use_rotary": self.use_rotary,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "position_bias": self.position_bias,
+                "relative_num_buckets": self.relative_num_buckets,
+                "relative_max_distance": self.relative_max_distance,
+                "relative_bidirectional": self.relative_bidirectional,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "value_kernel_initializer": keras.initializers.serialize(
+                    self.value_kernel_initializer
+                ),
+                "output_kernel_initializer": keras.initializers.serialize(
+                    self.output_kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

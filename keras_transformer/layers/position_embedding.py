@@ -1,0 +1,275 @@
+"""Learned position embeddings and the token + position input embedding."""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from keras_transformer.layers import _validation
+from keras_transformer.layers.position_encoding import SinusoidalPositionEncoding
+
+
+def _check_fits(layer_name, length, start_index, sequence_length):
+    """Raises when positions `[start_index, start_index + length)` overflow.
+
+    Only static values can be checked here: `length=None` or a tensor
+    `start_index` is left to the run-time slice.
+    """
+    if sequence_length is None or length is None:
+        return
+    if not isinstance(start_index, numbers.Integral):
+        start_index = 0
+    if start_index < 0:
+        raise ValueError(
+            f"Layer {layer_name} received a negative start_index. Received: "
+            f"start_index={start_index}"
+        )
+    if start_index + length > sequence_length:
+        raise ValueError(
+            f"Layer {layer_name} received positions up to "
+            f"{start_index + length} (start_index={start_index}, length "
+            f"{length}), but its maximum is sequence_length={sequence_length}. "
+            "Increase sequence_length or pass shorter inputs."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class PositionEmbedding(keras.layers.Layer):
+    """A learned position embedding table of a fixed maximum length.
+
+    Holds a trainable table of shape `(sequence_length, d)` and returns its
+    rows `[start_index, start_index + length)` broadcast to the shape of
+    `inputs`, so it is added with `inputs + layer(inputs)`. Inputs longer than
+    `sequence_length` raise a `ValueError` instead of being truncated: at
+    build time for a static length, and at call time when a static length
+    plus an integer `start_index` overflows. A dynamic length or a tensor
+    `start_index` is sliced with `keras.ops.slice`; on TensorFlow an
+    out-of-range slice fails at run time, but JAX's `dynamic_slice` clamps the
+    start, so keep `start_index + length <= sequence_length` there.
+
+    Args:
+        sequence_length: int. Maximum number of positions.
+        initializer: initializer for the table. Defaults to
+            `"glorot_uniform"`.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            e.g. `name` and `dtype`.
+
+    Call arguments:
+        inputs: float tensor of shape `(batch_size, length, d)`. Only its
+            shape is used.
+        start_index: int or scalar int tensor. Position of the first step,
+            for incremental decoding with a cache. Defaults to 0.
+
+    Example:
+
+    ```python
+    tokens = keras.random.normal((2, 10, 16))
+    positions = keras_transformer.layers.PositionEmbedding(sequence_length=64)
+    outputs = tokens + positions(tokens)
+    ```
+    """
+
+    def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.sequence_length = _validation.check_positive_int(
+            "sequence_length", sequence_length
+        )
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        _validation.check_rank(self.name, "inputs", input_shape, 3)
+        feature_size = _validation.check_last_dim(
+            self.name, "inputs", input_shape, None
+        )
+        _check_fits(self.name, input_shape[-2], 0, self.sequence_length)
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.sequence_length, feature_size),
+            initializer=self.initializer,
+        )
+
+    # No `compute_output_shape`: symbolic calls then trace `call`, so its
+    # overflow check also runs for a static `start_index` on Keras tensors.
+    def call(self, inputs, start_index=0):
+        length = inputs.shape[-2]
+        _check_fits(self.name, length, start_index, self.sequence_length)
+        if length is None:
+            length = ops.shape(inputs)[-2]
+        rows = ops.slice(self.embeddings, (start_index, 0), (length, inputs.shape[-1]))
+        return ops.broadcast_to(ops.cast(rows, self.compute_dtype), ops.shape(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "initializer": keras.initializers.serialize(self.initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class TokenAndPositionEmbedding(keras.layers.Layer):
+    """Token embedding plus position information, with tied output logits.
+
+    The forward call maps token ids to
+    `token_embedding * sqrt(embedding_dim) + position`, where the position
+    part is a learned `PositionEmbedding` or a fixed
+    `SinusoidalPositionEncoding`. With `reverse=True` the layer maps hidden
+    states back to vocabulary logits with the transposed token embedding
+    matrix (weight tying), adding no weights.
+
+    Args:
+        vocabulary_size: int. Number of token ids.
+        sequence_length: int or None. Maximum number of positions; longer
+            inputs raise a `ValueError`. Required for `"learned"`; `None` is
+            allowed for `"sinusoidal"` and means no maximum.
+        embedding_dim: int. Size of the token and position embeddings.
+        position_encoding: str. `"learned"` or `"sinusoidal"`.
+        mask_zero: bool. Whether token id 0 is padding; the layer then
+            returns the mask `token_ids != 0`.
+        scale_embedding: bool. Whether to multiply the token embeddings by
+            `sqrt(embedding_dim)` before adding positions.
+        embeddings_initializer: initializer for the token table and, when
+            `position_encoding="learned"`, the position table.
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`,
+            e.g. `name` and `dtype`.
+
+    Call arguments:
+        inputs: int tensor of token ids `(batch_size, length)`, or with
+            `reverse=True` float hidden states
+            `(batch_size, length, embedding_dim)`.
+        start_index: int or scalar int tensor. Position of the first token,
+            for incremental decoding with a cache. Defaults to 0.
+        reverse: bool. Whether to return tied logits
+            `(batch_size, length, vocabulary_size)` instead of embeddings.
+
+    Example:
+
+    ```python
+    embedding = keras_transformer.layers.TokenAndPositionEmbedding(
+        vocabulary_size=1000, sequence_length=64, embedding_dim=32
+    )
+    hidden = embedding(keras.ops.ones((2, 10), "int32"))
+    logits = embedding(hidden, reverse=True)
+    ```
+
+    References:
+        - [Vaswani et al., 2017](https://arxiv.org/abs/1706.03762)
+        - [Press and Wolf, 2017](https://arxiv.org/abs/1608.05859)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        sequence_length,
+        embedding_dim,
+        position_encoding="learned",
+        mask_zero=False,
+        scale_embedding=True,
+        embeddings_initializer="uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = _validation.check_positive_int(
+            "vocabulary_size", vocabulary_size
+        )
+        self.embedding_dim = _validation.check_positive_int(
+            "embedding_dim", embedding_dim
+        )
+        self.position_encoding = _validation.check_choice(
+            "position_encoding", position_encoding, ("learned", "sinusoidal")
+        )
+        if position_encoding == "learned" and sequence_length is None:
+            raise ValueError(
+                "Received sequence_length=None with position_encoding="
+                "'learned'. A learned position table needs a maximum length: "
+                "pass a positive integer sequence_length, or use "
+                "position_encoding='sinusoidal' for no maximum."
+            )
+        self.sequence_length = _validation.check_positive_int(
+            "sequence_length", sequence_length, allow_none=True
+        )
+        self.mask_zero = bool(mask_zero)
+        self.scale_embedding = bool(scale_embedding)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+        self.token_embedding = keras.layers.Embedding(
+            self.vocabulary_size,
+            self.embedding_dim,
+            # A fresh initializer instance per table, from the same config.
+            embeddings_initializer=self._initializer_config(),
+            name="token_embedding",
+            dtype=self.dtype_policy,
+        )
+        if self.position_encoding == "learned":
+            self.position_embedding = PositionEmbedding(
+                self.sequence_length,
+                initializer=self._initializer_config(),
+                name="position_embedding",
+                dtype=self.dtype_policy,
+            )
+        else:
+            self.position_embedding = SinusoidalPositionEncoding(
+                name="position_embedding", dtype=self.dtype_policy
+            )
+
+    def _initializer_config(self):
+        return keras.initializers.serialize(self.embeddings_initializer)
+
+    def build(self, input_shape):
+        # Token ids (rank 2) and reverse-mode hidden states (rank 3) share
+        # the leading (batch, length) axes.
+        _validation.check_rank(self.name, "inputs", input_shape, (2, 3))
+        batch_and_length = tuple(input_shape[:2])
+        _check_fits(self.name, batch_and_length[1], 0, self.sequence_length)
+        self.token_embedding.build(batch_and_length)
+        self.position_embedding.build(batch_and_length + (self.embedding_dim,))
+        self.built = True
+
+    def call(self, inputs, start_index=0, reverse=False):
+        if reverse:
+            return self._logits(inputs)
+        if len(inputs.shape) != 2:
+            raise ValueError(
+                f"Layer {self.name} expected token ids of shape "
+                f"(batch_size, length), but received shape {inputs.shape}. "
+                "Pass reverse=True to map hidden states to logits."
+            )
+        _check_fits(self.name, inputs.shape[-1], start_index, self.sequence_length)
+        embedded = self.token_embedding(inputs)
+        if self.scale_embedding:
+            embedded = embedded * ops.cast(
+                math.sqrt(self.embedding_dim), embedded.dtype
+            )
+        return embedded + self.position_embedding(embedded, start_index=start_index)
+
+    def _logits(self, hidden_states):
+        _validation.check_last_dim(
+            self.name, "inputs", hidden_states.shape, self.embedding_dim
+        )
+        token_table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
+        return ops.matmul(hidden_states, ops.transpose(token_table))
+
+    def compute_mask(self, inputs, mask=None):
+        # Reverse mode receives hidden states: pass any incoming mask along.
+        if not self.mask_zero or len(inputs.shape) != 2:
+            return mask
+        return ops.not_equal(inputs, 0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "sequence_length": self.sequence_length,
+                "embedding_dim": self.embedding_dim,
+                "position_encoding": self.position_encoding,
+                "mask_zero": self.mask_zero,
+                "scale_embedding": self.scale_embedding,
+                "embeddings_initializer": self._initializer_config(),
+            }
+        )
+        return config
