@@ -1,0 +1,312 @@
+"""Reading parallel text and turning it into batches for `model.fit`.
+
+`make_translation_dataset` yields `(inputs, labels)` batches for teacher
+forcing:
+
+    inputs["source_ids"]  int32 [B, Ls]  source tokens
+    inputs["target_ids"]  int32 [B, Lt]  [BOS] + target tokens
+    labels                int32 [B, Lt]  target tokens + [EOS]
+
+all padded with `PAD_ID` (0), so `labels[:, t]` is the token the decoder must
+predict after reading `target_ids[:, : t + 1]`.
+"""
+
+import logging
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from keras_transformer.layers._validation import (
+    check_non_negative_int,
+    check_positive_int,
+)
+
+logger = logging.getLogger(__name__)
+
+# Automatic bucketing splits [1, longest] into this many equal-width buckets.
+_DEFAULT_NUM_BUCKETS = 8
+
+
+def _read_lines(path):
+    """Returns the lines of a UTF-8 file without their line endings."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"File not found: {path!r}.")
+    with open(path, "rb") as file:
+        raw_lines = file.read().split(b"\n")
+    # A final newline ends the last line rather than starting an empty one.
+    if raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines = []
+    for line_number, raw_line in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw_line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path!r} line {line_number} is not valid UTF-8: {error}"
+            ) from error
+    return lines
+
+
+def read_tsv(path, source_column=0, target_column=1):
+    """Reads source/target pairs from a tab-separated UTF-8 file.
+
+    Empty lines are skipped; every other line must have both columns.
+
+    Args:
+        path: str or path-like. The file.
+        source_column: int. Zero-based column of the source text.
+        target_column: int. Zero-based column of the target text.
+
+    Returns:
+        `(source_texts, target_texts)`, two lists of str of equal length.
+    """
+    check_non_negative_int("source_column", source_column)
+    check_non_negative_int("target_column", target_column)
+    if source_column == target_column:
+        raise ValueError(
+            "source_column and target_column must differ. Received: "
+            f"source_column={source_column}, target_column={target_column}"
+        )
+    needed = max(source_column, target_column) + 1
+    sources, targets = [], []
+    for line_number, line in enumerate(_read_lines(path), start=1):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) < needed:
+            raise ValueError(
+                f"Malformed TSV line {line_number} in {os.fspath(path)!r}: "
+                f"expected at least {needed} tab-separated columns, found "
+                f"{len(fields)}: {line[:80]!r}"
+            )
+        sources.append(fields[source_column])
+        targets.append(fields[target_column])
+    return sources, targets
+
+
+def read_parallel_files(source_path, target_path):
+    """Reads two UTF-8 files whose line `i` are a source/target pair.
+
+    Returns:
+        `(source_texts, target_texts)`, two lists of str of equal length.
+    """
+    sources = _read_lines(source_path)
+    targets = _read_lines(target_path)
+    if len(sources) != len(targets):
+        raise ValueError(
+            "Parallel files must have the same number of lines, but "
+            f"{os.fspath(source_path)!r} has {len(sources)} and "
+            f"{os.fspath(target_path)!r} has {len(targets)}."
+        )
+    return sources, targets
+
+
+def _check_texts(name, texts):
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(
+            f"Received an invalid value for argument {name}, expected a list "
+            f"of strings, not a single string. Received: {name}={texts!r}"
+        )
+    return list(texts)
+
+
+def _check_boundaries(bucket_boundaries):
+    valid = isinstance(bucket_boundaries, (list, tuple)) and (
+        all(isinstance(b, int) and not isinstance(b, bool) for b in bucket_boundaries)
+        and all(b >= 1 for b in bucket_boundaries)
+        and all(a < b for a, b in zip(bucket_boundaries, bucket_boundaries[1:]))
+    )
+    if not valid:
+        raise ValueError(
+            "Received an invalid value for argument bucket_boundaries, "
+            "expected a strictly increasing list of positive "
+            f"integers. Received: bucket_boundaries={bucket_boundaries!r}"
+        )
+    return list(bucket_boundaries)
+
+
+def _default_bucket_boundaries(longest, num_buckets=_DEFAULT_NUM_BUCKETS):
+    """Equal-width boundaries splitting lengths `[1, longest]` into buckets."""
+    width = max(1, math.ceil(longest / num_buckets))
+    return list(range(1 + width, longest + 1, width))
+
+
+def _drop_unusable(sources, targets, max_source_length, max_target_length):
+    """Removes examples that cannot be batched and logs how many went."""
+    source_lengths = sources.row_lengths().numpy()
+    # The decoder reads [BOS] + target, one token more than the target.
+    decoder_lengths = targets.row_lengths().numpy() + 1
+    empty = source_lengths == 0
+    long_source = (
+        source_lengths > max_source_length
+        if max_source_length is not None
+        else np.zeros_like(empty)
+    )
+    long_target = (
+        decoder_lengths > max_target_length
+        if max_target_length is not None
+        else np.zeros_like(empty)
+    )
+    keep = ~(empty | long_source | long_target)
+    dropped = int((~keep).sum())
+    if dropped:
+        reasons = [
+            f"{int(mask.sum())} {reason}"
+            for mask, reason in (
+                (
+                    long_source,
+                    f"with more than max_source_length={max_source_length} "
+                    "source tokens",
+                ),
+                (
+                    long_target,
+                    f"with more than max_target_length={max_target_length} "
+                    "decoder tokens ([BOS] + target)",
+                ),
+                (empty, "with an empty source"),
+            )
+            if mask.any()
+        ]
+        logger.warning(
+            "Dropped %d of %d examples (%s). Examples are never truncated; "
+            "raise the limits to keep them.",
+            dropped,
+            len(keep),
+            "; ".join(reasons),
+        )
+    if not keep.any():
+        raise ValueError(
+            f"No example is left after dropping {dropped} unusable ones; "
+            "raise max_source_length / max_target_length."
+        )
+    return (
+        tf.ragged.boolean_mask(sources, keep),
+        tf.ragged.boolean_mask(targets, keep),
+        int(max(source_lengths[keep].max(), decoder_lengths[keep].max())),
+    )
+
+
+def _teacher_forcing_example(source, target):
+    target_ids = tf.concat([[BOS_ID], target], axis=0)
+    labels = tf.concat([target, [EOS_ID]], axis=0)
+    return source, target_ids, labels
+
+
+def _example_length(source, target_ids, labels):
+    return tf.maximum(tf.shape(source)[0], tf.shape(target_ids)[0])
+
+
+def _to_inputs_and_labels(source_ids, target_ids, labels):
+    return {"source_ids": source_ids, "target_ids": target_ids}, labels
+
+
+def make_translation_dataset(
+    source_texts,
+    target_texts,
+    source_tokenizer,
+    target_tokenizer,
+    batch_size,
+    max_source_length=None,
+    max_target_length=None,
+    shuffle=True,
+    seed=0,
+    bucket_boundaries=None,
+    drop_remainder=False,
+    repeat=False,
+):
+    """Tokenizes parallel text into padded teacher-forcing batches.
+
+    Texts are tokenized once, up front. Examples whose source has more than
+    `max_source_length` tokens, whose decoder sequence ([BOS] + target) has
+    more than `max_target_length` tokens, or whose source is empty are
+    dropped, and their count is logged as a warning on the
+    `keras_transformer.data.pipeline` logger: nothing is truncated silently.
+
+    Args:
+        source_texts: list of str.
+        target_texts: list of str, same length as `source_texts`.
+        source_tokenizer: `Tokenizer` for the source side.
+        target_tokenizer: `Tokenizer` for the target side.
+        batch_size: int. Examples per batch.
+        max_source_length: int or None. Longest source kept, in tokens.
+        max_target_length: int or None. Longest `target_ids` / `labels` kept,
+            in tokens (target tokens + 1).
+        shuffle: bool. Shuffle the whole set, reshuffling every epoch. The
+            order is a function of `seed` (and of TensorFlow's global seed,
+            when one is set): equal seeds give equal orders.
+        seed: int. Shuffle seed.
+        bucket_boundaries: list of int or None. Examples are grouped by
+            length (the longer of source and decoder sequence) with
+            `tf.data.Dataset.bucket_by_sequence_length`, so a batch holds
+            similar lengths and little padding. A bucket `i` holds lengths in
+            `[boundaries[i-1], boundaries[i])`. None splits `[1, longest]`
+            into 8 equal-width buckets, `longest` being
+            `max(max_source_length, max_target_length)` or, without limits,
+            the longest kept example. `[]` is a single bucket (plain padded
+            batches in order of arrival).
+        drop_remainder: bool. Drop the last, smaller batch (of each bucket).
+        repeat: bool. Repeat forever (use `steps_per_epoch` in `fit`).
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)` as described in the module
+        docstring, prefetched.
+    """
+    source_texts = _check_texts("source_texts", source_texts)
+    target_texts = _check_texts("target_texts", target_texts)
+    if len(source_texts) != len(target_texts):
+        raise ValueError(
+            "source_texts and target_texts must pair up, but received "
+            f"{len(source_texts)} source texts and {len(target_texts)} target "
+            "texts."
+        )
+    if not source_texts:
+        raise ValueError("make_translation_dataset needs at least one example.")
+    for name, tokenizer in (
+        ("source_tokenizer", source_tokenizer),
+        ("target_tokenizer", target_tokenizer),
+    ):
+        if not isinstance(tokenizer, Tokenizer):
+            raise ValueError(
+                f"Received an invalid value for argument {name}, expected a "
+                f"keras_transformer Tokenizer. Received: {name}={tokenizer!r}"
+            )
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("max_source_length", max_source_length, allow_none=True)
+    check_positive_int("max_target_length", max_target_length, allow_none=True)
+    check_non_negative_int("seed", seed)
+    if bucket_boundaries is not None:
+        bucket_boundaries = _check_boundaries(bucket_boundaries)
+
+    sources, targets, longest_kept = _drop_unusable(
+        source_tokenizer.tokenize(source_texts),
+        target_tokenizer.tokenize(target_texts),
+        max_source_length,
+        max_target_length,
+    )
+    dataset = tf.data.Dataset.from_tensor_slices((sources, targets))
+    if shuffle:
+        dataset = dataset.shuffle(
+            int(sources.nrows()), seed=seed, reshuffle_each_iteration=True
+        )
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.map(_teacher_forcing_example)
+
+    if bucket_boundaries is None:
+        limits = [limit for limit in (max_source_length, max_target_length) if limit]
+        bucket_boundaries = _default_bucket_boundaries(
+            max(limits) if limits else longest_kept
+        )
+    dataset = dataset.bucket_by_sequence_length(
+        element_length_func=_example_length,
+        bucket_boundaries=bucket_boundaries,
+        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+        padded_shapes=([None], [None], [None]),
+        padding_values=(PAD_ID, PAD_ID, PAD_ID),
+        drop_remainder=drop_remainder,
+    )
+    return dataset.map(_to_inputs_and_labels).prefetch(tf.data.AUTOTUNE)

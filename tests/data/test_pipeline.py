@@ -1,0 +1,233 @@
+import logging
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import data
+
+SOURCES = [
+    "one",
+    "one two",
+    "one two three",
+    "four five six seven",
+    "five",
+    "six seven eight nine ten eleven",
+    "two three",
+    "seven eight nine ten eleven twelve one two three",
+]
+TARGETS = [
+    "a",
+    "a b",
+    "a b c",
+    "d e f g",
+    "e",
+    "f g h i j k",
+    "b c",
+    "g h i j k l a b c",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return (
+        data.WordTokenizer.from_texts(SOURCES),
+        data.CharacterTokenizer.from_texts(TARGETS),
+    )
+
+
+def make(tokenizers, **kwargs):
+    options = {"batch_size": 2, **kwargs}
+    return data.make_translation_dataset(SOURCES, TARGETS, *tokenizers, **options)
+
+
+def batches(dataset):
+    return [
+        (x["source_ids"].numpy(), x["target_ids"].numpy(), y.numpy())
+        for x, y in dataset
+    ]
+
+
+def test_batches_hold_int32_ids_with_documented_shapes(tokenizers):
+    dataset = make(tokenizers, batch_size=3, bucket_boundaries=[])
+    inputs_spec, labels_spec = dataset.element_spec
+    assert set(inputs_spec) == {"source_ids", "target_ids"}
+    for spec in (inputs_spec["source_ids"], inputs_spec["target_ids"], labels_spec):
+        assert spec.dtype == tf.int32 and spec.shape.as_list() == [None, None]
+    results = batches(dataset)
+    assert [len(labels) for _, _, labels in results] == [3, 3, 2]
+    for source_ids, target_ids, labels in results:
+        assert target_ids.shape == labels.shape
+        assert source_ids.shape[0] == labels.shape[0]
+
+
+def test_labels_are_target_ids_shifted_left_with_eos(tokenizers):
+    for _, target_ids, labels in batches(make(tokenizers, shuffle=False)):
+        for target_row, label_row in zip(target_ids, labels):
+            length = int((label_row != data.PAD_ID).sum())
+            assert target_row[0] == data.BOS_ID
+            assert label_row[length - 1] == data.EOS_ID
+            np.testing.assert_array_equal(label_row[: length - 1], target_row[1:length])
+            assert (target_row[length:] == data.PAD_ID).all()
+            assert (label_row[length:] == data.PAD_ID).all()
+
+
+def test_every_example_appears_once_and_decodes_to_its_texts(tokenizers):
+    source_tokenizer, target_tokenizer = tokenizers
+    pairs = []
+    for source_ids, target_ids, labels in batches(make(tokenizers)):
+        sources = source_tokenizer.detokenize(source_ids).numpy()
+        targets = target_tokenizer.detokenize(labels).numpy()
+        pairs += [(s.decode(), t.decode()) for s, t in zip(sources, targets)]
+    assert sorted(pairs) == sorted(zip(SOURCES, TARGETS))
+
+
+def test_padding_is_zero_beyond_each_sequence(tokenizers):
+    source_tokenizer, _ = tokenizers
+    lengths = {
+        text: len(ids)
+        for text, ids in zip(SOURCES, source_tokenizer.tokenize(SOURCES).numpy())
+    }
+    for source_ids, _, _ in batches(make(tokenizers, bucket_boundaries=[])):
+        for row in source_ids:
+            text = source_tokenizer.detokenize(row[None]).numpy()[0].decode()
+            assert (row[lengths[text] :] == data.PAD_ID).all()
+            assert (row[: lengths[text]] != data.PAD_ID).all()
+
+
+def order(dataset):
+    return [tuple(labels[:, 0].tolist()) for _, _, labels in batches(dataset)]
+
+
+def test_same_seed_gives_same_order_and_other_seeds_differ(tokenizers):
+    first = order(make(tokenizers, seed=7, bucket_boundaries=[]))
+    assert order(make(tokenizers, seed=7, bucket_boundaries=[])) == first
+    others = {
+        tuple(order(make(tokenizers, seed=seed, bucket_boundaries=[])))
+        for seed in range(1, 6)
+    }
+    assert len(others - {tuple(first)}) >= 1
+
+
+def test_bucketing_groups_examples_of_similar_length(tokenizers):
+    dataset = make(tokenizers, batch_size=8, bucket_boundaries=[3, 6])
+    for source_ids, target_ids, _ in batches(dataset):
+        lengths = np.maximum(
+            (source_ids != 0).sum(axis=1), (target_ids != 0).sum(axis=1)
+        )
+        buckets = np.searchsorted([3, 6], lengths, side="right")
+        assert len(set(buckets.tolist())) == 1, lengths
+
+
+def test_automatic_buckets_come_from_the_length_limits(tokenizers):
+    dataset = make(tokenizers, batch_size=8, max_source_length=16, max_target_length=16)
+    for source_ids, target_ids, _ in batches(dataset):
+        lengths = np.maximum(
+            (source_ids != 0).sum(axis=1), (target_ids != 0).sum(axis=1)
+        )
+        # Eight buckets of width 2 over [1, 16].
+        assert len(set(((lengths - 1) // 2).tolist())) == 1, lengths
+
+
+def test_overlong_examples_are_dropped_with_a_warning(tokenizers, caplog):
+    with caplog.at_level(logging.WARNING, logger="keras_transformer.data.pipeline"):
+        dataset = make(tokenizers, max_source_length=3, max_target_length=5)
+    assert "Dropped 4 of 8 examples" in caplog.text
+    assert "3 with more than max_source_length=3" in caplog.text
+    assert "4 with more than max_target_length=5" in caplog.text
+    results = batches(dataset)
+    assert sum(len(labels) for _, _, labels in results) == 4
+    for source_ids, target_ids, _ in results:
+        assert source_ids.shape[1] <= 3 and target_ids.shape[1] <= 5
+
+
+def test_empty_sources_are_dropped_with_a_warning(tokenizers, caplog):
+    with caplog.at_level(logging.WARNING, logger="keras_transformer.data.pipeline"):
+        dataset = data.make_translation_dataset(
+            ["one", "  "], ["a", "b"], *tokenizers, batch_size=2
+        )
+    assert "Dropped 1 of 2 examples (1 with an empty source)" in caplog.text
+    assert [len(labels) for _, _, labels in batches(dataset)] == [1]
+
+
+def test_repeat_and_drop_remainder_give_full_batches_forever(tokenizers):
+    dataset = make(tokenizers, batch_size=3, repeat=True, drop_remainder=True)
+    sizes = [len(labels) for _, _, labels in batches(dataset.take(10))]
+    assert sizes == [3] * 10
+
+
+def test_read_tsv_returns_chosen_columns_and_skips_empty_lines(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("id1\tbonjour\thello\r\n\nid2\tmerci\tthanks\n", encoding="utf-8")
+    assert data.read_tsv(path, source_column=2, target_column=1) == (
+        ["hello", "thanks"],
+        ["bonjour", "merci"],
+    )
+
+
+def test_read_tsv_names_the_malformed_line(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tb\nno tab here\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="Malformed TSV line 2"):
+        data.read_tsv(path)
+    path.write_bytes(b"a\tb\n\xff\tc\n")
+    with pytest.raises(ValueError, match="line 2 is not valid UTF-8"):
+        data.read_tsv(path)
+
+
+def test_read_parallel_files_pairs_lines_and_checks_counts(tmp_path):
+    (tmp_path / "src.txt").write_text("a\n\nc\n", encoding="utf-8")
+    (tmp_path / "tgt.txt").write_text("x\ny\nz", encoding="utf-8")
+    assert data.read_parallel_files(tmp_path / "src.txt", tmp_path / "tgt.txt") == (
+        ["a", "", "c"],
+        ["x", "y", "z"],
+    )
+    (tmp_path / "short.txt").write_text("x\ny\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="has 3 and .* has 2"):
+        data.read_parallel_files(tmp_path / "src.txt", tmp_path / "short.txt")
+
+
+@pytest.mark.parametrize("reader", ["tsv", "parallel"])
+def test_readers_report_missing_files(reader, tmp_path):
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(ValueError, match="File not found"):
+        if reader == "tsv":
+            data.read_tsv(missing)
+        else:
+            data.read_parallel_files(missing, missing)
+
+
+def test_read_tsv_rejects_bad_columns(tmp_path):
+    with pytest.raises(ValueError, match="must differ"):
+        data.read_tsv(tmp_path / "x.tsv", source_column=1, target_column=1)
+    with pytest.raises(ValueError, match="source_column"):
+        data.read_tsv(tmp_path / "x.tsv", source_column=-1)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"target_texts": TARGETS[:-1]}, "8 source texts and 7 target texts"),
+        ({"source_texts": "one"}, "not a single string"),
+        ({"source_texts": [], "target_texts": []}, "at least one example"),
+        ({"source_tokenizer": "words"}, "source_tokenizer"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_source_length": 0}, "max_source_length"),
+        ({"max_target_length": 1.5}, "max_target_length"),
+        ({"seed": -1}, "seed"),
+        ({"bucket_boundaries": [4, 2]}, "bucket_boundaries"),
+        ({"bucket_boundaries": 5}, "bucket_boundaries"),
+        ({"max_source_length": 1, "max_target_length": 1}, "No example is left"),
+    ],
+)
+def test_make_translation_dataset_rejects_bad_arguments(tokenizers, overrides, match):
+    arguments = {
+        "source_texts": SOURCES,
+        "target_texts": TARGETS,
+        "source_tokenizer": tokenizers[0],
+        "target_tokenizer": tokenizers[1],
+        "batch_size": 2,
+        **overrides,
+    }
+    with pytest.raises(ValueError, match=match):
+        data.make_translation_dataset(**arguments)

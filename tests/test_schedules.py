@@ -1,0 +1,93 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_transformer import schedules
+from tests.conftest import to_numpy
+
+
+def schedule_of(optimizer):
+    return keras.saving.deserialize_keras_object(
+        optimizer.get_config()["learning_rate"]
+    )
+
+
+def reference_rate(iterations, d_model, warmup_steps, scale=1.0):
+    step = np.asarray(iterations, dtype="float64") + 1.0
+    return scale * d_model**-0.5 * np.minimum(step**-0.5, step * warmup_steps**-1.5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_rate_follows_the_paper_formula_with_step_one_based(scale):
+    schedule = schedules.TransformerSchedule(64, warmup_steps=100, scale=scale)
+    for iterations in [0, 1, 49, 98, 99, 100, 500, 10_000]:
+        np.testing.assert_allclose(
+            to_numpy(schedule(iterations)),
+            reference_rate(iterations, 64, 100, scale),
+            rtol=1e-6,
+        )
+
+
+def test_rate_peaks_when_step_reaches_warmup():
+    schedule = schedules.TransformerSchedule(128, warmup_steps=40)
+    rates = to_numpy(schedule(np.arange(200)))
+    assert int(np.argmax(rates)) == 39  # iterations 39 is step 40.
+    np.testing.assert_allclose(rates.max(), (128 * 40) ** -0.5, rtol=1e-6)
+    assert np.all(np.diff(rates[:40]) > 0) and np.all(np.diff(rates[40:]) < 0)
+
+
+def test_config_round_trip_and_serialization():
+    schedule = schedules.TransformerSchedule(32, warmup_steps=10, scale=0.5)
+    config = schedule.get_config()
+    assert config == {"d_model": 32, "warmup_steps": 10, "scale": 0.5}
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(schedule)
+    )
+    assert type(restored) is schedules.TransformerSchedule
+    assert restored.get_config() == config
+
+
+def test_transformer_optimizer_uses_the_paper_hyperparameters():
+    optimizer = schedules.transformer_optimizer(32, warmup_steps=10, scale=2.0)
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.9, 0.98, 1e-9)
+    schedule = schedule_of(optimizer)
+    assert isinstance(schedule, schedules.TransformerSchedule)
+    assert schedule.get_config() == {"d_model": 32, "warmup_steps": 10, "scale": 2.0}
+    np.testing.assert_allclose(
+        to_numpy(optimizer.learning_rate), reference_rate(0, 32, 10, 2.0), rtol=1e-6
+    )
+
+
+def test_optimizer_with_schedule_survives_keras_saving(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(
+        optimizer=schedules.transformer_optimizer(16, warmup_steps=5), loss="mse"
+    )
+    model.fit(np.ones((4, 4)), np.zeros((4, 2)), epochs=3, batch_size=2, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    schedule = schedule_of(reloaded.optimizer)
+    assert isinstance(schedule, schedules.TransformerSchedule)
+    assert schedule.get_config() == {"d_model": 16, "warmup_steps": 5, "scale": 1.0}
+    assert int(to_numpy(reloaded.optimizer.iterations)) == 6
+    np.testing.assert_allclose(
+        to_numpy(reloaded.optimizer.learning_rate), reference_rate(6, 16, 5), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"d_model": 0}, "d_model"),
+        ({"d_model": 8.0}, "d_model"),
+        ({"d_model": 8, "warmup_steps": 0}, "warmup_steps"),
+        ({"d_model": 8, "scale": 0.0}, "scale"),
+        ({"d_model": 8, "scale": float("inf")}, "scale"),
+    ],
+)
+def test_bad_arguments_raise_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        schedules.TransformerSchedule(**kwargs)
