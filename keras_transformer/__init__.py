@@ -3,3 +3,7 @@
 __version__ = "0.1.0"
 
 from keras_transformer import layers  # noqa: E402,F401
+from keras_transformer import losses  # noqa: E402,F401
+from keras_transformer import metrics  # noqa: E402,F401
+from keras_transformer import models  # noqa: E402,F401
+from keras_transformer import schedules  # noqa: E402,F401

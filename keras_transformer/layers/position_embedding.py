@@ -127,7 +127,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             inputs raise a `ValueError`. Required for `"learned"`; `None` is
             allowed for `"sinusoidal"` and means no maximum.
         embedding_dim: int. Size of the token and position embeddings.
-        position_encoding: str. `"learned"` or `"sinusoidal"`.
+        position_encoding: str. `"learned"`, `"sinusoidal"`, or `"none"` when
+            positions enter inside attention instead (rotary, ALiBi or
+            relative bias).
         mask_zero: bool. Whether token id 0 is padding; the layer then
             returns the mask `token_ids != 0`.
         scale_embedding: bool. Whether to multiply the token embeddings by
@@ -180,7 +182,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             "embedding_dim", embedding_dim
         )
         self.position_encoding = _validation.check_choice(
-            "position_encoding", position_encoding, ("learned", "sinusoidal")
+            "position_encoding", position_encoding, ("learned", "sinusoidal", "none")
         )
         if position_encoding == "learned" and sequence_length is None:
             raise ValueError(
@@ -211,10 +213,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 name="position_embedding",
                 dtype=self.dtype_policy,
             )
-        else:
+        elif self.position_encoding == "sinusoidal":
             self.position_embedding = SinusoidalPositionEncoding(
                 name="position_embedding", dtype=self.dtype_policy
             )
+        else:
+            self.position_embedding = None
 
     def _initializer_config(self):
         return keras.initializers.serialize(self.embeddings_initializer)
@@ -226,7 +230,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         batch_and_length = tuple(input_shape[:2])
         _check_fits(self.name, batch_and_length[1], 0, self.sequence_length)
         self.token_embedding.build(batch_and_length)
-        self.position_embedding.build(batch_and_length + (self.embedding_dim,))
+        if self.position_embedding is not None:
+            self.position_embedding.build(batch_and_length + (self.embedding_dim,))
         self.built = True
 
     def call(self, inputs, start_index=0, reverse=False):
@@ -244,6 +249,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             embedded = embedded * ops.cast(
                 math.sqrt(self.embedding_dim), embedded.dtype
             )
+        if self.position_embedding is None:
+            return embedded
         return embedded + self.position_embedding(embedded, start_index=start_index)
 
     def _logits(self, hidden_states):

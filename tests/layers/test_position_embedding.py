@@ -122,8 +122,9 @@ def test_position_embedding_rejects_bad_input_shapes(shape, message):
         {},
         {"position_encoding": "sinusoidal", "sequence_length": None},
         {"mask_zero": True, "scale_embedding": False},
+        {"position_encoding": "none", "sequence_length": None},
     ],
-    ids=["learned", "sinusoidal", "masked_unscaled"],
+    ids=["learned", "sinusoidal", "masked_unscaled", "no_positions"],
 )
 def test_token_and_position_layer_contract_holds(overrides, tmp_path):
     run_layer_test(
@@ -177,6 +178,15 @@ def test_sinusoidal_positions_match_the_standalone_encoding_and_add_no_weights()
     )
     expected = tokens[token_ids] * math.sqrt(DIM) + encoding[:, 2:]
     np.testing.assert_allclose(outputs, expected, atol=1e-6, rtol=0)
+
+
+def test_no_position_encoding_returns_scaled_token_embeddings_only():
+    layer = token_and_position(position_encoding="none", sequence_length=None)
+    token_ids = random_token_ids(2, 6, VOCAB)
+    outputs = to_numpy(layer(token_ids, start_index=3))
+    tokens = to_numpy(layer.token_embedding.embeddings)
+    np.testing.assert_allclose(outputs, tokens[token_ids] * math.sqrt(DIM), atol=1e-6)
+    assert len(layer.weights) == 1
 
 
 def test_reverse_mode_returns_tied_logits_without_new_weights():

@@ -1,0 +1,427 @@
+"""The encoder-decoder Transformer: token ids in, next-token logits out.
+
+Read top to bottom: `TransformerConfig` says what the model is,
+`build_transformer` makes its layers and wires them as
+tokens -> embeddings -> encoder -> decoder -> logits. `encode` and `decode`
+are that wiring; the functional model and the cached decoders in
+`keras_transformer.decoding` both run them, so training and decoding can never
+disagree about the architecture.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+import keras
+
+from keras_transformer import layers
+from keras_transformer.layers import _validation
+
+POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Everything that defines an encoder-decoder Transformer.
+
+    Args:
+        source_vocabulary_size: int. Source token ids are in
+            `[0, source_vocabulary_size)`; 0 is padding.
+        target_vocabulary_size: int. Target token ids, likewise.
+        num_encoder_layers: int. Encoder depth.
+        num_decoder_layers: int. Decoder depth.
+        hidden_dim: int. Model width (d_model).
+        num_heads: int. Attention heads.
+        num_key_value_heads: int. Key/value heads (grouped-query attention);
+            defaults to `num_heads`.
+        intermediate_dim: int. Feed-forward hidden size.
+        activation: str. Feed-forward activation (a Keras name, `"geglu"` or
+            `"swiglu"`).
+        dropout: float. Residual and embedding dropout.
+        attention_dropout: float. Defaults to `dropout`.
+        feed_forward_dropout: float. Defaults to `dropout`.
+        norm_placement: str. `"post"`, `"pre"`, `"sandwich"`, `"deepnorm"` or
+            `"rezero"`.
+        norm_type: str. `"layer_norm"` or `"rms_norm"`.
+        layer_norm_epsilon: float. Epsilon of every normalisation.
+        position_encoding: str. `"sinusoidal"`, `"learned"` (added to the
+            embeddings), `"rotary"`, `"alibi"` or `"relative"` (inside
+            self-attention).
+        max_source_length: int. Longest source the model accepts.
+        max_target_length: int. Longest target (including BOS) the model
+            accepts and decodes.
+        share_embeddings: bool. One embedding table for source and target
+            (needs equal vocabulary sizes).
+        tie_output_projection: bool. Logits from the target embedding matrix.
+        padding_id: int. The padding token id.
+    """
+
+    source_vocabulary_size: int
+    target_vocabulary_size: int
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    hidden_dim: int = 128
+    num_heads: int = 4
+    num_key_value_heads: Optional[int] = None
+    intermediate_dim: int = 512
+    activation: str = "relu"
+    dropout: float = 0.1
+    attention_dropout: Optional[float] = None
+    feed_forward_dropout: Optional[float] = None
+    norm_placement: str = "pre"
+    norm_type: str = "layer_norm"
+    layer_norm_epsilon: float = 1e-5
+    position_encoding: str = "sinusoidal"
+    max_source_length: int = 128
+    max_target_length: int = 128
+    share_embeddings: bool = False
+    tie_output_projection: bool = True
+    padding_id: int = 0
+
+    def __post_init__(self):
+        for name in (
+            "source_vocabulary_size",
+            "target_vocabulary_size",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "hidden_dim",
+            "num_heads",
+            "intermediate_dim",
+            "max_source_length",
+            "max_target_length",
+        ):
+            _validation.check_positive_int(name, getattr(self, name))
+        _validation.check_choice(
+            "position_encoding", self.position_encoding, POSITION_ENCODINGS
+        )
+        _validation.check_non_negative_int("padding_id", self.padding_id)
+        if (
+            self.share_embeddings
+            and self.source_vocabulary_size != self.target_vocabulary_size
+        ):
+            raise ValueError(
+                "Received share_embeddings=True with different vocabulary "
+                f"sizes. Received: source_vocabulary_size="
+                f"{self.source_vocabulary_size}, target_vocabulary_size="
+                f"{self.target_vocabulary_size}. Use one joint vocabulary or "
+                "set share_embeddings=False."
+            )
+        if self.padding_id >= min(
+            self.source_vocabulary_size, self.target_vocabulary_size
+        ):
+            raise ValueError(
+                "Received an invalid value for argument padding_id, expected "
+                "an id inside both vocabularies. Received: "
+                f"padding_id={self.padding_id}"
+            )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config):
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"Received unknown TransformerConfig fields {unknown}. "
+                f"Expected a subset of {sorted(known)}."
+            )
+        return cls(**config)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLayers:
+    """The named layers of a model from `build_transformer`."""
+
+    source_embedding: keras.layers.Layer
+    target_embedding: keras.layers.Layer
+    embedding_dropout: keras.layers.Layer
+    encoder_blocks: tuple
+    encoder_norm: Optional[keras.layers.Layer]
+    decoder_blocks: tuple
+    decoder_norm: Optional[keras.layers.Layer]
+    output_projection: Optional[keras.layers.Layer]
+    padding_mask: keras.layers.Layer
+    logits: keras.layers.Layer
+
+    @classmethod
+    def of(cls, model):
+        """Finds the layers of a built (or reloaded) encoder-decoder model."""
+        by_name = {layer.name: layer for layer in model.layers}
+
+        def numbered(prefix):
+            return tuple(
+                by_name[f"{prefix}_{i}"]
+                for i in range(len(by_name))
+                if f"{prefix}_{i}" in by_name
+            )
+
+        shared = by_name.get("shared_embedding")
+        missing = [
+            name
+            for name in (
+                "padding_mask",
+                "embedding_dropout",
+                "encoder_block_0",
+                "decoder_block_0",
+                "logits",
+            )
+            if name not in by_name
+        ]
+        if missing or not (shared or "source_embedding" in by_name):
+            raise ValueError(
+                f"Model {model.name!r} is not a keras_transformer encoder-decoder: "
+                f"it has no layer named {missing or ['source_embedding']}. Build it "
+                "with keras_transformer.models.build_transformer."
+            )
+        source_embedding = shared or by_name["source_embedding"]
+        return cls(
+            source_embedding=source_embedding,
+            target_embedding=shared or by_name["target_embedding"],
+            embedding_dropout=by_name["embedding_dropout"],
+            encoder_blocks=numbered("encoder_block"),
+            encoder_norm=by_name.get("encoder_final_norm"),
+            decoder_blocks=numbered("decoder_block"),
+            decoder_norm=by_name.get("decoder_final_norm"),
+            output_projection=by_name.get("output_projection"),
+            padding_mask=by_name["padding_mask"],
+            logits=by_name["logits"],
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class PaddingMask(keras.layers.Layer):
+    """`token_ids != padding_id`, as a layer so the model summary shows it.
+
+    Masks are derived from the ids inside the model rather than carried as
+    Keras implicit masks, which do not survive SavedModel export.
+    """
+
+    def __init__(self, padding_id=0, **kwargs):
+        super().__init__(**kwargs)
+        self.padding_id = _validation.check_non_negative_int("padding_id", padding_id)
+
+    def call(self, token_ids):
+        return layers.padding_mask(token_ids, padding_id=self.padding_id)
+
+    def get_config(self):
+        return {**super().get_config(), "padding_id": self.padding_id}
+
+
+def encode(parts, source_ids, training=None):
+    """Source ids -> (encoder output, source padding mask)."""
+    source_mask = parts.padding_mask(source_ids)
+    hidden = parts.embedding_dropout(
+        parts.source_embedding(source_ids), training=training
+    )
+    for block in parts.encoder_blocks:
+        hidden = block(hidden, padding_mask=source_mask, training=training)
+    if parts.encoder_norm is not None:
+        hidden = parts.encoder_norm(hidden)
+    return hidden, source_mask
+
+
+def decode(parts, target_ids, encoded, source_mask, training=None):
+    """Target ids (BOS first) attending to the encoder -> next-token logits."""
+    target_mask = parts.padding_mask(target_ids)
+    hidden = parts.embedding_dropout(
+        parts.target_embedding(target_ids), training=training
+    )
+    for block in parts.decoder_blocks:
+        hidden = block(
+            hidden,
+            encoded,
+            decoder_padding_mask=target_mask,
+            encoder_padding_mask=source_mask,
+            training=training,
+        )
+    return _logits(parts, hidden)
+
+
+def initial_decoder_caches(parts, encoded, max_length):
+    """Empty self-attention caches and filled cross-attention caches."""
+    batch_size = keras.ops.shape(encoded)[0]
+    self_caches = [
+        block.initial_self_attention_cache(batch_size, max_length)
+        for block in parts.decoder_blocks
+    ]
+    cross_caches = [
+        block.compute_cross_attention_cache(encoded) for block in parts.decoder_blocks
+    ]
+    return self_caches, cross_caches
+
+
+def decode_step(parts, target_ids, start_index, self_caches, cross_caches, source_mask):
+    """Incremental `decode`: the ids at `start_index...` given cached keys/values.
+
+    Returns the logits for those positions and the updated self-attention
+    caches. Shapes do not change from step to step, so a loop over this
+    compiles once.
+    """
+    hidden = parts.target_embedding(target_ids, start_index=start_index)
+    updated = []
+    for block, self_cache, cross_cache in zip(
+        parts.decoder_blocks, self_caches, cross_caches
+    ):
+        hidden, self_cache, _ = block(
+            hidden,
+            encoder_padding_mask=source_mask,
+            self_attention_cache=self_cache,
+            self_attention_cache_update_index=start_index,
+            cross_attention_cache=cross_cache,
+        )
+        updated.append(self_cache)
+    return _logits(parts, hidden), updated
+
+
+def _logits(parts, hidden):
+    if parts.decoder_norm is not None:
+        hidden = parts.decoder_norm(hidden)
+    if parts.output_projection is None:
+        logits = parts.target_embedding(hidden, reverse=True)
+    else:
+        logits = parts.output_projection(hidden)
+    return parts.logits(logits)
+
+
+def _block_options(config, num_layers_key):
+    options = dict(
+        intermediate_dim=config.intermediate_dim,
+        num_heads=config.num_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        feed_forward_dropout=config.feed_forward_dropout,
+        activation=config.activation,
+        layer_norm_epsilon=config.layer_norm_epsilon,
+        norm_placement=config.norm_placement,
+        norm_type=config.norm_type,
+        use_rotary=config.position_encoding == "rotary",
+        position_bias=(
+            config.position_encoding
+            if config.position_encoding in ("alibi", "relative")
+            else None
+        ),
+    )
+    if config.norm_placement == "deepnorm":
+        constants = layers.deepnorm_constants(
+            config.num_encoder_layers, config.num_decoder_layers
+        )
+        side = num_layers_key
+        options["deepnorm_alpha"] = constants[f"{side}_alpha"]
+        options["deepnorm_beta"] = constants[f"{side}_beta"]
+    return options
+
+
+def _embedding(config, vocabulary_size, max_length, name, dtype):
+    added_positions = config.position_encoding in ("sinusoidal", "learned")
+    return layers.TokenAndPositionEmbedding(
+        vocabulary_size=vocabulary_size,
+        sequence_length=max_length,
+        embedding_dim=config.hidden_dim,
+        position_encoding=config.position_encoding if added_positions else "none",
+        name=name,
+        dtype=dtype,
+    )
+
+
+def _final_norm(config, name, dtype):
+    if not layers.needs_final_norm(config.norm_placement):
+        return None
+    return layers.make_normalization(
+        config.norm_type, config.layer_norm_epsilon, name=name, dtype=dtype
+    )
+
+
+def build_transformer(config, dtype=None, name="transformer"):
+    """Builds the functional encoder-decoder described by `config`.
+
+    Args:
+        config: `TransformerConfig` or a dict of its fields.
+        dtype: optional dtype policy for every layer (e.g. `"mixed_bfloat16"`);
+            defaults to the global policy. The logits are always float32, for
+            a stable loss and for serving.
+        name: str. The model's name.
+
+    Returns:
+        A `keras.Model` with inputs `{"source_ids", "target_ids"}` (int32,
+        `(batch, length)`, padded with `padding_id`) and output logits
+        `(batch, target_length, target_vocabulary_size)`.
+
+    Example:
+
+    ```python
+    config = TransformerConfig(source_vocabulary_size=100,
+                               target_vocabulary_size=100)
+    model = build_transformer(config)
+    ```
+    """
+    if isinstance(config, dict):
+        config = TransformerConfig.from_dict(config)
+    max_length = max(config.max_source_length, config.max_target_length)
+    if config.share_embeddings:
+        source_embedding = target_embedding = _embedding(
+            config, config.source_vocabulary_size, max_length, "shared_embedding", dtype
+        )
+    else:
+        source_embedding = _embedding(
+            config,
+            config.source_vocabulary_size,
+            config.max_source_length,
+            "source_embedding",
+            dtype,
+        )
+        target_embedding = _embedding(
+            config,
+            config.target_vocabulary_size,
+            config.max_target_length,
+            "target_embedding",
+            dtype,
+        )
+    parts = TransformerLayers(
+        source_embedding=source_embedding,
+        target_embedding=target_embedding,
+        embedding_dropout=keras.layers.Dropout(
+            config.dropout, name="embedding_dropout", dtype=dtype
+        ),
+        encoder_blocks=tuple(
+            layers.TransformerEncoderBlock(
+                **_block_options(config, "encoder"),
+                name=f"encoder_block_{i}",
+                dtype=dtype,
+            )
+            for i in range(config.num_encoder_layers)
+        ),
+        encoder_norm=_final_norm(config, "encoder_final_norm", dtype),
+        decoder_blocks=tuple(
+            layers.TransformerDecoderBlock(
+                **_block_options(config, "decoder"),
+                name=f"decoder_block_{i}",
+                dtype=dtype,
+            )
+            for i in range(config.num_decoder_layers)
+        ),
+        decoder_norm=_final_norm(config, "decoder_final_norm", dtype),
+        output_projection=(
+            None
+            if config.tie_output_projection
+            else layers.LoRADense(
+                config.target_vocabulary_size, name="output_projection", dtype=dtype
+            )
+        ),
+        padding_mask=PaddingMask(config.padding_id, name="padding_mask"),
+        # float32 logits: a stable loss under mixed precision, and for serving.
+        logits=keras.layers.Activation("linear", dtype="float32", name="logits"),
+    )
+
+    source_ids = keras.Input(shape=(None,), dtype="int32", name="source_ids")
+    target_ids = keras.Input(shape=(None,), dtype="int32", name="target_ids")
+    encoded, source_mask = encode(parts, source_ids)
+    logits = decode(parts, target_ids, encoded, source_mask)
+    return keras.Model(
+        {"source_ids": source_ids, "target_ids": target_ids}, logits, name=name
+    )

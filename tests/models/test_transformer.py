@@ -1,0 +1,151 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_transformer import losses, models, schedules
+from tests.conftest import to_numpy
+
+SMALL = dict(
+    source_vocabulary_size=30,
+    target_vocabulary_size=20,
+    hidden_dim=16,
+    num_heads=4,
+    intermediate_dim=32,
+    dropout=0.0,
+    max_source_length=12,
+    max_target_length=10,
+)
+SOURCE = np.array([[5, 6, 7, 0, 0], [4, 3, 2, 9, 8]], "int32")
+TARGET = np.array([[2, 5, 6, 7, 0], [2, 1, 4, 5, 6]], "int32")
+
+
+def small_model(**overrides):
+    return models.build_transformer(models.TransformerConfig(**{**SMALL, **overrides}))
+
+
+def predict(model, source=SOURCE, target=TARGET):
+    return to_numpy(model({"source_ids": source, "target_ids": target}))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"norm_placement": "post", "position_encoding": "learned"},
+        {"norm_placement": "deepnorm", "norm_type": "rms_norm"},
+        {"position_encoding": "rotary", "num_key_value_heads": 2},
+        {"position_encoding": "alibi", "activation": "swiglu"},
+        {"position_encoding": "relative", "norm_placement": "sandwich"},
+        {"share_embeddings": True, "target_vocabulary_size": 30},
+        {"tie_output_projection": False, "norm_placement": "rezero"},
+    ],
+    ids=["default", "post-learned", "deepnorm-rms", "rotary-gqa", "alibi-swiglu",
+         "relative-sandwich", "shared", "untied-rezero"],
+)
+def test_every_configuration_builds_trains_and_reloads(overrides, tmp_path):
+    model = small_model(**overrides)
+    assert predict(model).shape == (2, 5, model.output.shape[-1])
+    assert model.output.dtype == "float32"
+
+    model.compile(
+        optimizer=schedules.transformer_optimizer(16, warmup_steps=10),
+        loss=losses.MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+    )
+    labels = np.concatenate([TARGET[:, 1:], np.zeros((2, 1), "int32")], axis=1)
+    history = model.fit(
+        {"source_ids": SOURCE, "target_ids": TARGET}, labels, epochs=2, verbose=0
+    )
+    assert np.all(np.isfinite(history.history["loss"]))
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(predict(reloaded), predict(model), atol=1e-6)
+
+
+def test_summary_names_every_block():
+    model = small_model(num_encoder_layers=2, num_decoder_layers=3)
+    names = [layer.name for layer in model.layers]
+    for expected in [
+        "source_ids", "target_ids", "padding_mask", "source_embedding",
+        "target_embedding", "encoder_block_0", "encoder_block_1",
+        "encoder_final_norm", "decoder_block_0", "decoder_block_1",
+        "decoder_block_2", "decoder_final_norm", "logits",
+    ]:
+        assert expected in names
+
+
+def test_padding_the_source_or_target_never_changes_real_token_logits():
+    model = small_model(position_encoding="relative")
+    padded_source = np.concatenate([SOURCE, np.zeros((2, 4), "int32")], axis=1)
+    padded_target = np.concatenate([TARGET, np.zeros((2, 3), "int32")], axis=1)
+    short = predict(model)
+    long = predict(model, padded_source, padded_target)
+    real = TARGET != 0
+    np.testing.assert_allclose(long[:, :5][real], short[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("position_encoding", ["sinusoidal", "learned", "rotary", "alibi", "relative"])
+def test_cached_decode_steps_reproduce_the_full_model(position_encoding):
+    model = small_model(position_encoding=position_encoding, num_key_value_heads=2)
+    full = predict(model)
+    parts = models.TransformerLayers.of(model)
+    encoded, source_mask = models.encode(parts, SOURCE)
+    self_caches, cross_caches = models.initial_decoder_caches(parts, encoded, 10)
+    steps = []
+    for index in range(TARGET.shape[1]):
+        logits, self_caches = models.decode_step(
+            parts, TARGET[:, index : index + 1], index, self_caches, cross_caches, source_mask
+        )
+        steps.append(to_numpy(logits))
+    stepped = np.concatenate(steps, axis=1)
+    real = TARGET != 0
+    np.testing.assert_allclose(stepped[real], full[real], atol=1e-5)
+
+
+def test_layers_are_found_again_in_a_reloaded_model(tmp_path):
+    model = small_model()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    parts = models.TransformerLayers.of(keras.saving.load_model(path))
+    assert len(parts.encoder_blocks) == 2 and len(parts.decoder_blocks) == 2
+
+
+def test_a_foreign_model_is_refused_with_a_clear_message():
+    inputs = keras.Input((3,))
+    foreign = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    with pytest.raises(ValueError, match="not a keras_transformer encoder-decoder"):
+        models.TransformerLayers.of(foreign)
+
+
+def test_mixed_precision_model_keeps_float32_weights_and_logits():
+    model = models.build_transformer(models.TransformerConfig(**SMALL), dtype="mixed_bfloat16")
+    logits = predict(model)
+    assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
+    assert all(w.dtype == "float32" for w in model.weights)
+
+
+def test_config_round_trips_through_json_and_dicts():
+    config = models.TransformerConfig(**SMALL, position_encoding="rotary")
+    assert models.TransformerConfig.from_dict(config.to_dict()) == config
+    assert '"position_encoding": "rotary"' in config.to_json()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hidden_dim": 0}, "hidden_dim"),
+        ({"position_encoding": "absolute"}, "position_encoding"),
+        ({"share_embeddings": True}, "share_embeddings=True"),
+        ({"padding_id": 40}, "padding_id"),
+        ({"num_decoder_layers": -1}, "num_decoder_layers"),
+    ],
+)
+def test_bad_configurations_are_refused_with_the_field_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        models.TransformerConfig(**{**SMALL, **overrides})
+
+
+def test_unknown_config_fields_are_refused():
+    with pytest.raises(ValueError, match="unknown TransformerConfig fields"):
+        models.TransformerConfig.from_dict({**SMALL, "d_model": 16})
