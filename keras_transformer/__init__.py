@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from keras_transformer import data  # noqa: E402,F401
 from keras_transformer import decoding  # noqa: E402,F401
+from keras_transformer import export  # noqa: E402,F401
 from keras_transformer import layers  # noqa: E402,F401
 from keras_transformer import losses  # noqa: E402,F401
 from keras_transformer import metrics  # noqa: E402,F401

@@ -157,7 +157,7 @@ def beam_search_decode(
         model, source_ids, max_length, bos_id, eos_id
     )
     beam_size = _validation.check_positive_int("beam_size", beam_size)
-    length_penalty = _check_length_penalty(length_penalty)
+    length_penalty = check_length_penalty(length_penalty)
     vocabulary_size = parts.target_embedding.vocabulary_size
     batch_size = _batch_size(source_ids)
 
@@ -329,7 +329,8 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
     return parts, ops.cast(source_ids, "int32"), padding_id
 
 
-def _check_length_penalty(length_penalty):
+def check_length_penalty(length_penalty):
+    """Validates the GNMT length-penalty exponent; shared with the exporter."""
     if (
         isinstance(length_penalty, bool)
         or not isinstance(length_penalty, numbers.Real)

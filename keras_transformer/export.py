@@ -1,0 +1,354 @@
+"""Export a trained translator as a self-contained TensorFlow SavedModel.
+
+`export_translator` bundles the model, both tokenizers and the decoding loops
+into one SavedModel, so serving needs TensorFlow only (no keras_transformer):
+
+```python
+translator = tf.saved_model.load(export_dir)   # or load_translator(export_dir)
+translator.translate(tf.constant(["5 March 2021"]))  # [b"2021-03-05"]
+```
+
+Endpoints of the export:
+
+- `serve(source_ids, target_ids)`: int32 `[batch, length]` each, padded with
+  0 (`target_ids` starts with BOS) -> float32 logits
+  `[batch, target_length, target_vocabulary_size]`, the model's forward pass.
+- `translate(texts)`: tf.string `[batch]` -> tf.string `[batch]`, greedy
+  decoding.
+- `translate_beam(texts)`: likewise with beam search (the `beam_size` and
+  `length_penalty` given at export).
+- `serving_default`: the `translate` computation as a signature with named
+  tensors, `{"texts"} -> {"translations"}`, for TF Serving and
+  `saved_model_cli`.
+
+How `translate` and `translate_beam` treat awkward inputs:
+
+- Empty and whitespace-only texts translate to `""`: they have no source
+  tokens, and whatever the decoder makes of an all-padding source is
+  replaced by the empty string (other texts of the batch are unaffected).
+- A text with more tokens than the model's maximum source length fails the
+  whole call with an `InvalidArgumentError` that states the limit. Texts are
+  never truncated silently: split them before translating.
+- Pieces missing from the source vocabulary become [UNK] and the text is
+  still translated.
+- Bytes that are not valid UTF-8 are replaced by U+FFFD (then [UNK] unless
+  the vocabulary has it) and the text is still translated.
+- A batch is padded to its longest text; padding is masked, so each text is
+  translated as it would be alone.
+- Translations stop at [EOS] or after `max_decode_length` tokens.
+
+The directory also holds `assets.extra/translator.json`: the limits, decoding
+settings and tokenizer configs the export was made with.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+import keras_transformer
+from keras_transformer import decoding
+from keras_transformer.layers import _validation
+from keras_transformer.models import TransformerLayers
+
+METADATA_PATH = os.path.join("assets.extra", "translator.json")
+ENDPOINTS = ("serve", "translate", "translate_beam", "serving_default")
+
+
+def export_translator(
+    model,
+    source_tokenizer,
+    target_tokenizer,
+    export_dir,
+    max_decode_length=None,
+    beam_size=4,
+    length_penalty=0.6,
+):
+    """Writes a SavedModel that translates strings, atomically.
+
+    The SavedModel is written into a temporary folder beside `export_dir` and
+    renamed into place once complete. An existing export at `export_dir` is
+    replaced only then; if anything fails it is left as it was. Missing
+    parent folders are created.
+
+    Args:
+        model: keras.Model from `keras_transformer.models.build_transformer`
+            (built, e.g. trained or reloaded).
+        source_tokenizer: `keras_transformer.data.Tokenizer` for the inputs.
+        target_tokenizer: `keras_transformer.data.Tokenizer` for the outputs.
+        export_dir: str or path. Where the SavedModel goes.
+        max_decode_length: int or None. Most tokens generated per text;
+            defaults to the model's maximum target length.
+        beam_size: int. Beams of `translate_beam`.
+        length_penalty: float. Length-normalisation exponent of
+            `translate_beam`.
+
+    Returns:
+        `export_dir`, as given.
+
+    Example:
+
+    ```python
+    export_translator(model, source_tokenizer, target_tokenizer,
+                      "saved_models/dates")
+    translator = load_translator("saved_models/dates")
+    translator.translate(tf.constant(["5 March 2021"]))
+    ```
+    """
+    parts = TransformerLayers.of(model)
+    max_source_length = parts.source_embedding.sequence_length
+    max_target_length = parts.target_embedding.sequence_length
+    if max_decode_length is None:
+        max_decode_length = max_target_length
+    _validation.check_positive_int("max_decode_length", max_decode_length)
+    if max_decode_length > max_target_length:
+        raise ValueError(
+            "Received an invalid value for argument max_decode_length, "
+            f"expected at most the model's maximum target length "
+            f"{max_target_length}. Received: max_decode_length="
+            f"{max_decode_length}"
+        )
+    # The decoders check these too, but only when the endpoints are traced,
+    # which happens while writing; failing here saves that work.
+    beam_size = _validation.check_positive_int("beam_size", beam_size)
+    length_penalty = decoding.check_length_penalty(length_penalty)
+    _check_vocabulary_fits(
+        "source_tokenizer", source_tokenizer, parts.source_embedding.vocabulary_size
+    )
+    _check_vocabulary_fits(
+        "target_tokenizer", target_tokenizer, parts.target_embedding.vocabulary_size
+    )
+    final_dir = os.path.abspath(os.fspath(export_dir))
+    if os.path.exists(final_dir) and not os.path.isdir(final_dir):
+        raise ValueError(
+            f"Cannot export to {final_dir!r}: it exists and is not a folder."
+        )
+
+    archive = _build_archive(
+        model,
+        parts,
+        source_tokenizer,
+        target_tokenizer,
+        max_decode_length=max_decode_length,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+    )
+    metadata = {
+        "keras_transformer_version": keras_transformer.__version__,
+        "endpoints": list(ENDPOINTS),
+        "max_source_length": max_source_length,
+        "max_target_length": max_target_length,
+        "max_decode_length": max_decode_length,
+        "beam_size": beam_size,
+        "length_penalty": float(length_penalty),
+        "source_tokenizer": _tokenizer_record(source_tokenizer),
+        "target_tokenizer": _tokenizer_record(target_tokenizer),
+    }
+
+    parent = os.path.dirname(final_dir)
+    os.makedirs(parent, exist_ok=True)
+    # Everything in progress lives in one hidden folder beside export_dir, on
+    # the same file system, so moving the export into place is a rename.
+    workspace = tempfile.mkdtemp(
+        dir=parent, prefix=f".{os.path.basename(final_dir)}.export-"
+    )
+    staging = os.path.join(workspace, "new")
+    previous = os.path.join(workspace, "old")
+    try:
+        archive.write_out(staging, verbose=False)
+        _write_metadata(staging, metadata)
+        _move_into_place(staging, final_dir, previous)
+    except BaseException:
+        # Only when the old export could not be moved back does it remain in
+        # the workspace, which is then kept rather than deleted with it.
+        if not os.path.exists(previous):
+            shutil.rmtree(workspace, ignore_errors=True)
+        raise
+    shutil.rmtree(workspace, ignore_errors=True)
+    return export_dir
+
+
+def load_translator(path):
+    """Loads an export of `export_translator` with `tf.saved_model.load`.
+
+    Args:
+        path: str or path. The export folder.
+
+    Returns:
+        The loaded SavedModel, with the endpoints `serve`, `translate`,
+        `translate_beam` and `serving_default` (see the module docstring).
+
+    Raises:
+        ValueError: `path` is missing, is not a SavedModel, or is a SavedModel
+            that `export_translator` did not write.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"No translator export at {path!r}: no such folder.")
+    if not tf.saved_model.contains_saved_model(path):
+        raise ValueError(
+            f"{path!r} is not a SavedModel (it has no saved_model.pb). Write one "
+            "with keras_transformer.export.export_translator."
+        )
+    if not os.path.isfile(os.path.join(path, METADATA_PATH)):
+        raise ValueError(
+            f"{path!r} is a SavedModel but not a translator export (it has no "
+            f"{METADATA_PATH}). Write one with "
+            "keras_transformer.export.export_translator."
+        )
+    try:
+        return tf.saved_model.load(path)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"Could not load the SavedModel at {path!r}: {error}"
+        ) from error
+
+
+def _check_vocabulary_fits(argument, tokenizer, model_vocabulary_size):
+    if tokenizer.vocabulary_size > model_vocabulary_size:
+        raise ValueError(
+            f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
+            f"for a model whose embedding has {model_vocabulary_size}: its "
+            "ids would fall outside the model. Pass the tokenizer the model "
+            "was built for."
+        )
+
+
+def _tokenizer_record(tokenizer):
+    return {"class_name": type(tokenizer).__name__, "config": tokenizer.get_config()}
+
+
+def _build_archive(
+    model,
+    parts,
+    source_tokenizer,
+    target_tokenizer,
+    max_decode_length,
+    beam_size,
+    length_penalty,
+):
+    max_source_length = parts.source_embedding.sequence_length
+    max_target_length = parts.target_embedding.sequence_length
+    padding_id = parts.padding_mask.padding_id
+    archive = keras.export.ExportArchive()
+    # Tracking the model (not only letting the endpoints capture its
+    # variables) is what lets saved_model_cli and TF Serving find them.
+    archive.track(model)
+    archive.track(source_tokenizer)
+    archive.track(target_tokenizer)
+
+    def serve(source_ids, target_ids):
+        checks = [
+            _assert_fits(source_ids, max_source_length, "source_ids", "source"),
+            _assert_fits(target_ids, max_target_length, "target_ids", "target"),
+        ]
+        with tf.control_dependencies(checks):
+            inputs = {
+                "source_ids": tf.identity(source_ids),
+                "target_ids": tf.identity(target_ids),
+            }
+        return model(inputs, training=False)
+
+    def translator(decode):
+        def translate(texts):
+            pieces = source_tokenizer.tokenize(texts)
+            lengths = tf.cast(pieces.row_lengths(), tf.int32)
+            longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+            check = tf.debugging.assert_less_equal(
+                longest,
+                max_source_length,
+                message=(
+                    "A text to translate has more tokens than the model's "
+                    f"maximum source length of {max_source_length} tokens. "
+                    "Texts are never truncated: split long texts before "
+                    "translating."
+                ),
+            )
+            with tf.control_dependencies([check]):
+                # At least one column, so a batch of empty texts still has a
+                # source to encode; those rows are blanked below.
+                width = tf.maximum(longest, 1)
+            source_ids = pieces.to_tensor(
+                default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
+            )
+            translations = target_tokenizer.detokenize(decode(source_ids))
+            return tf.where(lengths > 0, translations, "")
+
+        return translate
+
+    special_ids = {"bos_id": target_tokenizer.bos_id, "eos_id": target_tokenizer.eos_id}
+
+    def greedy(source_ids):
+        return decoding.greedy_decode(
+            model, source_ids, max_decode_length, **special_ids
+        )
+
+    def beam(source_ids):
+        return decoding.beam_search_decode(
+            model,
+            source_ids,
+            max_decode_length,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            **special_ids,
+        )
+
+    texts_spec = tf.TensorSpec([None], tf.string)
+    archive.add_endpoint(
+        "serve",
+        serve,
+        input_signature=[
+            tf.TensorSpec([None, None], tf.int32, name="source_ids"),
+            tf.TensorSpec([None, None], tf.int32, name="target_ids"),
+        ],
+    )
+    translate = archive.add_endpoint(
+        "translate", translator(greedy), input_signature=[texts_spec]
+    )
+    archive.add_endpoint(
+        "translate_beam", translator(beam), input_signature=[texts_spec]
+    )
+    archive.add_endpoint(
+        "serving_default",
+        lambda texts: {"translations": translate(texts)},
+        input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
+    )
+    return archive
+
+
+def _assert_fits(ids, max_length, argument, side):
+    return tf.debugging.assert_less_equal(
+        tf.shape(ids)[1],
+        max_length,
+        message=(
+            f"serve received {argument} longer than the model's maximum "
+            f"{side} length of {max_length} tokens."
+        ),
+    )
+
+
+def _write_metadata(export_dir, metadata):
+    path = os.path.join(export_dir, METADATA_PATH)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(metadata, file, ensure_ascii=False, indent=1, sort_keys=True)
+
+
+def _move_into_place(staging, export_dir, previous):
+    """Renames `staging` to `export_dir`; an old export waits at `previous`.
+
+    The old export is moved aside only once the new one is complete, and is
+    moved back if the new one cannot take its place.
+    """
+    if not os.path.exists(export_dir):
+        os.rename(staging, export_dir)
+        return
+    os.rename(export_dir, previous)
+    try:
+        os.rename(staging, export_dir)
+    except BaseException:
+        os.rename(previous, export_dir)
+        raise

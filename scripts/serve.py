@@ -1,0 +1,83 @@
+"""Translate texts with a SavedModel written by `export_translator`.
+
+Needs TensorFlow only, never keras_transformer: the export carries the model,
+the tokenizers and the decoding loop.
+
+    python scripts/serve.py saved_models/dates "5 March 2021" "March 6, 2020"
+    printf '5 March 2021\\nMarch 6, 2020\\n' | python scripts/serve.py saved_models/dates
+    python scripts/serve.py --beam saved_models/dates "5 March 2021"
+
+Prints one translation per input, in order. Without texts on the command
+line, every line of stdin is one text (an empty line gives an empty line).
+"""
+
+import argparse
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export_dir", help="folder written by export_translator")
+    parser.add_argument(
+        "texts", nargs="*", help="texts to translate; default: lines of stdin"
+    )
+    parser.add_argument(
+        "--beam", action="store_true", help="beam search instead of greedy"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=64, help="texts per call (default 64)"
+    )
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    return args
+
+
+def load(export_dir):
+    if not tf.saved_model.contains_saved_model(export_dir):
+        raise SystemExit(f"error: {export_dir!r} is not a SavedModel folder.")
+    translator = tf.saved_model.load(export_dir)
+    if not hasattr(translator, "translate"):
+        raise SystemExit(
+            f"error: the SavedModel at {export_dir!r} has no translate endpoint; "
+            "write it with keras_transformer.export.export_translator."
+        )
+    return translator
+
+
+def read_stdin_lines():
+    # Bytes, not str: invalid UTF-8 reaches the tokenizer, which replaces it.
+    return [line.rstrip(b"\r\n") for line in sys.stdin.buffer]
+
+
+def failed_check(message):
+    """The export's own words from a failed graph assertion, if it is one."""
+    match = re.search(r"assertion failed: \[(.*?)\] \[", message, re.DOTALL)
+    return match.group(1).replace("\\'", "'") if match else message
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    translator = load(args.export_dir)
+    translate = translator.translate_beam if args.beam else translator.translate
+    texts = [text.encode("utf-8", "surrogateescape") for text in args.texts]
+    if not args.texts:
+        texts = read_stdin_lines()
+    for start in range(0, len(texts), args.batch_size):
+        batch = tf.constant(texts[start : start + args.batch_size], dtype=tf.string)
+        try:
+            translations = translate(batch).numpy()
+        except tf.errors.InvalidArgumentError as error:
+            raise SystemExit(f"error: {failed_check(error.message)}") from None
+        for translation in translations:
+            print(translation.decode("utf-8", "replace"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,516 @@
+"""SavedModel export of a translator, and `.keras` save/load of the model."""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import data, decoding, export, losses, models, schedules
+from tests.conftest import to_numpy
+
+SOURCE_TEXTS = ["5 March 2021", "17 May 2020", "1 June 1999"]
+TARGET_TEXTS = ["2021-03-05", "2020-05-17", "1999-06-01"]
+MAX_SOURCE_LENGTH = 12
+MAX_TARGET_LENGTH = 11
+MAX_DECODE_LENGTH = MAX_TARGET_LENGTH  # the default of export_translator
+BEAM_SIZE = 3
+LENGTH_PENALTY = 0.6
+# Each subprocess imports TensorFlow and loads the SavedModel (~10 s).
+SUBPROCESS_TIMEOUT = 180
+
+
+@dataclasses.dataclass
+class Translator:
+    model: keras.Model
+    source_tokenizer: data.Tokenizer
+    target_tokenizer: data.Tokenizer
+    export_dir: str
+
+
+def tiny_config(source_tokenizer, target_tokenizer):
+    return models.TransformerConfig(
+        source_vocabulary_size=source_tokenizer.vocabulary_size,
+        target_vocabulary_size=target_tokenizer.vocabulary_size,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        dropout=0.0,
+        max_source_length=MAX_SOURCE_LENGTH,
+        max_target_length=MAX_TARGET_LENGTH,
+    )
+
+
+def build_translator():
+    source_tokenizer = data.CharacterTokenizer.from_texts(SOURCE_TEXTS)
+    target_tokenizer = data.CharacterTokenizer.from_texts(TARGET_TEXTS)
+    keras.utils.set_random_seed(7)
+    model = models.build_transformer(tiny_config(source_tokenizer, target_tokenizer))
+    return model, source_tokenizer, target_tokenizer
+
+
+def train_briefly(model, source_tokenizer, target_tokenizer, steps=60):
+    """Enough steps for varied translations that end with EOS."""
+    inputs, labels = next(
+        iter(
+            data.make_translation_dataset(
+                SOURCE_TEXTS,
+                TARGET_TEXTS,
+                source_tokenizer,
+                target_tokenizer,
+                batch_size=len(SOURCE_TEXTS),
+                shuffle=False,
+            )
+        )
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=losses.MaskedSparseCategoricalCrossentropy(),
+    )
+    for _ in range(steps):
+        model.train_on_batch(inputs, labels)
+
+
+_SHARED = {}
+
+
+def shared_translator(tmp_path_factory):
+    """One exported translator for the whole session (exports are slow).
+
+    A plain function with a cache rather than a fixture, so that
+    `tests/scripts/test_serve.py` reuses the same export.
+    """
+    if "translator" not in _SHARED:
+        model, source_tokenizer, target_tokenizer = build_translator()
+        train_briefly(model, source_tokenizer, target_tokenizer)
+        # Two missing parent folders: export_translator creates them.
+        export_dir = str(tmp_path_factory.mktemp("exports") / "saved" / "dates")
+        returned = export.export_translator(
+            model,
+            source_tokenizer,
+            target_tokenizer,
+            export_dir,
+            beam_size=BEAM_SIZE,
+            length_penalty=LENGTH_PENALTY,
+        )
+        assert returned == export_dir
+        _SHARED["translator"] = Translator(
+            model, source_tokenizer, target_tokenizer, export_dir
+        )
+    return _SHARED["translator"]
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    return shared_translator(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def loaded(translator):
+    return export.load_translator(translator.export_dir)
+
+
+def decode_in_process(translator, texts, beam=False):
+    """Tokenize, pad and decode with the library, no SavedModel involved."""
+    source_ids = translator.source_tokenizer.tokenize(texts).to_tensor()
+    if beam:
+        ids = decoding.beam_search_decode(
+            translator.model,
+            source_ids,
+            MAX_DECODE_LENGTH,
+            beam_size=BEAM_SIZE,
+            length_penalty=LENGTH_PENALTY,
+        )
+    else:
+        ids = decoding.greedy_decode(translator.model, source_ids, MAX_DECODE_LENGTH)
+    return [
+        text.decode("utf-8")
+        for text in translator.target_tokenizer.detokenize(ids).numpy()
+    ]
+
+
+def as_strings(tensor):
+    return [text.decode("utf-8") for text in tensor.numpy()]
+
+
+def run_python(code, *args):
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+SERVE_WITHOUT_LIBRARY = r"""
+import json, pathlib, sys
+import numpy as np
+import tensorflow as tf
+
+export_dir, work = sys.argv[1], pathlib.Path(sys.argv[2])
+translator = tf.saved_model.load(export_dir)
+logits = translator.serve(
+    source_ids=tf.constant(np.load(work / "source_ids.npy")),
+    target_ids=tf.constant(np.load(work / "target_ids.npy")),
+)
+np.save(work / "logits.npy", logits.numpy())
+texts = tf.constant(json.loads((work / "texts.json").read_text()))
+result = {
+    name: [text.decode("utf-8") for text in getattr(translator, name)(texts).numpy()]
+    for name in ("translate", "translate_beam")
+}
+(work / "translations.json").write_text(json.dumps(result))
+imported = sorted(name for name in sys.modules if name.startswith("keras_transformer"))
+assert not imported, imported
+"""
+
+
+@pytest.mark.slow
+def test_a_process_without_keras_transformer_serves_what_the_model_computes(
+    translator, tmp_path
+):
+    source_ids = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]], "int32")
+    target_ids = np.array([[2, 4, 5, 0], [2, 6, 7, 8]], "int32")
+    texts = ["5 March 2021", "1 June", "17 May 20"]
+    np.save(tmp_path / "source_ids.npy", source_ids)
+    np.save(tmp_path / "target_ids.npy", target_ids)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+
+    result = run_python(SERVE_WITHOUT_LIBRARY, translator.export_dir, str(tmp_path))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_logits = to_numpy(
+        translator.model({"source_ids": source_ids, "target_ids": target_ids})
+    )
+    np.testing.assert_allclose(
+        np.load(tmp_path / "logits.npy"), expected_logits, atol=1e-5
+    )
+    translations = json.loads((tmp_path / "translations.json").read_text())
+    assert translations["translate"] == decode_in_process(translator, texts)
+    assert translations["translate_beam"] == decode_in_process(
+        translator, texts, beam=True
+    )
+
+
+@pytest.mark.slow
+def test_saved_model_cli_runs_the_serving_default_signature(translator, tmp_path):
+    texts = ["5 March 2021", "1 June"]
+    result = subprocess.run(
+        [
+            "saved_model_cli",
+            "run",
+            "--dir",
+            translator.export_dir,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            f"texts={json.dumps(texts)}",
+            "--outdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    translations = np.load(tmp_path / "translations.npy", allow_pickle=True)
+    assert [text.decode("utf-8") for text in translations] == decode_in_process(
+        translator, texts
+    )
+
+
+def test_serving_default_names_its_input_texts_and_output_translations(loaded):
+    signature = loaded.signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    assert list(inputs) == ["texts"]
+    assert list(signature.structured_outputs) == ["translations"]
+    outputs = signature(texts=tf.constant(["5 March 2021"]))
+    assert as_strings(outputs["translations"]) == as_strings(
+        loaded.translate(tf.constant(["5 March 2021"]))
+    )
+
+
+def test_export_records_its_limits_and_decoding_settings(translator):
+    path = os.path.join(translator.export_dir, export.METADATA_PATH)
+    with open(path, encoding="utf-8") as file:
+        metadata = json.load(file)
+    assert metadata["max_source_length"] == MAX_SOURCE_LENGTH
+    assert metadata["max_target_length"] == MAX_TARGET_LENGTH
+    assert metadata["max_decode_length"] == MAX_DECODE_LENGTH
+    assert metadata["beam_size"] == BEAM_SIZE
+    assert metadata["length_penalty"] == LENGTH_PENALTY
+    assert metadata["source_tokenizer"]["class_name"] == "CharacterTokenizer"
+    assert (
+        metadata["target_tokenizer"]["config"]["vocabulary"]
+        == translator.target_tokenizer.vocabulary
+    )
+
+
+@pytest.mark.parametrize("endpoint", ["translate", "translate_beam"])
+def test_empty_and_whitespace_only_texts_translate_to_empty_strings(loaded, endpoint):
+    translate = getattr(loaded, endpoint)
+    assert as_strings(translate(tf.constant(["", "   ", "\t\n"]))) == ["", "", ""]
+    mixed = as_strings(translate(tf.constant(["", "5 March 2021", " "])))
+    alone = as_strings(translate(tf.constant(["5 March 2021"])))
+    assert mixed == ["", alone[0], ""]
+
+
+@pytest.mark.parametrize("endpoint", ["translate", "translate_beam"])
+def test_each_text_of_a_mixed_length_batch_is_translated_as_if_alone(loaded, endpoint):
+    translate = getattr(loaded, endpoint)
+    texts = ["5 March 2021", "1 May", "17 June 1999", "9"]
+    batched = as_strings(translate(tf.constant(texts)))
+    alone = [as_strings(translate(tf.constant([text])))[0] for text in texts]
+    assert batched == alone
+
+
+@pytest.mark.parametrize("endpoint", ["translate", "translate_beam"])
+def test_texts_longer_than_the_model_accepts_raise_an_error_naming_the_limit(
+    loaded, endpoint
+):
+    translate = getattr(loaded, endpoint)
+    at_limit = "x" * MAX_SOURCE_LENGTH
+    assert len(as_strings(translate(tf.constant([at_limit])))) == 1
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=f"maximum source length of {MAX_SOURCE_LENGTH} tokens",
+    ):
+        translate(tf.constant(["1 May", at_limit + "x"]))
+
+
+def test_unknown_characters_become_unk_and_are_still_translated(translator, loaded):
+    text = "5 Marzo 2021"  # "z" and "o" are not in the source vocabulary
+    ids = translator.source_tokenizer.tokenize([text]).numpy()[0]
+    assert list(ids).count(data.UNK_ID) == 2
+    assert as_strings(loaded.translate(tf.constant([text]))) == decode_in_process(
+        translator, [text]
+    )
+
+
+def test_invalid_utf8_is_replaced_and_still_translated(loaded):
+    broken = tf.constant([b"5 Ma\xffch 2021"])
+    replaced = tf.constant(["5 Ma\ufffdch 2021"])
+    assert as_strings(loaded.translate(broken)) == as_strings(
+        loaded.translate(replaced)
+    )
+
+
+def test_serve_refuses_ids_longer_than_the_model_accepts(loaded):
+    source_ids = tf.ones([1, MAX_SOURCE_LENGTH + 1], tf.int32)
+    target_ids = tf.fill([1, 2], data.BOS_ID)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="maximum source length"):
+        loaded.serve(source_ids, target_ids)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_folder", "not_a_translator"])
+def test_load_translator_refuses_what_is_not_a_translator_export(tmp_path, kind):
+    path = tmp_path / kind
+    if kind == "empty_folder":
+        path.mkdir()
+    if kind == "not_a_translator":
+        tf.saved_model.save(tf.Module(), str(path))
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        export.load_translator(path)
+
+
+# Atomicity. A fake `write_out` stands in for the SavedModel writer (so these
+# tests need no real export); the real one is exercised by `translator`.
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                files[os.path.relpath(path, folder)] = file.read()
+    return files
+
+
+@pytest.fixture
+def existing_export(translator, tmp_path):
+    export_dir = tmp_path / "dates"
+    shutil.copytree(translator.export_dir, export_dir)
+    return str(export_dir)
+
+
+def fake_write_out(marker):
+    def write_out(self, filepath, options=None, verbose=True):
+        os.makedirs(filepath)
+        with open(os.path.join(filepath, "saved_model.pb"), "w") as file:
+            file.write(marker)
+
+    return write_out
+
+
+def export_again(translator, export_dir):
+    return export.export_translator(
+        translator.model,
+        translator.source_tokenizer,
+        translator.target_tokenizer,
+        export_dir,
+    )
+
+
+def test_a_failing_export_leaves_the_previous_one_untouched(
+    translator, existing_export, monkeypatch
+):
+    before = snapshot(existing_export)
+    archive_class = type(keras.export.ExportArchive())
+    monkeypatch.setattr(archive_class, "write_out", fake_write_out("half"))
+
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "_write_metadata", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_again(translator, existing_export)
+
+    assert snapshot(existing_export) == before
+    assert os.listdir(os.path.dirname(existing_export)) == ["dates"]
+
+
+def test_a_failing_final_rename_puts_the_previous_export_back(
+    translator, existing_export, monkeypatch
+):
+    before = snapshot(existing_export)
+    archive_class = type(keras.export.ExportArchive())
+    monkeypatch.setattr(archive_class, "write_out", fake_write_out("new"))
+    rename = os.rename
+
+    def rename_except_the_new_export(source, destination):
+        if os.path.basename(source) == "new":
+            raise OSError("rename interrupted")
+        rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename_except_the_new_export)
+    with pytest.raises(OSError, match="rename interrupted"):
+        export_again(translator, existing_export)
+
+    assert snapshot(existing_export) == before
+    assert os.listdir(os.path.dirname(existing_export)) == ["dates"]
+
+
+def test_a_completed_export_replaces_the_previous_one(
+    translator, existing_export, monkeypatch
+):
+    archive_class = type(keras.export.ExportArchive())
+    monkeypatch.setattr(archive_class, "write_out", fake_write_out("new"))
+
+    export_again(translator, existing_export)
+
+    files = snapshot(existing_export)
+    assert files["saved_model.pb"] == b"new"
+    assert sorted(files) == sorted(["saved_model.pb", export.METADATA_PATH])
+    assert os.listdir(os.path.dirname(existing_export)) == ["dates"]
+
+
+def test_exporting_onto_a_file_is_refused(translator, tmp_path):
+    path = tmp_path / "dates"
+    path.write_text("not a folder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        export_again(translator, str(path))
+    assert path.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"max_decode_length": MAX_TARGET_LENGTH + 1}, "max_decode_length"),
+        ({"max_decode_length": 0}, "max_decode_length"),
+        ({"beam_size": 0}, "beam_size"),
+        ({"length_penalty": -1.0}, "length_penalty"),
+    ],
+)
+def test_bad_decoding_settings_are_refused_before_writing(
+    translator, tmp_path, overrides, message
+):
+    with pytest.raises(ValueError, match=message):
+        export.export_translator(
+            translator.model,
+            translator.source_tokenizer,
+            translator.target_tokenizer,
+            str(tmp_path / "dates"),
+            **overrides,
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(translator, tmp_path):
+    larger = data.CharacterTokenizer.from_texts(SOURCE_TEXTS + ["xyzw"])
+    with pytest.raises(ValueError, match="source_tokenizer with"):
+        export.export_translator(
+            translator.model,
+            larger,
+            translator.target_tokenizer,
+            str(tmp_path / "dates"),
+        )
+
+
+# `.keras` files: the training checkpoint format.
+
+SOURCE_IDS = np.array([[5, 6, 7, 8, 0], [9, 10, 11, 12, 13]], "int32")
+TARGET_IDS = np.array([[2, 4, 5, 6, 0], [2, 7, 8, 9, 10]], "int32")
+LABELS = np.array([[4, 5, 6, 3, 0], [7, 8, 9, 10, 3]], "int32")
+INPUTS = {"source_ids": SOURCE_IDS, "target_ids": TARGET_IDS}
+
+
+def compiled_model():
+    model, _, _ = build_translator()
+    model.compile(
+        optimizer=schedules.transformer_optimizer(d_model=16, warmup_steps=4),
+        loss=losses.MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
+    )
+    return model
+
+
+def fit_steps(model, steps):
+    # One batch per epoch, so `steps` optimizer updates.
+    model.fit(INPUTS, LABELS, batch_size=2, epochs=steps, shuffle=False, verbose=0)
+
+
+def test_keras_file_round_trips_outputs_and_training_continues_from_it(tmp_path):
+    model = compiled_model()
+    fit_steps(model, 2)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+
+    reloaded = keras.models.load_model(path)
+
+    np.testing.assert_array_equal(to_numpy(reloaded(INPUTS)), to_numpy(model(INPUTS)))
+    assert int(reloaded.optimizer.iterations) == 2
+    fit_steps(model, 1)
+    fit_steps(reloaded, 1)
+    assert int(reloaded.optimizer.iterations) == 3
+    for continued, resumed in zip(model.weights, reloaded.weights):
+        np.testing.assert_allclose(
+            to_numpy(resumed), to_numpy(continued), atol=1e-6, err_msg=continued.path
+        )
+
+
+def test_a_truncated_keras_file_fails_to_load_and_is_left_as_it_was(tmp_path):
+    model, _, _ = build_translator()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    truncated = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(truncated)
+
+    with pytest.raises(ValueError, match="model.keras"):
+        keras.models.load_model(path)
+
+    assert path.read_bytes() == truncated
