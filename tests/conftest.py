@@ -48,6 +48,12 @@ def random_token_ids(batch, length, vocabulary_size, seed=0, padding_id=0):
     return ids
 
 
+def is_png(path):
+    """Whether the file at `path` starts with the PNG signature."""
+    with open(path, "rb") as file:
+        return file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 

@@ -225,21 +225,38 @@ def encode(parts, source_ids, training=None):
     return hidden, source_mask
 
 
-def decode(parts, target_ids, encoded, source_mask, training=None):
-    """Target ids (BOS first) attending to the encoder -> next-token logits."""
+def decode(
+    parts, target_ids, encoded, source_mask, training=None, return_attention_scores=False
+):
+    """Target ids (BOS first) attending to the encoder -> next-token logits.
+
+    With `return_attention_scores=True`, returns `(logits, scores)` where
+    `scores[i]` is `{"self_attention": ..., "cross_attention": ...}` for
+    decoder block `i`, each `(batch, num_heads, target_length, key_length)`.
+    """
     target_mask = parts.padding_mask(target_ids)
     hidden = parts.embedding_dropout(
         parts.target_embedding(target_ids), training=training
     )
+    scores = []
     for block in parts.decoder_blocks:
-        hidden = block(
+        outputs = block(
             hidden,
             encoded,
             decoder_padding_mask=target_mask,
             encoder_padding_mask=source_mask,
             training=training,
+            return_attention_scores=return_attention_scores,
         )
-    return _logits(parts, hidden)
+        if return_attention_scores:
+            hidden, self_scores, cross_scores = outputs
+            scores.append(
+                {"self_attention": self_scores, "cross_attention": cross_scores}
+            )
+        else:
+            hidden = outputs
+    logits = _logits(parts, hidden)
+    return (logits, scores) if return_attention_scores else logits
 
 
 def initial_decoder_caches(parts, encoded, max_length):

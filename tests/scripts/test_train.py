@@ -1,0 +1,165 @@
+"""scripts/train.py: a tiny end-to-end run, its artifacts and its errors.
+
+The full default run (about 99.9% held-out exact match on the date task in
+1-3 minutes of CPU) is too slow for the suite; these runs train for one
+epoch on a few hundred pairs and check the plumbing, not the accuracy.
+"""
+
+import contextlib
+import glob
+import importlib.util
+import io
+import pathlib
+import re
+
+import pytest
+import tensorflow as tf
+
+from keras_transformer import export
+from tests.conftest import is_png
+
+TRAIN = str(pathlib.Path(__file__).parents[2] / "scripts" / "train.py")
+TINY = [
+    "--epochs", "1", "--num-train", "300", "--num-test", "20", "--layers", "1",
+    "--hidden-dim", "16", "--heads", "2", "--ffn-dim", "32", "--batch-size", "32",
+    "--warmup-steps", "2", "--num-examples", "3",
+]  # fmt: skip
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args):
+    """Runs train.py's main in this process; returns (exit code, stdout)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = load_script().main([str(arg) for arg in args])
+    return code, output.getvalue()
+
+
+@pytest.fixture(scope="module")
+def date_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("date_run")
+    code, stdout = run_script(
+        *TINY,
+        "--output-dir", root / "saved",
+        "--log-dir", root / "logs",
+        "--name", "tiny",
+        "--attention-plot", root / "attention.png",
+        "--attention-layer", "0",
+        "--attention-head", "1",
+    )  # fmt: skip
+    assert code == 0
+    return root, stdout
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_are_written_for_training_and_held_out(date_run):
+    root, _ = date_run
+    for split in ("train", "validation"):
+        events = glob.glob(
+            str(root / "logs" / "tiny" / "tensorboard" / "*" / split / "events.out.*")
+        )
+        assert events, f"no {split} event file"
+
+
+@pytest.mark.slow
+def test_loss_and_accuracy_curves_are_a_png(date_run):
+    root, stdout = date_run
+    curves = root / "logs" / "tiny" / "curves.png"
+    assert is_png(curves)
+    assert f"Curves: {curves}" in stdout
+
+
+@pytest.mark.slow
+def test_cross_attention_heat_map_is_a_png(date_run):
+    root, stdout = date_run
+    assert is_png(root / "attention.png")
+    assert "Cross-attention heat-map" in stdout
+
+
+@pytest.mark.slow
+def test_export_reloads_and_translates_strings(date_run):
+    root, _ = date_run
+    translator = export.load_translator(root / "saved" / "tiny")
+    translations = translator.translate(tf.constant(["5 March 2021", "1 May 1999"]))
+    assert translations.dtype == tf.string
+    assert translations.shape == (2,)
+
+
+@pytest.mark.slow
+def test_translations_by_the_reloaded_export_are_printed(date_run):
+    _, stdout = date_run
+    lines = stdout.split("Translations by the reloaded export")[1].splitlines()[1:4]
+    assert all(re.fullmatch(r"  '.+' -> '.*'  \(.+\)", line) for line in lines), lines
+
+
+@pytest.mark.slow
+def test_held_out_exact_match_and_a_missed_target_are_reported(date_run):
+    _, stdout = date_run
+    assert re.search(r"held-out exact match \(greedy\): \d+\.\d% \(\d+/20\)", stdout)
+    # One epoch of a tiny model cannot reach the target, and says so.
+    assert "WARNING: below the 99% target" in stdout
+    assert re.search(r"wall time: [\d.]+ s", stdout)
+
+
+@pytest.mark.slow
+def test_a_parallel_corpus_trains_with_word_tokenizers_and_reports_bleu(tmp_path):
+    words = ["red", "green", "blue", "cat", "dog", "bird"]
+    german = ["rot", "grün", "blau", "katze", "hund", "vogel"]
+    sources = [f"{a} {b}" for a in words[:3] for b in words[3:]] * 4
+    targets = [f"{a} {b}" for a in german[:3] for b in german[3:]] * 4
+    for name, lines in (("train.en", sources), ("train.de", targets)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "val.en").write_text("red dog\nblue bird\n", encoding="utf-8")
+    (tmp_path / "val.de").write_text("rot hund\nblau vogel\n", encoding="utf-8")
+
+    code, stdout = run_script(
+        *TINY,
+        "--source", tmp_path / "train.en",
+        "--target", tmp_path / "train.de",
+        "--valid-source", tmp_path / "val.en",
+        "--valid-target", tmp_path / "val.de",
+        "--min-frequency", "1",
+        "--output-dir", tmp_path / "saved",
+        "--log-dir", tmp_path / "logs",
+    )  # fmt: skip
+
+    assert code == 0
+    assert "corpus: 36 training and 2 held-out pairs; word vocabularies" in stdout
+    assert re.search(r"held-out BLEU \(greedy, sacrebleu, lowercased\): [\d.]+", stdout)
+    assert export.load_translator(tmp_path / "saved" / "translator")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--source", "{missing}", "--target", "{present}"], "--source: no such file"),
+        (["--tsv", "{missing}"], "--tsv: no such file"),
+        (
+            ["--source", "{present}", "--target", "{present}", "--valid-source",
+             "{present}", "--valid-target", "{missing}"],
+            "--valid-target: no such file",
+        ),
+        (["--source", "{present}"], "--source and --target go together"),
+        (["--tsv", "{present}", "--source", "{present}"], "either --tsv or"),
+        (["--valid-tsv", "{present}"], "validation files need a training corpus"),
+        (["--hidden-dim", "30", "--heads", "4"], "must be divisible by --heads"),
+        (["--attention-layer", "2"], "--attention-layer 2 is out of range"),
+        (["--attention-head", "4"], "--attention-head 4 is out of range"),
+        (["--epochs", "0"], "expected a positive integer, got 0"),
+        (["--dropout", "1"], r"expected a number in \[0, 1\), got 1"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_exit_with_a_usage_error(tmp_path, capsys, arguments, message):
+    present = tmp_path / "present.txt"
+    present.write_text("a\tb\n", encoding="utf-8")
+    paths = {"missing": tmp_path / "missing.txt", "present": present}
+    with pytest.raises(SystemExit) as error:
+        load_script().parse_args([argument.format(**paths) for argument in arguments])
+    assert error.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
