@@ -1,0 +1,389 @@
+"""Distribution strategies for `model.fit`: one device, GPUs, workers, TPUs.
+
+`make_strategy(name)` builds the strategy; create the model, the optimizer
+and call `compile` inside `strategy.scope()`, feed `fit` a dataset batched to
+`global_batch_size(per_replica, strategy)` and passed through
+`shard_dataset`, and let only the chief write files (`is_chief`,
+`chief_output_dir`):
+
+```python
+strategy = distribute.make_strategy("multi-worker")   # reads TF_CONFIG
+with strategy.scope():
+    model = models.build_transformer(config)
+    model.compile(optimizer="adam", loss=loss, jit_compile=True)
+batch_size = distribute.global_batch_size(64, strategy)
+model.fit(distribute.shard_dataset(make_dataset(batch_size)), ...)
+```
+
+Keras 3's `fit` needs a fix under tf.distribute, which lives here
+(`patch_distributed_fit`, applied by `make_strategy` to every strategy but
+the default one). Two functions of `keras/src/backend/tensorflow/trainer.py`
+fail:
+
+1. `TensorFlowTrainer._maybe_symbolic_build` takes one distributed batch
+   before `fit` and `evaluate` start and calls `strategy.reduce("MEAN",
+   batch, axis=None)` on it, only to learn the shapes and dtypes to build
+   the model from. Averaging token ids across replicas was never meaningful,
+   and it breaks twice:
+   - under `MultiWorkerMirroredStrategy` with more than one worker
+     (keras#20585) the collective all-reduce receives the whole
+     `(inputs, labels)` structure and tries to make one tensor of it:
+     `ValueError: Attempt to convert a value ({'source_ids':
+     PerReplica:{...}, ...}) with an unsupported type (<class 'dict'>) to a
+     Tensor`;
+   - under `MirroredStrategy`, a first batch that does not split evenly
+     among the replicas (5 held-out examples on 2 devices: 3 + 2) cannot be
+     averaged element-wise: `InvalidArgumentError: Inputs to operation AddN
+     of type AddN must have the same size and shape`.
+   The patch builds from the first replica's local batch
+   (`strategy.experimental_local_results`): the per-replica shapes the
+   model sees, no communication.
+2. `reduce_per_replica` averages each step's logs (loss, metrics: scalars
+   per replica) with `strategy.reduce("MEAN", v, axis=0)` in multi-worker
+   mode, which fails on a scalar (`ValueError: Invalid reduction dimension 0
+   for input with 0 dimensions`; keras#20585 via tensorflow#72388). On one
+   worker Keras averages the replicas' values element-wise; the patch does
+   the same across workers with `axis=None`, and leaves every other case to
+   Keras.
+
+Verified on Keras 3.15.1 with TensorFlow 2.21.0. Remove the patch once
+Keras no longer reduces the data batch nor the logs with `axis=0`
+(keras#20585); until then `patch_distributed_fit` reads Keras' source and
+leaves alone, with a warning, a function in which the failing call is gone.
+"""
+
+import contextlib
+import functools
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
+
+from keras_transformer.layers import _validation
+
+STRATEGY_NAMES = ("auto", "default", "mirrored", "multi-worker", "tpu")
+
+_PATCH_MARKER = "_keras_transformer_distributed_fit_patch"
+
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+
+
+def make_strategy(name="default", tpu=None):
+    """Builds the `tf.distribute.Strategy` called `name`.
+
+    - `"default"`: the default strategy (one device, no distribution).
+    - `"mirrored"`: `MirroredStrategy` over every local GPU (the CPU without
+      GPUs).
+    - `"multi-worker"`: `MultiWorkerMirroredStrategy` over the cluster in the
+      `TF_CONFIG` environment variable; every worker runs the same program.
+    - `"tpu"`: `TPUStrategy` on the TPU named by `tpu` (after connecting to
+      its cluster and initialising it).
+    - `"auto"`: `"tpu"` when a TPU resolver finds one, else `"mirrored"`
+      when there is more than one GPU, else `"default"`.
+
+    Every strategy but the default one comes with `patch_distributed_fit`
+    applied, so that Keras' `fit` and `evaluate` work under it. Call this
+    before any other TensorFlow op: the multi-worker strategy configures the
+    runtime, and fails after it has started ("RuntimeError: Collective ops
+    must be configured at program startup").
+
+    Args:
+        name: str. One of `"auto"`, `"default"`, `"mirrored"`,
+            `"multi-worker"`, `"tpu"`.
+        tpu: str or None. For `"tpu"` and `"auto"`: the TPU name, its
+            `grpc://` address, or `"local"` on a TPU VM. None reads the
+            `TPU_NAME` environment variable (or the Cloud metadata).
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ValueError: for an unknown `name`, a missing or malformed `TF_CONFIG`
+            (`"multi-worker"`), or no reachable TPU (`"tpu"`).
+    """
+    _validation.check_choice("name", name, STRATEGY_NAMES)
+    strategy = _new_strategy(name, tpu)
+    if strategy is not tf.distribute.get_strategy():
+        patch_distributed_fit()
+    return strategy
+
+
+def _new_strategy(name, tpu):
+    if name == "auto":
+        resolver = _find_tpu(tpu)
+        if resolver is not None:
+            return _tpu_strategy(resolver)
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = _find_tpu(tpu)
+    if resolver is None:
+        raise ValueError(
+            "No TPU found for make_strategy('tpu'): pass tpu=<name>, "
+            "tpu='grpc://<address>' or tpu='local' (on a TPU VM), or set the "
+            f"TPU_NAME environment variable. Received: tpu={tpu!r}"
+        )
+    return _tpu_strategy(resolver)
+
+
+def _find_tpu(tpu):
+    """Returns a `TPUClusterResolver`, or None when none can be built."""
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    except ValueError:
+        return None
+
+
+def _tpu_strategy(resolver):
+    try:
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except tf.errors.OpError as error:
+        raise ValueError(
+            f"Could not initialise the TPU system at {resolver.master()!r}: {error}"
+        ) from error
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def check_tf_config():
+    """Parses and checks the `TF_CONFIG` environment variable.
+
+    Returns:
+        dict, the parsed `TF_CONFIG`: a `"cluster"` mapping each task type
+        to its `host:port` list, and this process's `"task"` (`"type"` and
+        `"index"`).
+
+    Raises:
+        ValueError: when `TF_CONFIG` is unset, not JSON, or does not name
+            this task inside its cluster.
+    """
+    expected = f"Expected JSON like {_TF_CONFIG_EXAMPLE}, one task index per process."
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError(
+            "Multi-worker training needs the TF_CONFIG environment variable, "
+            f"which is not set. {expected}"
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({error}). {expected} "
+            f"Received: TF_CONFIG={text!r}"
+        ) from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if (
+        not isinstance(cluster, dict)
+        or not isinstance(task, dict)
+        or not all(isinstance(hosts, list) for hosts in cluster.values())
+    ):
+        raise ValueError(
+            "TF_CONFIG needs a 'cluster' mapping task types to host:port "
+            f"lists and a 'task' with 'type' and 'index'. {expected} "
+            f"Received: TF_CONFIG={text!r}"
+        )
+    task_type, index = task.get("type"), task.get("index")
+    hosts = cluster.get(task_type)
+    if (
+        hosts is None
+        or not isinstance(index, int)
+        or isinstance(index, bool)
+        or not 0 <= index < len(hosts)
+    ):
+        raise ValueError(
+            f"TF_CONFIG's task {task!r} is not in its cluster {cluster!r}: "
+            "'type' must be one of the cluster's task types and 'index' a "
+            f"position in its list. {expected}"
+        )
+    return config
+
+
+def global_batch_size(per_replica, strategy):
+    """Returns `per_replica * strategy.num_replicas_in_sync`.
+
+    Batch the dataset given to `fit` with this: every step splits one global
+    batch evenly among the replicas, so each sees `per_replica` examples.
+    """
+    _validation.check_positive_int("per_replica", per_replica)
+    return per_replica * strategy.num_replicas_in_sync
+
+
+def jit_compile_works(strategy):
+    """Whether `compile(jit_compile=True)` lets Keras 3 `fit` run.
+
+    Keras XLA-compiles the step of all replicas as one program (the
+    `strategy.run` call sits inside the compiled function). That works for
+    a single replica and on TPUs. With several replicas on CPUs or GPUs the
+    program reads variables on the other devices ("Trying to access resource
+    ... located in device CPU:1 from device CPU:0", XLA's "tf.Variable on a
+    different device" known issue), and in multi-worker mode the collective
+    ops fail to convert ("tf2xla conversion failed"); both seen with Keras
+    3.15.1 and TensorFlow 2.21 on CPUs. Keras' own `jit_compile="auto"`
+    turns XLA off under any strategy for this reason.
+    """
+    return (
+        isinstance(strategy, tf.distribute.TPUStrategy)
+        or strategy.num_replicas_in_sync == 1
+    )
+
+
+def shard_dataset(dataset):
+    """Returns `dataset` set to be sharded across workers by data.
+
+    Under a multi-worker strategy, `fit` splits every global batch into
+    per-replica batches and each worker keeps its own (the `DATA`
+    auto-shard policy). The default, `AUTO`, first tries to give each worker
+    its own input files; an in-memory dataset (`from_tensor_slices`, as
+    built by `keras_transformer.data`) has none, and with fewer files than
+    workers that fails. `DATA` needs every worker to produce the same batches
+    in the same order: build the dataset with the same seed everywhere. On
+    one worker (default, mirrored, TPU strategies) the option changes
+    nothing.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.with_options(options)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files (exports, logs, plots).
+
+    True for every single-client strategy (default, mirrored, TPU: one
+    process drives every device); under `MultiWorkerMirroredStrategy` only
+    for the `"chief"` task, or worker 0 when the cluster has no chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type in (None, "chief") or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+@contextlib.contextmanager
+def chief_output_dir(path, strategy):
+    """Yields where this process writes what belongs under `path`.
+
+    The chief gets `path`. Other workers run the same code (TensorFlow's
+    multi-worker guide has every worker save, as saving may need all of
+    them), but write into a temporary directory that is deleted on exit, so
+    they never overwrite the chief's files.
+    """
+    if is_chief(strategy):
+        yield path
+        return
+    scratch = tempfile.mkdtemp(prefix="worker_output_")
+    try:
+        yield os.path.join(scratch, os.path.basename(os.path.normpath(path)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def patch_distributed_fit():
+    """Fixes Keras 3 `fit`/`evaluate` under tf.distribute strategies.
+
+    Wraps the two Keras functions described in the module docstring:
+    `_maybe_symbolic_build` then builds the model from the first replica's
+    local batch under any strategy, and `reduce_per_replica` averages the
+    logs with `axis=None` in multi-worker mode. Everything else (and
+    everything without a strategy) runs Keras' own code. Calling it again
+    does nothing. A function whose Keras source no longer has the bug is
+    left alone, with a warning that the patch can go.
+
+    Returns:
+        tuple of str, the Keras functions now patched (both, while Keras
+        still has the bugs).
+    """
+    patched = []
+    for owner, name, bug, make_wrapper in _FIXES:
+        original = getattr(owner, name)
+        if not getattr(original, _PATCH_MARKER, False):
+            if not _still_has(original, bug):
+                warnings.warn(
+                    f"keras_transformer.distribute.patch_distributed_fit: "
+                    f"{original.__qualname__} in this Keras no longer contains "
+                    f"{bug!r} (keras#20585 looks fixed), so it is not patched; "
+                    "remove the patch.",
+                    stacklevel=2,
+                )
+                continue
+            wrapper = functools.wraps(original)(make_wrapper(original))
+            setattr(wrapper, _PATCH_MARKER, True)
+            setattr(owner, name, wrapper)
+        patched.append(original.__qualname__)
+    return tuple(patched)
+
+
+def _build_from_local_batch(original):
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is None or self._distribute_strategy is None:
+            return original(self, iterator=iterator, data_batch=data_batch)
+        strategy = self._distribute_strategy
+        for _, _, distributed_iterator in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda value: strategy.experimental_local_results(value)[0],
+                next(distributed_iterator),
+            )
+            break
+        return original(self, data_batch=data_batch)
+
+    return _maybe_symbolic_build
+
+
+def _mean_across_replicas(original):
+    def reduce_per_replica(values, strategy, reduction):
+        # "auto" is "mean" for every strategy but TPU. Keras' own test for
+        # its (broken) multi-worker branch:
+        multi_worker = _keras_tf_trainer._collective_all_reduce_multi_worker(strategy)
+        if reduction not in ("auto", "mean") or not multi_worker:
+            return original(values, strategy, reduction)
+        return tf.nest.map_structure(
+            lambda value: strategy.reduce("MEAN", value, axis=None), values
+        )
+
+    return reduce_per_replica
+
+
+def _still_has(function, bug):
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        # Without the source (a stripped install) the bug cannot be ruled
+        # out; the patch only replaces the calls that fail.
+        return True
+    return bug in source
+
+
+# (owner, attribute, the upstream code that is wrong, wrapper factory).
+_FIXES = (
+    (
+        _keras_tf_trainer.TensorFlowTrainer,
+        "_maybe_symbolic_build",
+        "self.distribute_strategy.reduce(",
+        _build_from_local_batch,
+    ),
+    (
+        _keras_tf_trainer,
+        "reduce_per_replica",
+        'strategy.reduce("MEAN", v, axis=0)',
+        _mean_across_replicas,
+    ),
+)

@@ -1,0 +1,491 @@
+"""keras_transformer.distribute: strategies, sharding, chief files, patched fit.
+
+Training under a strategy runs in subprocesses: virtual CPU devices must be
+configured before TensorFlow starts, and a multi-worker cluster needs one
+process per worker. Each subprocess runs this file as a script (see
+`worker_main` at the bottom) and saves its run to an `.npz`. Each subprocess
+also shows that Keras' own code fails where `patch_distributed_fit` steps in,
+by undoing the patch for a moment.
+
+Every run trains the same tiny model from the same initial weights on the
+same global batches (dropout 0, SGD). Labels contain no padding, so every
+replica averages its loss over the same number of tokens and the mean of the
+replicas' gradients is the single-device gradient of the global batch: the
+weights agree up to float32 summation order.
+"""
+
+import contextlib
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import traceback
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import distribute
+
+# Workers start TensorFlow and meet over gRPC: generous, but bounded.
+TIMEOUT_S = 180
+# Per-replica gradients are summed by an all-reduce in a different order
+# than one device sums the whole batch: float32 rounding, nothing more
+# (measured: at most 6e-8).
+RTOL = ATOL = 1e-5
+GLOBAL_BATCH = 8
+STEPS = 3
+# Evaluated on 2 replicas, 5 examples split 3 + 2.
+UNEVEN_BATCH = 5
+TRAIN_SCRIPT = pathlib.Path(__file__).parents[1] / "scripts" / "train.py"
+
+
+def tiny_problem():
+    """Returns (config, inputs, labels): 16 examples, no padding anywhere."""
+    from keras_transformer import models
+
+    config = models.TransformerConfig(
+        source_vocabulary_size=11,
+        target_vocabulary_size=13,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        dropout=0.0,
+        max_source_length=6,
+        max_target_length=5,
+    )
+    rng = np.random.default_rng(0)
+    inputs = {
+        "source_ids": rng.integers(1, 11, (16, 6)).astype("int32"),
+        "target_ids": rng.integers(1, 13, (16, 5)).astype("int32"),
+    }
+    labels = rng.integers(1, 13, (16, 5)).astype("int32")
+    return config, inputs, labels
+
+
+def train(strategy, initial_weights):
+    """Trains the tiny model under `strategy`; returns (model, losses)."""
+    import keras
+
+    from keras_transformer import losses, models
+
+    config, inputs, labels = tiny_problem()
+    with strategy.scope():
+        model = models.build_transformer(config, dtype="float32")
+        model.set_weights(initial_weights)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss=losses.MaskedSparseCategoricalCrossentropy(),
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    dataset = distribute.shard_dataset(dataset.batch(GLOBAL_BATCH).repeat())
+    history = model.fit(
+        dataset, epochs=1, steps_per_epoch=STEPS, verbose=0, shuffle=False
+    )
+    return model, history.history["loss"]
+
+
+def evaluate_uneven(model):
+    """The loss of `model` on one batch of `UNEVEN_BATCH` examples."""
+    _, inputs, labels = tiny_problem()
+    first = {name: ids[:UNEVEN_BATCH] for name, ids in inputs.items()}
+    dataset = tf.data.Dataset.from_tensor_slices((first, labels[:UNEVEN_BATCH]))
+    return model.evaluate(dataset.batch(UNEVEN_BATCH), verbose=0)
+
+
+def save_run(path, weights, **arrays):
+    np.savez(path, *weights, **{key: np.asarray(a) for key, a in arrays.items()})
+
+
+def load_run(path):
+    """Returns (weights, the other arrays by name) saved by `save_run`."""
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    count = sum(key.startswith("arr_") for key in arrays)
+    return [arrays.pop(f"arr_{i}") for i in range(count)], arrays
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Initial weights on disk, and single-device training from them."""
+    from keras_transformer import models
+
+    config, _, _ = tiny_problem()
+    initial = models.build_transformer(config, dtype="float32").get_weights()
+    path = tmp_path_factory.mktemp("reference") / "initial.npz"
+    save_run(path, initial)
+    model, losses = train(tf.distribute.get_strategy(), initial)
+    return types.SimpleNamespace(
+        initial_path=path,
+        weights=model.get_weights(),
+        losses=losses,
+        uneven_loss=evaluate_uneven(model),
+    )
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def run_processes(commands_and_envs):
+    """Runs the commands concurrently; returns [(returncode, output)]."""
+    processes = []
+    try:
+        for command, env in commands_and_envs:
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        results = []
+        for process in processes:
+            output, _ = process.communicate(timeout=TIMEOUT_S)
+            results.append((process.returncode, output))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=TIMEOUT_S)
+
+
+def worker_command(mode, initial_path, output_path):
+    return [sys.executable, __file__, mode, str(initial_path), str(output_path)]
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(reference, tmp_path_factory):
+    """`worker_main("mirrored", ...)` on 2 virtual CPUs: (weights, arrays)."""
+    output_path = tmp_path_factory.mktemp("mirrored") / "run.npz"
+    command = worker_command("mirrored", reference.initial_path, output_path)
+    [(code, output)] = run_processes([(command, subprocess_env())])
+    assert code == 0, output
+    return load_run(output_path)
+
+
+@pytest.fixture(scope="module")
+def two_worker_runs(reference, tmp_path_factory):
+    """`worker_main("multi-worker", ...)` on a 2-worker localhost cluster.
+
+    Returns one (weights, arrays) per worker.
+    """
+    directory = tmp_path_factory.mktemp("cluster")
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    runs = []
+    for index in range(2):
+        tf_config = {
+            "cluster": {"worker": hosts},
+            "task": {"type": "worker", "index": index},
+        }
+        command = worker_command(
+            "multi-worker", reference.initial_path, directory / f"worker_{index}.npz"
+        )
+        runs.append((command, subprocess_env(TF_CONFIG=json.dumps(tf_config))))
+    for code, output in run_processes(runs):
+        assert code == 0, output
+    return [load_run(directory / f"worker_{index}.npz") for index in range(2)]
+
+
+def assert_weights_close(weights, expected):
+    assert len(weights) == len(expected)
+    for actual, wanted in zip(weights, expected):
+        np.testing.assert_allclose(actual, wanted, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpus_trains_like_one_device_on_the_global_batch(
+    reference, mirrored_run
+):
+    weights, arrays = mirrored_run
+    assert_weights_close(weights, reference.weights)
+    np.testing.assert_allclose(arrays["losses"], reference.losses, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_mirrored_evaluates_a_batch_that_splits_unevenly(reference, mirrored_run):
+    _, arrays = mirrored_run
+    assert re.search(
+        r"in _maybe_symbolic_build\n[\s\S]*InvalidArgumentError: [\s\S]*Inputs to "
+        r"operation AddN of type AddN must have the same size and shape",
+        str(arrays["unpatched_error"]),
+    ), arrays["unpatched_error"]
+    # Keras weighs each replica's mean loss by its batch size (3 and 2).
+    np.testing.assert_allclose(
+        arrays["uneven_loss"], reference.uneven_loss, rtol=RTOL, atol=ATOL
+    )
+
+
+@pytest.mark.slow
+def test_two_workers_train_identically_and_like_one_device(reference, two_worker_runs):
+    (weights_0, arrays_0), (weights_1, arrays_1) = two_worker_runs
+    # One all-reduce gives every worker the same bits.
+    for first, second in zip(weights_0, weights_1):
+        np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(arrays_0["losses"], arrays_1["losses"])
+    assert_weights_close(weights_0, reference.weights)
+    np.testing.assert_allclose(
+        arrays_0["losses"], reference.losses, rtol=RTOL, atol=ATOL
+    )
+
+
+@pytest.mark.slow
+def test_multi_worker_fit_fails_without_each_half_of_the_patch(two_worker_runs):
+    for _, arrays in two_worker_runs:
+        unpatched, logs_unpatched = (str(error) for error in arrays["errors"])
+        assert re.search(
+            r"in _maybe_symbolic_build\n[\s\S]*ValueError: Attempt to convert a "
+            r"value \(\{'source_ids': PerReplica",
+            unpatched,
+        ), unpatched
+        assert re.search(
+            r"in reduce_per_replica\n[\s\S]*Invalid reduction dimension 0 for "
+            r"input with 0 dimensions",
+            logs_unpatched,
+        ), logs_unpatched
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "needs the TF_CONFIG environment variable, which is not set"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"cluster": {"worker": ["a:1"]}}', "needs a 'cluster' mapping task types"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+            "is not in its cluster",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+            "is not in its cluster",
+        ),
+    ],
+)
+def test_multi_worker_strategy_explains_a_missing_or_malformed_tf_config(
+    monkeypatch, tf_config, message
+):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=message) as raised:
+        distribute.make_strategy("multi-worker")
+    assert '"task": {"type": "worker", "index": 0}' in str(raised.value)
+
+
+def test_make_strategy_rejects_an_unknown_name():
+    with pytest.raises(
+        ValueError,
+        match="Received an invalid value for argument name, expected one of "
+        "'auto', 'default', 'mirrored', 'multi-worker', 'tpu'. Received: "
+        "name='horovod'",
+    ):
+        distribute.make_strategy("horovod")
+
+
+def test_tpu_strategy_without_a_tpu_says_how_to_name_one(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    with pytest.raises(ValueError, match="No TPU found for make_strategy\\('tpu'\\)"):
+        distribute.make_strategy("tpu")
+
+
+def test_auto_on_a_machine_without_tpu_or_gpus_is_the_default_strategy(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        pytest.skip("this machine has several GPUs: auto picks MirroredStrategy")
+    assert distribute.make_strategy("auto") is tf.distribute.get_strategy()
+    assert distribute.make_strategy("default") is tf.distribute.get_strategy()
+
+
+def test_global_batch_size_multiplies_by_the_replicas():
+    two_replicas = types.SimpleNamespace(num_replicas_in_sync=2)
+    assert distribute.global_batch_size(16, two_replicas) == 32
+    assert distribute.global_batch_size(16, tf.distribute.get_strategy()) == 16
+    with pytest.raises(ValueError, match="Received: per_replica=0"):
+        distribute.global_batch_size(0, two_replicas)
+
+
+def test_shard_dataset_shards_by_data():
+    dataset = distribute.shard_dataset(tf.data.Dataset.range(4).batch(2))
+    assert (
+        dataset.options().experimental_distribute.auto_shard_policy
+        == tf.data.experimental.AutoShardPolicy.DATA
+    )
+    assert [batch.tolist() for batch in dataset.as_numpy_iterator()] == [[0, 1], [2, 3]]
+
+
+def cluster_member(task_type, task_id, cluster):
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id
+    )
+    return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+CLUSTER_MEMBERS = [
+    ("worker", 0, {"worker": ["a:1", "b:1"]}, True),
+    ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
+    ("chief", 0, {"chief": ["c:1"], "worker": ["a:1"]}, True),
+    ("worker", 0, {"chief": ["c:1"], "worker": ["a:1"]}, False),
+]
+
+
+@pytest.mark.parametrize("task_type, task_id, cluster, chief", CLUSTER_MEMBERS)
+def test_only_the_chief_writes_to_the_real_output_dir(
+    tmp_path, task_type, task_id, cluster, chief
+):
+    strategy = cluster_member(task_type, task_id, cluster)
+    assert distribute.is_chief(strategy) is chief
+    target = str(tmp_path / "export")
+    with distribute.chief_output_dir(target, strategy) as path:
+        os.makedirs(path)
+        open(os.path.join(path, "file"), "w").close()
+    assert (path == target) is chief
+    # A worker's scratch copy is gone; the chief's files stay.
+    assert os.path.exists(path) is chief
+
+
+def test_single_process_strategies_are_chief(tmp_path):
+    assert distribute.is_chief(tf.distribute.get_strategy())
+    with distribute.chief_output_dir(
+        str(tmp_path), tf.distribute.get_strategy()
+    ) as path:
+        assert path == str(tmp_path)
+
+
+def test_train_script_sends_a_workers_outputs_to_scratch_space(tmp_path):
+    spec = importlib.util.spec_from_file_location("train", TRAIN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    flags = {
+        "output_dir": str(tmp_path / "saved"),
+        "log_dir": str(tmp_path / "logs"),
+        "attention_plot": str(tmp_path / "attention.png"),
+    }
+    args = types.SimpleNamespace(**flags)
+    worker = cluster_member("worker", 1, {"worker": ["a:1", "b:1"]})
+    with script.chief_writes_outputs(args, worker):
+        for flag in flags:
+            path = getattr(args, flag)
+            assert not path.startswith(str(tmp_path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+    assert not any(os.path.exists(getattr(args, flag)) for flag in flags)
+    chief = types.SimpleNamespace(**flags)
+    with script.chief_writes_outputs(chief, tf.distribute.get_strategy()):
+        assert vars(chief) == flags
+
+
+def test_patch_leaves_keras_alone_once_upstream_is_fixed(monkeypatch):
+    from keras.src.backend.tensorflow import trainer
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        return None
+
+    def reduce_per_replica(values, strategy, reduction):
+        return values
+
+    monkeypatch.setattr(
+        trainer.TensorFlowTrainer, "_maybe_symbolic_build", _maybe_symbolic_build
+    )
+    monkeypatch.setattr(trainer, "reduce_per_replica", reduce_per_replica)
+    with pytest.warns(UserWarning, match="keras#20585 looks fixed") as warned:
+        assert distribute.patch_distributed_fit() == ()
+    assert len(warned) == 2
+    assert trainer.TensorFlowTrainer._maybe_symbolic_build is _maybe_symbolic_build
+    assert trainer.reduce_per_replica is reduce_per_replica
+
+
+def failure_of(function, *args):
+    """Returns the traceback of the error `function(*args)` raises."""
+    try:
+        function(*args)
+    except (ValueError, tf.errors.InvalidArgumentError):
+        return traceback.format_exc()
+    raise SystemExit(f"{function.__name__} did not fail")
+
+
+@contextlib.contextmanager
+def unpatched(*names):
+    """Puts Keras' own code back for the functions `names` meanwhile."""
+    from keras.src.backend.tensorflow import trainer
+
+    owners = {
+        "_maybe_symbolic_build": trainer.TensorFlowTrainer,
+        "reduce_per_replica": trainer,
+    }
+    patched = {name: getattr(owners[name], name) for name in names}
+    for name, wrapper in patched.items():
+        setattr(owners[name], name, wrapper.__wrapped__)
+    try:
+        yield
+    finally:
+        for name, wrapper in patched.items():
+            setattr(owners[name], name, wrapper)
+
+
+def worker_main(mode, initial_path, output_path):
+    """Trains in this process as `mode` says and saves the run."""
+    import keras
+    from keras.src.backend.tensorflow import trainer
+
+    keras.config.disable_traceback_filtering()
+    initial, _ = load_run(initial_path)
+    if mode == "mirrored":
+        (cpu,) = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+        strategy = distribute.make_strategy("mirrored")
+        model, losses = train(strategy, initial)
+        with unpatched("_maybe_symbolic_build"):
+            error = failure_of(evaluate_uneven, model)
+        arrays = {"unpatched_error": error, "uneven_loss": evaluate_uneven(model)}
+    elif mode == "multi-worker":
+        strategy = distribute.make_strategy("multi-worker")
+        build = trainer.TensorFlowTrainer._maybe_symbolic_build
+        patched = distribute.patch_distributed_fit()
+        if patched != ("TensorFlowTrainer._maybe_symbolic_build", "reduce_per_replica"):
+            raise SystemExit(f"patched {patched}")
+        if trainer.TensorFlowTrainer._maybe_symbolic_build is not build:
+            raise SystemExit("patching twice wrapped _maybe_symbolic_build twice")
+        # Keras' own functions fail before any collective runs, identically
+        # on both workers, so the cluster stays in step for the real run.
+        with unpatched("_maybe_symbolic_build", "reduce_per_replica"):
+            errors = [failure_of(train, strategy, initial)]
+        with unpatched("reduce_per_replica"):
+            errors.append(failure_of(train, strategy, initial))
+        model, losses = train(strategy, initial)
+        arrays = {"errors": errors}
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    if strategy.num_replicas_in_sync != 2:
+        raise SystemExit(f"{strategy.num_replicas_in_sync} replicas, expected 2")
+    save_run(output_path, model.get_weights(), losses=losses, **arrays)
+
+
+if __name__ == "__main__":
+    worker_main(*sys.argv[1:])
