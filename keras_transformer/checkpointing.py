@@ -1,0 +1,699 @@
+"""Training that survives being killed and resumes exactly where it stopped.
+
+`fit_resumable` wraps `model.fit`: it checkpoints every `save_every_steps`
+training steps and, when the directory already holds a checkpoint, restores it
+and continues from the same step of the same epoch on the same data. With op
+determinism on (`keras.utils.set_random_seed(seed)` and
+`tf.config.experimental.enable_op_determinism()`), a run killed any number of
+times and restarted until done ends with the same weights, bit for bit, as a
+run that was never interrupted.
+
+Keras' own `BackupAndRestore` cannot do this: it restores only the epoch
+number, not the step, the data position or the dropout random state, and it
+overwrites its backup in place.
+
+A checkpoint holds:
+
+- every variable of the model, including the states of the `SeedGenerator`s
+  of its dropout layers: Keras tracks those in `model.variables` but not in
+  `model.weights`, and its `.weights.h5` / `.keras` files (which save each
+  layer's weights only) leave them out, so a model reloaded from them draws
+  the dropout masks of step 0 again;
+- every variable of the optimizer, including `iterations` (the
+  learning-rate schedule reads it) and the moments;
+- the model's metric variables (`model.metrics_variables`), so the logs of an
+  epoch resumed halfway average over the whole epoch;
+- Keras' global `SeedGenerator` (used by `keras.random` calls without a
+  seed), Python's `random` state and NumPy's global random state;
+- the position: global step, epoch and step within the epoch, plus the
+  completed epochs' logs, so the returned `History` covers the whole run.
+
+Each checkpoint is a folder `<directory>/ckpt-<step>` holding `state.npz`
+and `checkpoint.json`. It is written beside, as `.tmp-ckpt-<step>-<pid>`,
+with the manifest `checkpoint.json` (holding the SHA-256 of `state.npz`)
+written last, and only then renamed into place, so a `ckpt-*` folder is never
+half-written; the `keep` newest checkpoints are kept. A checkpoint that is
+nevertheless unusable (a missing manifest, a truncated or altered
+`state.npz`) is skipped with a warning naming it, and the previous one is
+used.
+
+Not saved: the state of other callbacks (`EarlyStopping`'s patience,
+`ReduceLROnPlateau`'s counters) and TensorFlow's stateful random ops
+(`tf.random.uniform` with a global seed), whose hidden op counters cannot be
+read. One process writes a directory at a time.
+
+Under a `tf.distribute` strategy, Keras' `fit` draws a batch before training
+(to build the model) and then iterates the dataset again; with a dataset that
+reshuffles on every iteration this advances its shuffle by an amount that
+depends on the step resumed from, so the resumed run reads another (equally
+random) order. For exact resumption there, use `per_epoch=True` with
+`shuffle(..., seed=seed + epoch, reshuffle_each_iteration=False)`: measured
+on `MirroredStrategy` over two CPUs, the weights then come out bit-identical
+(the resumed epoch's logged averages to within the last bit, as metric totals
+are split across replicas on restore).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.backend.common import global_state
+from keras.src.random import seed_generator as keras_seed_generator
+
+from keras_transformer.layers._validation import (
+    check_non_negative_int,
+    check_positive_int,
+)
+
+__all__ = ["Checkpoint", "fit_resumable", "latest_checkpoint"]
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.npz"
+# Written last: a folder without it never finished writing.
+MANIFEST_FILE = "checkpoint.json"
+_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
+# Staging folders of an interrupted write and checkpoints being deleted.
+_LEFTOVER_NAME = re.compile(r"^\.(tmp|old)-ckpt-\d+-\d+$")
+_HASH_CHUNK_BYTES = 1 << 20
+_GROUPS = ("model", "optimizer", "metrics", "global_seed_generator")
+# Arguments that fit_resumable itself decides from the checkpoint.
+_RESERVED_FIT_ARGUMENTS = ("x", "y", "initial_epoch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint read back from disk, checksum verified.
+
+    Attributes:
+        path: str. The `ckpt-<step>` folder.
+        step: int. Training steps (batches) done, over all epochs.
+        epoch: int. The epoch to continue (0-based).
+        step_in_epoch: int. Batches of that epoch already done.
+        steps_per_epoch: int. The `steps_per_epoch` of the run that wrote it.
+        history: dict. Logs of the completed epochs, as in
+            `History.history`.
+
+    Example:
+
+    ```python
+    checkpoint = latest_checkpoint("checkpoints")
+    if checkpoint is not None:
+        checkpoint.restore(model)  # weights, optimizer and random states
+    ```
+    """
+
+    path: str
+    step: int
+    epoch: int
+    step_in_epoch: int
+    steps_per_epoch: int
+    history: dict
+    _manifest: dict = dataclasses.field(repr=False, compare=False)
+    _arrays: dict = dataclasses.field(repr=False, compare=False)
+
+    def restore(self, model):
+        """Loads the model, optimizer and random states into a compiled model.
+
+        The optimizer is built first if it is not yet. Metric variables are
+        left alone (`fit_resumable` restores them once `fit` has built them).
+
+        Raises:
+            ValueError: the model's variables do not match the checkpoint's
+                in number, shape or dtype (a different architecture).
+        """
+        _build_optimizer(model)
+        _assign_group(self, "model", model.variables)
+        if model.optimizer is not None:
+            _assign_group(self, "optimizer", model.optimizer.variables)
+        self._restore_global_random_states()
+
+    def _restore_global_random_states(self):
+        saved = self._manifest["variables"]["global_seed_generator"]
+        if saved:
+            # Created (from Python's random) before Python's state is set.
+            generator = keras_seed_generator.global_seed_generator()
+            _assign_group(self, "global_seed_generator", [generator.state])
+        else:
+            # It did not exist yet at this step of the original run.
+            global_state.set_global_attribute(
+                keras_seed_generator.GLOBAL_SEED_GENERATOR, None
+            )
+        version, internal_state, gauss = self._manifest["python_random"]
+        random.setstate((version, tuple(internal_state), gauss))
+        numpy_random = self._manifest["numpy_random"]
+        np.random.set_state(
+            (
+                numpy_random["algorithm"],
+                self._arrays["numpy_random/keys"],
+                numpy_random["position"],
+                numpy_random["has_gauss"],
+                numpy_random["cached_gaussian"],
+            )
+        )
+
+
+def latest_checkpoint(directory):
+    """Returns the newest usable `Checkpoint` in `directory`, or None.
+
+    Checkpoints are tried from the highest step down. One that cannot be used
+    (no manifest, a manifest that does not parse, a `state.npz` that is
+    truncated, altered or unreadable) is skipped with a `UserWarning` naming
+    its folder.
+
+    Args:
+        directory: str or path. The folder given to `fit_resumable`; need not
+            exist.
+    """
+    directory = os.fspath(directory)
+    for step, path in reversed(_checkpoint_folders(directory)):
+        try:
+            return _read_checkpoint(path, step)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            warnings.warn(
+                f"Skipping the unusable checkpoint {path}: {error}. Falling back "
+                "to the previous checkpoint.",
+                stacklevel=2,
+            )
+    return None
+
+
+def fit_resumable(
+    model,
+    make_dataset,
+    *,
+    epochs,
+    steps_per_epoch,
+    directory,
+    save_every_steps,
+    per_epoch=False,
+    keep=2,
+    callbacks=None,
+    **fit_kwargs,
+):
+    """`model.fit` that checkpoints every few steps and resumes exactly.
+
+    If `directory` holds a usable checkpoint, its state is restored and
+    training continues from its step: the epoch in progress runs its
+    remaining batches, on the data it would have seen, then the remaining
+    epochs run. Otherwise training starts from the model as it is.
+
+    The data comes from a function that builds a new `tf.data.Dataset` on
+    each call, not from a dataset object: a dataset shuffled with
+    `reshuffle_each_iteration=True` (the default) draws a new order every
+    time the same object is iterated, so a process that iterates it twice
+    (as a resumed one does) would not see the batches of an uninterrupted
+    run. Each call must give the same batches: fixed shuffle seeds, and the
+    same global seed (`keras.utils.set_random_seed`) in every run, since
+    TensorFlow pairs it with each op's seed.
+
+    - `per_epoch=False`: `make_dataset()` is one stream read across all
+      epochs, as `model.fit(dataset.repeat(), steps_per_epoch=...)` reads
+      it; a run resumed at global step `k` reads `make_dataset().skip(k)`
+      (skipping runs the input pipeline over those batches, without
+      training).
+    - `per_epoch=True`: `make_dataset(epoch)` is that epoch's dataset
+      (shuffle it with a seed derived from the epoch), of at least
+      `steps_per_epoch` batches; a resumed epoch reads
+      `make_dataset(epoch).skip(step_in_epoch)`.
+
+    An epoch resumed halfway is run by a `fit` call of its own, so callbacks
+    see `on_train_begin`/`on_train_end` once more and the progress bar counts
+    only its remaining steps. When every step is done, the final state is
+    checkpointed, so running the same command again only restores it.
+
+    Args:
+        model: a compiled `keras.Model`.
+        make_dataset: callable returning a new `tf.data.Dataset` of
+            `(inputs, targets)` batches: `make_dataset()`, or
+            `make_dataset(epoch)` with `per_epoch=True`.
+        epochs: int. Total epochs, counting those done before a restart.
+        steps_per_epoch: int. Batches per epoch; must match the checkpoint's.
+        directory: str or path. Where the `ckpt-<step>` folders go.
+        save_every_steps: int. Checkpoint every this many steps (a save due
+            at the last step of an epoch waits for its validation).
+        per_epoch: bool. Whether `make_dataset` takes the epoch and gives
+            that epoch's dataset.
+        keep: int. Checkpoints kept, newest first; 2 (the default) keeps the
+            previous one to fall back to if the newest is damaged.
+        callbacks: list of `keras.callbacks.Callback`, passed to `fit`.
+        **fit_kwargs: any other `model.fit` argument (`validation_data`,
+            `verbose`, ...), except `x`, `y` and `initial_epoch`.
+
+    Returns:
+        A `keras.callbacks.History` whose `history` holds every completed
+        epoch of the run, including those before a restart.
+
+    Raises:
+        ValueError: an invalid argument; a checkpoint written with another
+            `steps_per_epoch`; a model whose variables do not match the
+            checkpoint's.
+
+    Example:
+
+    ```python
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
+    model = ...  # built and compiled
+
+    def make_dataset():
+        return pairs.shuffle(10000, seed=0).repeat().batch(32)
+
+    fit_resumable(
+        model, make_dataset, epochs=10, steps_per_epoch=300,
+        directory="checkpoints", save_every_steps=100,
+    )
+    ```
+    """
+    check_non_negative_int("epochs", epochs)
+    check_positive_int("steps_per_epoch", steps_per_epoch)
+    check_positive_int("save_every_steps", save_every_steps)
+    check_positive_int("keep", keep)
+    if not callable(make_dataset):
+        raise ValueError(
+            "Received an invalid value for argument make_dataset, expected a "
+            "function that builds a new tf.data.Dataset (a dataset object "
+            "reshuffles every time it is iterated, so a resumed run would see "
+            "other batches; pass e.g. `lambda: build_dataset()`). Received: "
+            f"make_dataset={make_dataset!r}"
+        )
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            "fit_resumable needs a compiled model: call model.compile() first."
+        )
+    reserved = sorted(set(fit_kwargs) & set(_RESERVED_FIT_ARGUMENTS))
+    if reserved:
+        raise ValueError(
+            f"fit_resumable chooses {', '.join(reserved)} itself (the data and "
+            "the epoch to resume from); pass the data as `make_dataset`. "
+            "Received: "
+            f"{', '.join(f'{name}={fit_kwargs[name]!r}' for name in reserved)}"
+        )
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    _remove_leftovers(directory)
+
+    checkpoint = latest_checkpoint(directory)
+    saver = _CheckpointSaver(directory, save_every_steps, steps_per_epoch, epochs, keep)
+    epoch, step_in_epoch = 0, 0
+    if checkpoint is not None:
+        if checkpoint.steps_per_epoch != steps_per_epoch:
+            raise ValueError(
+                f"The checkpoint {checkpoint.path} was written with "
+                f"steps_per_epoch={checkpoint.steps_per_epoch}, so its data "
+                "position means nothing with "
+                f"steps_per_epoch={steps_per_epoch}. Resume with the same "
+                "steps_per_epoch, or train into a new directory."
+            )
+        checkpoint.restore(model)
+        saver.resume_from(checkpoint)
+        epoch, step_in_epoch = checkpoint.epoch, checkpoint.step_in_epoch
+        if fit_kwargs.get("verbose", "auto") != 0:
+            print(
+                f"Resuming from {checkpoint.path}: step {checkpoint.step}, "
+                f"{step_in_epoch} of {steps_per_epoch} steps into epoch "
+                f"{epoch + 1}/{epochs}."
+            )
+
+    def batches(first_epoch, skipped, end_epoch):
+        """A new dataset of the batches from (first_epoch, skipped) on."""
+        if not per_epoch:
+            return _checked(make_dataset()).skip(
+                first_epoch * steps_per_epoch + skipped
+            )
+        datasets = [
+            _checked(make_dataset(index)).take(steps_per_epoch)
+            for index in range(first_epoch, end_epoch)
+        ]
+        datasets[0] = datasets[0].skip(skipped)
+        return functools.reduce(tf.data.Dataset.concatenate, datasets)
+
+    # `make_dataset` shuffles; Keras warns about the default shuffle=True.
+    fit_kwargs.setdefault("shuffle", False)
+    callbacks = list(callbacks or [])
+    # Last, so a save at the end of an epoch sees what the other callbacks
+    # did in on_epoch_end (a changed learning rate, say).
+    callbacks.append(saver)
+    if epoch < epochs and step_in_epoch:
+        remaining = batches(epoch, step_in_epoch, epoch + 1)
+        _build_metrics(model, remaining.element_spec)
+        model.fit(
+            remaining,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch - step_in_epoch,
+            callbacks=callbacks,
+            **fit_kwargs,
+        )
+        epoch, step_in_epoch = epoch + 1, 0
+    if epoch < epochs and not model.stop_training:
+        model.fit(
+            batches(epoch, 0, epochs),
+            epochs=epochs,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            **fit_kwargs,
+        )
+    return saver.full_history(model)
+
+
+def _build_metrics(model, element_spec):
+    """Creates the compiled metrics' variables, so they can be restored.
+
+    Keras creates them when it first traces the train step, after
+    `on_epoch_begin`, where the totals of the epoch being resumed must go.
+    `_symbolic_build` (Keras-internal) is how Keras builds them up front
+    under a distribution strategy; it only needs shapes and dtypes, which a
+    `TensorSpec` has.
+    """
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=element_spec)
+
+
+def _checked(dataset):
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "make_dataset must return a tf.data.Dataset. Received: "
+            f"{dataset!r} of type {type(dataset).__name__}"
+        )
+    return dataset
+
+
+class _CheckpointSaver(keras.callbacks.Callback):
+    """Tracks the position in training and writes checkpoints on schedule."""
+
+    def __init__(self, directory, save_every_steps, steps_per_epoch, epochs, keep):
+        super().__init__()
+        self.directory = directory
+        self.save_every_steps = save_every_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = epochs * steps_per_epoch
+        self.keep = keep
+        self._epoch = 0
+        self._step_in_epoch = 0
+        self._saved_step = 0
+        self._history = {}
+        # Set while resuming; the metric totals go in after fit resets them.
+        self._resume_epoch = None
+        self._resume_step_in_epoch = 0
+        self._resume_metrics = None
+        self._save_at_epoch_end = False
+
+    def resume_from(self, checkpoint):
+        self._epoch = checkpoint.epoch
+        self._step_in_epoch = checkpoint.step_in_epoch
+        self._saved_step = checkpoint.step
+        self._history = {
+            name: list(values) for name, values in checkpoint.history.items()
+        }
+        self._resume_epoch = checkpoint.epoch
+        self._resume_step_in_epoch = checkpoint.step_in_epoch
+        if checkpoint.step_in_epoch:
+            self._resume_metrics = checkpoint
+
+    @property
+    def _step(self):
+        return self._epoch * self.steps_per_epoch + self._step_in_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._step_in_epoch = 0
+        if epoch == self._resume_epoch:
+            self._step_in_epoch = self._resume_step_in_epoch
+            if self._resume_metrics is not None:
+                _assign_group(
+                    self._resume_metrics, "metrics", self.model.metrics_variables
+                )
+                self._resume_metrics = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        start = self._resume_step_in_epoch if self._epoch == self._resume_epoch else 0
+        self._step_in_epoch = start + batch + 1
+        due = (
+            self._step // self.save_every_steps
+            > self._saved_step // self.save_every_steps
+        )
+        if not due:
+            return
+        if self._step_in_epoch < self.steps_per_epoch:
+            self._save()
+        else:
+            self._save_at_epoch_end = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._step_in_epoch < self.steps_per_epoch:
+            # Stopped mid-epoch (stop_training); the epoch is not complete.
+            return
+        for name, value in (logs or {}).items():
+            self._history.setdefault(name, []).append(float(value))
+        self._epoch, self._step_in_epoch = epoch + 1, 0
+        if self._save_at_epoch_end:
+            self._save_at_epoch_end = False
+            self._save()
+
+    def on_train_end(self, logs=None):
+        # The end of the run, not of the fit call that finishes a resumed
+        # epoch; a run stopped early is saved where it stopped.
+        finished = self._step >= self.total_steps or self.model.stop_training
+        if finished and self._step > self._saved_step:
+            self._save()
+
+    def full_history(self, model):
+        history = keras.callbacks.History()
+        history.set_model(model)
+        history.history = {name: list(values) for name, values in self._history.items()}
+        completed = max((len(values) for values in self._history.values()), default=0)
+        history.epoch = list(range(completed))
+        return history
+
+    def _save(self):
+        model = self.model
+        groups = {
+            "model": model.variables,
+            "optimizer": model.optimizer.variables,
+            "metrics": model.metrics_variables,
+            "global_seed_generator": _global_seed_generator_variables(),
+        }
+        position = {
+            "step": self._step,
+            "epoch": self._epoch,
+            "step_in_epoch": self._step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+        _write_checkpoint(self.directory, groups, position, self._history, self.keep)
+        self._saved_step = self._step
+
+
+def _global_seed_generator_variables():
+    generator = global_state.get_global_attribute(
+        keras_seed_generator.GLOBAL_SEED_GENERATOR
+    )
+    return [] if generator is None else [generator.state]
+
+
+def _build_optimizer(model):
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        # What the first train step would do, done now so there is
+        # something to restore into.
+        with model.distribute_strategy.scope():
+            optimizer.build(model.trainable_variables)
+
+
+def _assign_group(checkpoint, group, variables):
+    saved = checkpoint._manifest["variables"][group]
+    if len(saved) != len(variables):
+        raise ValueError(
+            f"The checkpoint {checkpoint.path} holds {len(saved)} {group} "
+            f"variables but the model has {len(variables)}: it was written for "
+            "a different model or optimizer. Train into a new directory, or "
+            "rebuild the model that wrote it."
+        )
+    for index, ((path, shape, dtype), variable) in enumerate(
+        zip(saved, variables, strict=True)
+    ):
+        if tuple(shape) != tuple(variable.shape) or dtype != variable.dtype:
+            raise ValueError(
+                f"The checkpoint {checkpoint.path} does not fit this model: "
+                f"{group} variable {index} was {path!r} of shape {tuple(shape)} "
+                f"and dtype {dtype}, the model's is {variable.path!r} of shape "
+                f"{tuple(variable.shape)} and dtype {variable.dtype}. Train into "
+                "a new directory, or rebuild the model that wrote it."
+            )
+    for index, variable in enumerate(variables):
+        variable.assign(checkpoint._arrays[f"{group}/{index}"])
+
+
+def _write_checkpoint(directory, groups, position, history, keep):
+    step = position["step"]
+    staging = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    arrays = {
+        f"{group}/{index}": variable.numpy()
+        for group, variables in groups.items()
+        for index, variable in enumerate(variables)
+    }
+    algorithm, keys, numpy_position, has_gauss, cached_gaussian = np.random.get_state()
+    arrays["numpy_random/keys"] = keys
+    state_path = os.path.join(staging, STATE_FILE)
+    _write_state(state_path, arrays)
+    version, internal_state, gauss = random.getstate()
+    manifest = {
+        "format": FORMAT_VERSION,
+        **position,
+        "state_sha256": _sha256(state_path),
+        "state_bytes": os.path.getsize(state_path),
+        "variables": {
+            group: [
+                [variable.path, list(variable.shape), variable.dtype]
+                for variable in variables
+            ]
+            for group, variables in groups.items()
+        },
+        "history": history,
+        "python_random": [version, list(internal_state), gauss],
+        "numpy_random": {
+            "algorithm": algorithm,
+            "position": int(numpy_position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+    }
+    _write_bytes(
+        os.path.join(staging, MANIFEST_FILE),
+        json.dumps(manifest).encode("utf-8"),
+    )
+    _fsync_directory(staging)
+    final = os.path.join(directory, f"ckpt-{step}")
+    _move_aside_and_delete(final)
+    os.replace(staging, final)
+    _fsync_directory(directory)
+    _prune(directory, step, keep)
+
+
+def _write_state(path, arrays):
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _write_bytes(path, payload):
+    with open(path, "wb") as file:
+        file.write(payload)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _fsync_directory(path):
+    # Makes the rename itself durable; Windows cannot open a directory.
+    if os.name != "posix":
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _move_aside_and_delete(path):
+    """Deletes a folder so that no half-deleted `ckpt-*` is ever visible."""
+    if not os.path.lexists(path):
+        return
+    parent, name = os.path.split(path)
+    doomed = os.path.join(parent, f".old-{name}-{os.getpid()}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
+
+
+def _prune(directory, saved_step, keep):
+    # Checkpoints past the one just written belong to a run that was resumed
+    # from an earlier one, so they were unusable; the rest keep `keep`.
+    folders = _checkpoint_folders(directory)
+    stale = [path for step, path in folders if step > saved_step]
+    current = [path for step, path in folders if step <= saved_step]
+    for path in stale + current[:-keep]:
+        _move_aside_and_delete(path)
+
+
+def _remove_leftovers(directory):
+    for name in os.listdir(directory):
+        if _LEFTOVER_NAME.match(name):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _checkpoint_folders(directory):
+    """(step, path) of the `ckpt-<step>` folders, by increasing step."""
+    if not os.path.isdir(directory):
+        return []
+    folders = []
+    for name in os.listdir(directory):
+        match = _CHECKPOINT_NAME.match(name)
+        path = os.path.join(directory, name)
+        if match and os.path.isdir(path):
+            folders.append((int(match.group(1)), path))
+    return sorted(folders)
+
+
+def _read_checkpoint(path, step):
+    manifest_path = os.path.join(path, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        raise ValueError(f"no {MANIFEST_FILE} (the write never finished)")
+    with open(manifest_path, "rb") as file:
+        try:
+            manifest = json.loads(file.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{MANIFEST_FILE} does not parse ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{MANIFEST_FILE} is not a format {FORMAT_VERSION} manifest")
+    if manifest["step"] != step:
+        raise ValueError(
+            f"{MANIFEST_FILE} says step {manifest['step']}, the folder name {step}"
+        )
+    state_path = os.path.join(path, STATE_FILE)
+    size = os.path.getsize(state_path)
+    if size != manifest["state_bytes"]:
+        raise ValueError(
+            f"{STATE_FILE} has {size} bytes, {manifest['state_bytes']} were written"
+        )
+    if _sha256(state_path) != manifest["state_sha256"]:
+        raise ValueError(f"{STATE_FILE} does not match its SHA-256 checksum")
+    with np.load(state_path, allow_pickle=False) as state:
+        arrays = {name: state[name] for name in state.files}
+    expected = ["numpy_random/keys"] + [
+        f"{group}/{index}"
+        for group in _GROUPS
+        for index in range(len(manifest["variables"][group]))
+    ]
+    missing = [name for name in expected if name not in arrays]
+    if missing:
+        raise ValueError(f"{STATE_FILE} lacks the arrays {missing}")
+    return Checkpoint(
+        path=path,
+        step=step,
+        epoch=manifest["epoch"],
+        step_in_epoch=manifest["step_in_epoch"],
+        steps_per_epoch=manifest["steps_per_epoch"],
+        history=manifest["history"],
+        _manifest=manifest,
+        _arrays=arrays,
+    )

@@ -1,0 +1,658 @@
+"""Resumable training: killed runs end bit-identical to an uninterrupted one.
+
+The slow tests run this file as a child process (`python -m
+tests.test_checkpointing ...`) that trains a tiny Transformer with dropout
+under op determinism, killed with SIGKILL at chosen steps (once halfway
+through writing a checkpoint) and restarted until done. The fast tests train
+a small dense model in-process to check fallback, atomicity and errors.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import checkpointing, losses, metrics, models
+
+REPOSITORY = pathlib.Path(__file__).parents[1]
+# A child imports TensorFlow, builds, traces and trains for 18 steps (~10 s).
+CHILD_TIMEOUT = 120
+SEED = 11
+EPOCHS = 3
+STEPS_PER_EPOCH = 6
+SAVE_EVERY_STEPS = 4  # saves at steps 4, 8, 12 (an epoch end), 16 and 18
+BATCH_SIZE = 4
+NUM_PAIRS = 20  # 5 batches a pass: epochs and passes over the data differ
+LENGTH = 8
+VOCABULARY_SIZE = 16
+
+
+# --- the child process ------------------------------------------------------
+
+
+def tiny_transformer():
+    config = models.TransformerConfig(
+        source_vocabulary_size=VOCABULARY_SIZE,
+        target_vocabulary_size=VOCABULARY_SIZE,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        dropout=0.3,
+        max_source_length=LENGTH,
+        max_target_length=LENGTH,
+    )
+    model = models.build_transformer(config)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=losses.MaskedSparseCategoricalCrossentropy(),
+        metrics=[metrics.MaskedAccuracy()],
+    )
+    return model
+
+
+def translation_pairs():
+    rng = np.random.default_rng(SEED)
+    lengths = rng.integers(2, LENGTH + 1, size=(3, NUM_PAIRS))
+    source, target, labels = (
+        np.where(
+            np.arange(LENGTH) < length[:, None],
+            rng.integers(1, VOCABULARY_SIZE, size=(NUM_PAIRS, LENGTH)),
+            0,
+        ).astype("int32")
+        for length in lengths
+    )
+    return {"source_ids": source, "target_ids": target}, labels
+
+
+def stream_dataset():
+    """One repeated stream, reshuffled every pass, read across epochs."""
+    return (
+        tf.data.Dataset.from_tensor_slices(translation_pairs())
+        .shuffle(NUM_PAIRS, seed=SEED, reshuffle_each_iteration=True)
+        .repeat()
+        .batch(BATCH_SIZE)
+    )
+
+
+def validation_dataset():
+    return tf.data.Dataset.from_tensor_slices(translation_pairs()).batch(10)
+
+
+class AtStep(keras.callbacks.Callback):
+    """Calls `action()` once the optimizer has done `step` steps."""
+
+    def __init__(self, step, action):
+        super().__init__()
+        self.step = step
+        self.action = action
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            self.action()
+
+
+def kill_this_process():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_during_save(save_number):
+    """Makes the `save_number`-th save of this process die mid-write."""
+    write_state = checkpointing._write_state
+    saves = []
+
+    def half_written_then_killed(path, arrays):
+        saves.append(path)
+        write_state(path, arrays)
+        if len(saves) == save_number:
+            with open(path, "r+b") as file:
+                file.truncate(os.path.getsize(path) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    checkpointing._write_state = half_written_then_killed
+
+
+def train(directory, callbacks=(), uninterrupted_fit=False):
+    keras.utils.set_random_seed(SEED)
+    model = tiny_transformer()
+    options = dict(
+        epochs=EPOCHS,
+        steps_per_epoch=STEPS_PER_EPOCH,
+        validation_data=validation_dataset(),
+        callbacks=list(callbacks),
+        verbose=0,
+    )
+    if uninterrupted_fit:
+        history = model.fit(stream_dataset(), **options)
+    else:
+        history = checkpointing.fit_resumable(
+            model,
+            stream_dataset,
+            directory=directory,
+            save_every_steps=SAVE_EVERY_STEPS,
+            **options,
+        )
+    return model, history.history
+
+
+def final_state(model):
+    return {
+        f"{group}/{index}": variable.numpy()
+        for group, variables in (
+            ("model", model.variables),
+            ("optimizer", model.optimizer.variables),
+        )
+        for index, variable in enumerate(variables)
+    }
+
+
+def child_main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--directory", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--kill-at-step", type=int)
+    parser.add_argument("--kill-during-save", type=int)
+    parser.add_argument(
+        "--uninterrupted-fit",
+        action="store_true",
+        help="plain model.fit, no checkpoints (the reference)",
+    )
+    args = parser.parse_args(argv)
+    tf.config.experimental.enable_op_determinism()
+    callbacks = []
+    if args.kill_at_step:
+        callbacks.append(AtStep(args.kill_at_step, kill_this_process))
+    if args.kill_during_save:
+        die_during_save(args.kill_during_save)
+    model, history = train(args.directory, callbacks, args.uninterrupted_fit)
+    np.savez(args.output, **final_state(model))
+    with open(args.output + ".history.json", "w") as file:
+        json.dump(history, file)
+
+
+# --- running children -------------------------------------------------------
+
+
+def start_child(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.test_checkpointing", *map(str, args)],
+        cwd=REPOSITORY,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def finish_child(process):
+    """Waits for a child's end or SIGKILL; returns its exit code."""
+    try:
+        output, _ = process.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    if process.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(
+            f"child {process.args} exited with {process.returncode}:\n"
+            + output.decode(errors="replace")[-4000:]
+        )
+    return process.returncode
+
+
+def run_child(*args):
+    return finish_child(start_child(*args))
+
+
+def load_result(output):
+    with np.load(output) as arrays:
+        state = {name: arrays[name] for name in arrays.files}
+    with open(str(output) + ".history.json") as file:
+        return state, json.load(file)
+
+
+def visible_checkpoints(directory):
+    return sorted(
+        (name for name in os.listdir(directory) if name.startswith("ckpt-")),
+        key=lambda name: int(name.split("-")[1]),
+    )
+
+
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory):
+    """An uninterrupted `model.fit`, and a run killed twice then finished.
+
+    Saves fall at steps 4, 8, 12 (written at the end of epoch 1), 16 and 18.
+    The first child is killed at step 6 and resumes mid-epoch 0 from step 4;
+    the second is killed halfway through writing its third save (16) and
+    resumes at the start of epoch 2 from step 12; the third runs to the end.
+    """
+    root = tmp_path_factory.mktemp("killed_runs")
+    runs = {"root": root}
+    reference_output = root / "reference.npz"
+    # Runs beside the killed children: it shares nothing with them.
+    reference = start_child(
+        "--uninterrupted-fit",
+        "--directory",
+        root / "unused",
+        "--output",
+        reference_output,
+    )
+    try:
+        directory = root / "checkpoints"
+        output = root / "resumed.npz"
+        common = ("--directory", directory, "--output", output)
+        assert run_child(*common, "--kill-at-step", 6) == -signal.SIGKILL
+        runs["after_kill_at_step"] = visible_checkpoints(directory)
+        assert run_child(*common, "--kill-during-save", 3) == -signal.SIGKILL
+        runs["after_kill_during_save"] = sorted(os.listdir(directory))
+        runs["staging_contents"] = [
+            sorted(os.listdir(directory / name))
+            for name in runs["after_kill_during_save"]
+            if name.startswith(".tmp-")
+        ]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs["latest_after_kill_during_save"] = checkpointing.latest_checkpoint(
+                directory
+            )
+        runs["warnings_after_kill_during_save"] = [str(w.message) for w in caught]
+        assert run_child(*common) == 0
+        runs["resumed"] = load_result(output)
+        runs["final_folders"] = sorted(os.listdir(directory))
+        assert finish_child(reference) == 0
+        runs["reference"] = load_result(reference_output)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait(timeout=10)
+    yield runs
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_and_mid_write_ends_bit_identical_to_plain_fit(
+    killed_runs,
+):
+    assert killed_runs["after_kill_at_step"] == ["ckpt-4"]
+    state, history = killed_runs["resumed"]
+    reference_state, reference_history = killed_runs["reference"]
+    assert state.keys() == reference_state.keys()
+    different = [
+        name for name in state if not np.array_equal(state[name], reference_state[name])
+    ]
+    assert not different, f"differ from the uninterrupted run: {different}"
+    # Equal epoch losses: the resumed epoch averaged over all its batches.
+    assert history == reference_history
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_leaves_no_partial_checkpoint_visible(
+    killed_runs,
+):
+    folders = killed_runs["after_kill_during_save"]
+    # The half-written save stayed in its staging folder.
+    assert [name for name in folders if not name.startswith(".tmp-ckpt-16-")] == [
+        "ckpt-12",
+        "ckpt-8",
+    ]
+    assert len(folders) == 3
+    # Killed halfway through state.npz: the manifest was never written.
+    assert killed_runs["staging_contents"] == [[checkpointing.STATE_FILE]]
+    latest = killed_runs["latest_after_kill_during_save"]
+    assert (latest.step, latest.epoch, latest.step_in_epoch) == (12, 2, 0)
+    assert killed_runs["warnings_after_kill_during_save"] == []
+    # The next run removed the staging folder; two checkpoints are kept.
+    assert killed_runs["final_folders"] == ["ckpt-16", "ckpt-18"]
+
+
+@pytest.mark.slow
+def test_final_checkpoint_records_the_whole_history(killed_runs):
+    checkpoint = checkpointing.latest_checkpoint(killed_runs["root"] / "checkpoints")
+    assert (checkpoint.step, checkpoint.epoch, checkpoint.step_in_epoch) == (18, 3, 0)
+    assert checkpoint.history == killed_runs["reference"][1]
+
+
+# --- in-process tests on a small dense model ---------------------------------
+
+DENSE_STEPS_PER_EPOCH = 3
+DENSE_EPOCHS = 2
+
+
+def dense_model(seed=3, units=8):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
+    return model
+
+
+def dense_pairs():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((12, 4)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices(
+        (features, features.sum(axis=1, keepdims=True))
+    )
+
+
+def dense_data():
+    return dense_pairs().shuffle(12, seed=1).repeat().batch(2)
+
+
+def dense_data_of_epoch(epoch):
+    return dense_pairs().shuffle(12, seed=1 + epoch).batch(2)
+
+
+def fit_dense(directory, model=None, make_dataset=dense_data, **kwargs):
+    """6 steps: saves at 2, 4 and 6 (1, 1 and 0 steps into epochs 0, 1, 2)."""
+    model = model or dense_model()
+    options = dict(
+        epochs=DENSE_EPOCHS,
+        steps_per_epoch=DENSE_STEPS_PER_EPOCH,
+        directory=directory,
+        save_every_steps=2,
+        verbose=0,
+    )
+    options.update(kwargs)
+    history = checkpointing.fit_resumable(model, make_dataset, **options)
+    return model, history
+
+
+@pytest.fixture(scope="module")
+def dense_checkpoints(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("dense_checkpoints")
+    fit_dense(directory)
+    keras.backend.clear_session()
+    return directory
+
+
+@pytest.fixture
+def checkpoints(dense_checkpoints, tmp_path):
+    """A copy of a finished dense run's directory, free to damage."""
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(dense_checkpoints, directory)
+    return directory
+
+
+def weights_of(model):
+    return [variable.numpy() for variable in model.variables]
+
+
+def truncate_state(folder):
+    path = folder / checkpointing.STATE_FILE
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) - 100)
+
+
+def flip_one_byte_of_state(folder):
+    path = folder / checkpointing.STATE_FILE
+    payload = bytearray(path.read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    path.write_bytes(bytes(payload))
+
+
+def delete_manifest(folder):
+    (folder / checkpointing.MANIFEST_FILE).unlink()
+
+
+def garble_manifest(folder):
+    (folder / checkpointing.MANIFEST_FILE).write_text('{"format": 1, "st')
+
+
+CORRUPTIONS = {
+    "truncated state": (truncate_state, "bytes"),
+    "altered state": (flip_one_byte_of_state, "SHA-256"),
+    "missing manifest": (delete_manifest, "never finished"),
+    "garbled manifest": (garble_manifest, "does not parse"),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS, ids=list(CORRUPTIONS))
+def test_damaged_latest_checkpoint_falls_back_to_previous_with_warning(
+    checkpoints, corruption
+):
+    assert visible_checkpoints(checkpoints) == ["ckpt-4", "ckpt-6"]
+    damage, reason = CORRUPTIONS[corruption]
+    damage(checkpoints / "ckpt-6")
+    with pytest.warns(UserWarning, match=rf"ckpt-6: .*{reason}.*previous"):
+        checkpoint = checkpointing.latest_checkpoint(checkpoints)
+    assert checkpoint.step == 4
+    assert (checkpoint.epoch, checkpoint.step_in_epoch) == (1, 1)
+
+
+def test_resuming_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
+    tmp_path, checkpoints
+):
+    reference, reference_history = fit_dense(tmp_path / "reference")
+    truncate_state(checkpoints / "ckpt-6")
+    keras.backend.clear_session()
+    with pytest.warns(UserWarning, match="ckpt-6"):
+        resumed, history = fit_dense(checkpoints)
+    assert all(map(np.array_equal, weights_of(resumed), weights_of(reference)))
+    assert history.history == reference_history.history
+    # The damaged checkpoint was rewritten by the resumed run.
+    assert checkpointing.latest_checkpoint(checkpoints).step == 6
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(step):
+    def interrupt():
+        raise Interrupted
+
+    return AtStep(step, interrupt)
+
+
+@pytest.mark.parametrize(
+    "per_epoch", [False, True], ids=["one stream", "a dataset per epoch"]
+)
+def test_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_run(
+    tmp_path, per_epoch
+):
+    options = dict(
+        make_dataset=dense_data_of_epoch if per_epoch else dense_data,
+        per_epoch=per_epoch,
+        epochs=3,
+    )
+    reference, reference_history = fit_dense(tmp_path / "reference", **options)
+    keras.backend.clear_session()
+    with pytest.raises(Interrupted):
+        fit_dense(tmp_path / "resumed", callbacks=[interrupt_at(5)], **options)
+    keras.backend.clear_session()
+    # From step 4, one batch into epoch 1: its other two batches, then epoch
+    # 2 in a second fit on new datasets. The same global seed as before:
+    # TensorFlow pairs it with every shuffle seed.
+    resumed, history = fit_dense(tmp_path / "resumed", **options)
+    assert all(map(np.array_equal, weights_of(resumed), weights_of(reference)))
+    assert history.history == reference_history.history
+
+
+def test_failed_write_leaves_earlier_checkpoints_valid_and_nothing_half_visible(
+    tmp_path, monkeypatch
+):
+    write_state = checkpointing._write_state
+    saves = []
+
+    def fails_on_second_save(path, arrays):
+        saves.append(path)
+        write_state(path, arrays)
+        if len(saves) == 2:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(checkpointing, "_write_state", fails_on_second_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit_dense(tmp_path)
+    assert visible_checkpoints(tmp_path) == ["ckpt-2"]
+    assert any(name.startswith(".tmp-ckpt-4-") for name in os.listdir(tmp_path))
+
+    monkeypatch.setattr(checkpointing, "_write_state", write_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_dense(tmp_path, model=dense_model())
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-4", "ckpt-6"]
+
+
+def test_completed_run_is_restored_without_training_again(tmp_path):
+    trained, history = fit_dense(tmp_path)
+    keras.backend.clear_session()
+    restored, restored_history = fit_dense(
+        tmp_path, model=dense_model(seed=99), callbacks=[interrupt_at(7)]
+    )
+    assert all(map(np.array_equal, weights_of(restored), weights_of(trained)))
+    assert restored_history.history == history.history
+    assert restored_history.epoch == [0, 1]
+    assert int(restored.optimizer.iterations.numpy()) == 6
+
+
+def test_more_epochs_continue_from_the_final_checkpoint(tmp_path):
+    reference, _ = fit_dense(tmp_path / "reference", epochs=3)
+    fit_dense(tmp_path / "resumed", epochs=2)
+    keras.backend.clear_session()
+    resumed, history = fit_dense(tmp_path / "resumed", epochs=3)
+    assert all(map(np.array_equal, weights_of(resumed), weights_of(reference)))
+    assert history.epoch == [0, 1, 2]
+
+
+def test_dropout_seed_states_are_checkpointed_though_not_in_model_weights(
+    tmp_path,
+):
+    trained, _ = fit_dense(tmp_path)
+    seed_state = trained.layers[1].seed_generator.state
+    # What Keras' own weight files save, and why model.variables is used.
+    assert all(weight is not seed_state for weight in trained.weights)
+    assert any(variable is seed_state for variable in trained.variables)
+
+    keras.backend.clear_session()
+    fresh = dense_model(seed=99)
+    assert not np.array_equal(
+        fresh.layers[1].seed_generator.state.numpy(), seed_state.numpy()
+    )
+    checkpointing.latest_checkpoint(tmp_path).restore(fresh)
+    np.testing.assert_array_equal(
+        fresh.layers[1].seed_generator.state.numpy(), seed_state.numpy()
+    )
+    assert int(fresh.optimizer.iterations.numpy()) == 6
+
+
+def random_draws():
+    return random.random(), np.random.random(), float(keras.random.uniform(()))
+
+
+def test_python_numpy_and_global_keras_random_states_are_restored(tmp_path):
+    model = dense_model()
+    keras.random.uniform(())  # creates Keras' global seed generator
+    fit_dense(tmp_path, model=model)
+    expected = random_draws()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(123)
+    keras.random.uniform(())
+    checkpointing.latest_checkpoint(tmp_path).restore(dense_model(seed=5))
+    assert random_draws() == expected
+
+
+def test_checkpoint_of_another_steps_per_epoch_is_refused(checkpoints):
+    with pytest.raises(ValueError, match=r"steps_per_epoch=3.*steps_per_epoch=4"):
+        fit_dense(checkpoints, steps_per_epoch=4)
+
+
+def test_checkpoint_of_another_model_is_refused(checkpoints):
+    with pytest.raises(ValueError, match=r"does not fit this model: model variable 0"):
+        fit_dense(checkpoints, model=dense_model(units=5))
+
+
+@pytest.mark.parametrize(
+    "argument, value, message",
+    [
+        ("save_every_steps", 0, "save_every_steps, expected a positive integer"),
+        ("keep", 0, "keep, expected a positive integer"),
+        ("steps_per_epoch", 0, "steps_per_epoch, expected a positive integer"),
+        ("epochs", -1, "epochs, expected a non-negative integer"),
+        ("initial_epoch", 1, "chooses initial_epoch itself"),
+    ],
+)
+def test_invalid_arguments_raise(tmp_path, argument, value, message):
+    with pytest.raises(ValueError, match=message):
+        fit_dense(tmp_path, **{argument: value})
+
+
+def test_a_dataset_object_instead_of_a_function_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="make_dataset, expected a function"):
+        fit_dense(tmp_path, make_dataset=dense_data())
+
+
+def test_a_function_returning_no_dataset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must return a tf.data.Dataset"):
+        fit_dense(tmp_path, make_dataset=lambda: [1, 2, 3])
+
+
+def test_uncompiled_model_is_refused(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="needs a compiled model"):
+        checkpointing.fit_resumable(
+            model,
+            dense_data,
+            epochs=1,
+            steps_per_epoch=1,
+            directory=tmp_path,
+            save_every_steps=1,
+        )
+
+
+def load_train_script():
+    path = REPOSITORY / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "flags, checkpoints",
+    [([], ["ckpt-3", "ckpt-6"]), (["--checkpoint-every", "2"], ["ckpt-4", "ckpt-6"])],
+    ids=["every epoch by default", "every 2 steps"],
+)
+def test_train_script_checkpoints_and_resumes_with_checkpoint_dir(
+    tmp_path, flags, checkpoints
+):
+    train = load_train_script()
+    args = train.parse_args(["--checkpoint-dir", str(tmp_path), *flags])
+    options = {"epochs": 2, "steps_per_epoch": 3, "verbose": 0}
+    trained = dense_model()
+    train.fit_with_checkpoints(args, trained, None, dense_data, **options)
+    assert visible_checkpoints(tmp_path) == checkpoints
+    keras.backend.clear_session()
+    restored = dense_model(seed=99)
+    history = train.fit_with_checkpoints(
+        args, restored, None, dense_data, callbacks=[interrupt_at(7)], **options
+    )
+    assert all(map(np.array_equal, weights_of(restored), weights_of(trained)))
+    assert history.epoch == [0, 1]
+
+
+def test_missing_directory_has_no_checkpoint(tmp_path):
+    assert checkpointing.latest_checkpoint(tmp_path / "nowhere") is None
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1:])
