@@ -19,6 +19,7 @@ translations of held-out inputs.
 """
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
@@ -33,6 +34,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_transformer import data, export, losses, metrics, models  # noqa: E402
 from keras_transformer import training  # noqa: E402
+from keras_transformer import distribute  # noqa: E402
+from keras_transformer import checkpointing  # noqa: E402
 from keras_transformer.layers.residual import NORM_PLACEMENTS  # noqa: E402
 from keras_transformer.models.transformer import POSITION_ENCODINGS  # noqa: E402
 
@@ -154,7 +157,13 @@ def build_parser():
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=positive_int, default=5, help="(default 5)")
-    fit.add_argument("--batch-size", type=positive_int, default=64, help="(default 64)")
+    fit.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="examples per replica and step: each step takes a global batch of "
+        "this times the number of replicas of --strategy (default 64)",
+    )
     fit.add_argument(
         "--learning-rate",
         type=positive_float,
@@ -175,12 +184,9 @@ def build_parser():
         default=0,
         help="seeds the weights, the shuffling and the date task (default 0)",
     )
-    fit.add_argument(
-        "--jit-compile",
-        action="store_true",
-        help="XLA-compile the train step (slower on a small CPU: every new "
-        "batch shape compiles again)",
-    )
+    add_precision_and_compilation_flags(parser)
+    add_distribution_flags(parser)
+    add_checkpoint_flags(parser)
 
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -220,6 +226,176 @@ def build_parser():
         help="head of --attention-plot (default 0)",
     )
     return parser
+
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def add_precision_and_compilation_flags(parser):
+    group = parser.add_argument_group("precision and compilation")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="dtype policy of the model: mixed_* computes in float16/bfloat16 "
+        "with float32 variables, float32 logits, softmax, normalisation "
+        "statistics and loss; mixed_float16 adds dynamic loss scaling. "
+        "bfloat16 is the one for TPUs (default %(default)s)",
+    )
+    group.add_argument(
+        "--jit-compile",
+        nargs="?",
+        const="on",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA-compile the train and evaluation steps. auto: on with a "
+        "TPU (which compiles everything with XLA anyway) and on GPUs with "
+        "--static-shapes; off with dynamic shapes, where XLA compiles again "
+        "for every new batch shape and bucketed batches have dozens, and off "
+        "on a CPU, where compiling costs more than XLA saves even with "
+        "static shapes (default %(default)s; --jit-compile alone means on)",
+    )
+    group.add_argument(
+        "--no-xla",
+        dest="jit_compile",
+        action="store_const",
+        const="off",
+        help="same as --jit-compile off",
+    )
+    group.add_argument(
+        "--static-shapes",
+        action="store_true",
+        help="pad every batch to its length bucket's upper boundary, drop the "
+        "last incomplete training batch of each bucket and fill the held-out "
+        "ones with padding rows, so batches come in a handful of fixed "
+        "shapes and XLA compiles each once (what TPUs need)",
+    )
+
+
+def resolve_jit_compile(setting, strategy, static_shapes):
+    """Whether to XLA-compile the steps for `--jit-compile SETTING`.
+
+    "auto" is on with a TPU, and on GPUs with static shapes, where each of a
+    handful of programs compiles once. It is off on a CPU: training the date
+    task with --static-shapes took about 40% more CPU time with XLA than
+    without (compiling each bucket's shape cost more than the fused kernels
+    saved).
+    """
+    if setting != "auto":
+        return setting == "on"
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    return static_shapes and runs_on_gpus(strategy)
+
+
+def runs_on_gpus(strategy):
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:
+        # The default strategy has no device list: it runs where TensorFlow
+        # places ops, a GPU when there is one.
+        return bool(tf.config.list_logical_devices("GPU"))
+    return any("GPU" in device for device in devices)
+
+
+def add_distribution_flags(parser):
+    group = parser.add_argument_group("distribution")
+    group.add_argument(
+        "--strategy",
+        choices=distribute.STRATEGY_NAMES,
+        default="default",
+        help="default: one device; mirrored: every local GPU; multi-worker: "
+        "the cluster in TF_CONFIG (start this script once per worker, same "
+        "flags; only the chief, worker 0, keeps its files); tpu: the TPU of "
+        "--tpu; auto: a TPU if one is found, else mirrored with several "
+        "GPUs, else default (default %(default)s)",
+    )
+    group.add_argument(
+        "--tpu",
+        help="for --strategy tpu/auto: TPU name, grpc:// address or 'local' on "
+        "a TPU VM (default: the TPU_NAME environment variable)",
+    )
+
+
+def add_checkpoint_flags(parser):
+    group = parser.add_argument_group("checkpoints")
+    group.add_argument(
+        "--checkpoint-dir",
+        metavar="PATH",
+        help="checkpoint the training (weights, optimizer, random states, "
+        "data position) into PATH; when PATH already holds a checkpoint, "
+        "resume from it at the same step, so after a crash the same command "
+        "continues the run (see keras_transformer.checkpointing)",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        metavar="N",
+        help="training steps between checkpoints (default: one epoch)",
+    )
+
+
+def fit_with_checkpoints(args, model, train_dataset, make_train_dataset, **fit_kwargs):
+    """`model.fit`, or with --checkpoint-dir `checkpointing.fit_resumable`.
+
+    `make_train_dataset` builds the training stream anew: a resumed run
+    reads it afresh from the start and skips to its step.
+    """
+    if args.checkpoint_dir is None:
+        return model.fit(train_dataset, **fit_kwargs)
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise SystemExit(
+            "error: --checkpoint-dir does not work with --strategy multi-worker: "
+            "every worker would write the same checkpoint folders"
+        )
+    return checkpointing.fit_resumable(
+        model,
+        make_train_dataset,
+        directory=args.checkpoint_dir,
+        save_every_steps=args.checkpoint_every or fit_kwargs["steps_per_epoch"],
+        **fit_kwargs,
+    )
+
+
+def setup_distribution(args):
+    """Makes the --strategy; sets args.global_batch_size and the XLA setting."""
+    strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)
+    replicas = strategy.num_replicas_in_sync
+    args.global_batch_size = distribute.global_batch_size(args.batch_size, strategy)
+    if not distribute.jit_compile_works(strategy):
+        if args.jit_compile == "on":
+            raise SystemExit(
+                f"error: --jit-compile on fails under --strategy {args.strategy} "
+                f"with {replicas} replicas: Keras 3 compiles the step of all "
+                "replicas as one XLA program, which fails there (see "
+                "keras_transformer.distribute.jit_compile_works). Use "
+                "--jit-compile off."
+            )
+        args.jit_compile = "off"
+    print(
+        f"strategy {args.strategy}: {replicas} replica(s), global batch "
+        f"{args.global_batch_size} ({args.batch_size} per replica)."
+    )
+    return strategy
+
+
+@contextlib.contextmanager
+def chief_writes_outputs(args, strategy):
+    """Sends a non-chief worker's exports, logs and plots to scratch space.
+
+    Every worker of a multi-worker run runs the whole script, as in
+    TensorFlow's multi-worker tutorial; only the chief's files are kept, the
+    others' are deleted when the run ends.
+    """
+    if not distribute.is_chief(strategy):
+        print("Not the chief: exports, logs and plots go to scratch, then deleted.")
+    with contextlib.ExitStack() as stack:
+        for flag in ("output_dir", "log_dir", "attention_plot"):
+            path = getattr(args, flag)
+            if path is not None:
+                scratch = distribute.chief_output_dir(path, strategy)
+                setattr(args, flag, stack.enter_context(scratch))
+        yield
 
 
 def parse_args(argv=None):
@@ -332,7 +508,12 @@ def make_optimizer(args, total_steps):
         warmup_target=args.learning_rate,
         warmup_steps=warmup_steps,
     )
-    return keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+    optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+    if args.precision == "mixed_float16":
+        # compile() wraps the optimizer only when the functional model's own
+        # policy is mixed_float16, and build_transformer sets the layers'.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def make_tokenizers(args, train_sources, train_targets):
@@ -355,15 +536,25 @@ def make_datasets(args, pairs, tokenizers, max_lengths):
     options = dict(
         source_tokenizer=tokenizers[0],
         target_tokenizer=tokenizers[1],
-        batch_size=args.batch_size,
+        batch_size=args.global_batch_size,
         max_source_length=max_lengths[0],
         max_target_length=max_lengths[1],
+        pad_to_bucket_boundary=args.static_shapes,
     )
     train_dataset = data.make_translation_dataset(
-        list(train_sources), list(train_targets), seed=args.seed, repeat=True, **options
+        list(train_sources),
+        list(train_targets),
+        seed=args.seed,
+        repeat=True,
+        drop_remainder=args.static_shapes,
+        **options,
     )
     test_dataset = data.make_translation_dataset(
-        list(test_sources), list(test_targets), shuffle=False, **options
+        list(test_sources),
+        list(test_targets),
+        shuffle=False,
+        pad_incomplete_batches=args.static_shapes,
+        **options,
     ).cache()
     # Bucketing hides the number of batches; Keras warns about running out of
     # data on every validation pass unless it is told.
@@ -371,7 +562,8 @@ def make_datasets(args, pairs, tokenizers, max_lengths):
     test_dataset = test_dataset.apply(
         tf.data.experimental.assert_cardinality(num_test_batches)
     )
-    return train_dataset, test_dataset
+    shard = distribute.shard_dataset
+    return shard(train_dataset), shard(test_dataset)
 
 
 def make_model(args, tokenizers, max_lengths, total_steps):
@@ -389,7 +581,11 @@ def make_model(args, tokenizers, max_lengths, total_steps):
         max_source_length=max_lengths[0],
         max_target_length=max_lengths[1],
     )
-    model = models.build_transformer(config, name=args.name)
+    model = models.build_transformer(config, dtype=args.precision, name=args.name)
+    jit_compile = resolve_jit_compile(
+        args.jit_compile, model.distribute_strategy, args.static_shapes
+    )
+    print(f"precision {args.precision}; XLA {'on' if jit_compile else 'off'}.")
     model.compile(
         optimizer=make_optimizer(args, total_steps),
         loss=losses.MaskedSparseCategoricalCrossentropy(
@@ -399,7 +595,7 @@ def make_model(args, tokenizers, max_lengths, total_steps):
             metrics.MaskedAccuracy(padding_id=config.padding_id),
             metrics.SequenceExactMatch(padding_id=config.padding_id),
         ],
-        jit_compile=args.jit_compile,
+        jit_compile=jit_compile,
     )
     return model
 
@@ -440,6 +636,13 @@ def show_reloaded_translations(export_dir, sources, references, hypotheses):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
+    # Before any TensorFlow op: a multi-worker strategy configures the runtime.
+    strategy = setup_distribution(args)
+    with chief_writes_outputs(args, strategy):
+        return train_and_export(args, strategy, started)
+
+
+def train_and_export(args, strategy, started):
     keras.utils.set_random_seed(args.seed)
 
     train_sources, train_targets, test_sources, test_targets = load_pairs(args)
@@ -475,8 +678,9 @@ def main(argv=None):
         tokenizers,
         max_lengths,
     )
-    steps_per_epoch = math.ceil(len(train_sources) / args.batch_size)
-    model = make_model(args, tokenizers, max_lengths, args.epochs * steps_per_epoch)
+    steps_per_epoch = math.ceil(len(train_sources) / args.global_batch_size)
+    with strategy.scope():
+        model = make_model(args, tokenizers, max_lengths, args.epochs * steps_per_epoch)
     print(
         f"model: {args.layers}+{args.layers} blocks, hidden {args.hidden_dim}, "
         f"{args.heads} heads, feed-forward {args.ffn_dim}, "
@@ -489,8 +693,16 @@ def main(argv=None):
         run_dir, "tensorboard", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
     fit_started = time.perf_counter()
-    history = model.fit(
+    history = fit_with_checkpoints(
+        args,
+        model,
         train_dataset,
+        lambda: make_datasets(
+            args,
+            (train_sources, train_targets, test_sources, test_targets),
+            tokenizers,
+            max_lengths,
+        )[0],
         epochs=args.epochs,
         steps_per_epoch=steps_per_epoch,
         validation_data=test_dataset,

@@ -186,7 +186,8 @@ def _drop_unusable(sources, targets, max_source_length, max_target_length):
     return (
         tf.ragged.boolean_mask(sources, keep),
         tf.ragged.boolean_mask(targets, keep),
-        int(max(source_lengths[keep].max(), decoder_lengths[keep].max())),
+        int(source_lengths[keep].max()),
+        int(decoder_lengths[keep].max()),
     )
 
 
@@ -198,6 +199,44 @@ def _teacher_forcing_example(source, target):
 
 def _example_length(source, target_ids, labels):
     return tf.maximum(tf.shape(source)[0], tf.shape(target_ids)[0])
+
+
+def _padding_to_bucket_tops(bucket_boundaries, source_length, decoder_length):
+    """Returns a batch map that pads every batch to the longest lengths its
+    bucket can hold, so each bucket always yields one shape.
+
+    Bucket `i` holds lengths in `[boundaries[i-1], boundaries[i])`, so no
+    example in it is longer than `boundaries[i] - 1`; the last, open-ended
+    bucket is bounded by the length limits. The source and the decoder
+    sequences are each capped at their own limit.
+    """
+    boundaries = tf.constant(
+        bucket_boundaries, tf.int32, shape=[len(bucket_boundaries)]
+    )
+    tops = tf.constant(
+        [boundary - 1 for boundary in bucket_boundaries]
+        + [max(source_length, decoder_length)],
+        tf.int32,
+    )
+
+    def pad(ids, length):
+        return tf.pad(
+            ids, [[0, 0], [0, length - tf.shape(ids)[1]]], constant_values=PAD_ID
+        )
+
+    def pad_batch(source_ids, target_ids, labels):
+        # Every example of a batch comes from one bucket, so the batch's
+        # widest sequence names the bucket.
+        width = tf.maximum(tf.shape(source_ids)[1], tf.shape(target_ids)[1])
+        top = tops[tf.reduce_sum(tf.cast(boundaries <= width, tf.int32))]
+        decoder_top = tf.minimum(top, decoder_length)
+        return (
+            pad(source_ids, tf.minimum(top, source_length)),
+            pad(target_ids, decoder_top),
+            pad(labels, decoder_top),
+        )
+
+    return pad_batch
 
 
 def _to_inputs_and_labels(source_ids, target_ids, labels):
@@ -217,6 +256,8 @@ def make_translation_dataset(
     bucket_boundaries=None,
     drop_remainder=False,
     repeat=False,
+    pad_to_bucket_boundary=False,
+    pad_incomplete_batches=False,
 ):
     """Tokenizes parallel text into padded teacher-forcing batches.
 
@@ -250,6 +291,22 @@ def make_translation_dataset(
             batches in order of arrival).
         drop_remainder: bool. Drop the last, smaller batch (of each bucket).
         repeat: bool. Repeat forever (use `steps_per_epoch` in `fit`).
+        pad_to_bucket_boundary: bool. Pad every batch to the longest lengths
+            its bucket can hold rather than to its own longest example: the
+            source to `min(boundaries[i] - 1, max_source_length)` and the
+            decoder sequences to `min(boundaries[i] - 1, max_target_length)`
+            for bucket `i`, the last bucket to the limits (without a limit,
+            to the longest kept example). With `drop_remainder=True` every
+            batch then has one of at most `len(bucket_boundaries) + 1`
+            shapes, so XLA (`jit_compile=True`, TPUs) compiles a handful of
+            programs instead of one per new shape; `bucket_boundaries=[]`
+            gives a single fixed shape.
+        pad_incomplete_batches: bool. Fill the last, smaller batch of each
+            bucket up to `batch_size` with rows of padding instead of
+            dropping it (for evaluation with static shapes, where
+            `drop_remainder` would lose examples). The library's loss and
+            metrics ignore such rows; Keras still weighs a padded batch's
+            loss as a full batch's when it averages over batches.
 
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)` as described in the module
@@ -280,8 +337,14 @@ def make_translation_dataset(
     check_non_negative_int("seed", seed)
     if bucket_boundaries is not None:
         bucket_boundaries = _check_boundaries(bucket_boundaries)
+    if drop_remainder and pad_incomplete_batches:
+        raise ValueError(
+            "drop_remainder and pad_incomplete_batches exclude each other: "
+            "an incomplete batch is either dropped or padded. Received: "
+            "drop_remainder=True, pad_incomplete_batches=True"
+        )
 
-    sources, targets, longest_kept = _drop_unusable(
+    sources, targets, longest_source, longest_decoder = _drop_unusable(
         source_tokenizer.tokenize(source_texts),
         target_tokenizer.tokenize(target_texts),
         max_source_length,
@@ -299,7 +362,7 @@ def make_translation_dataset(
     if bucket_boundaries is None:
         limits = [limit for limit in (max_source_length, max_target_length) if limit]
         bucket_boundaries = _default_bucket_boundaries(
-            max(limits) if limits else longest_kept
+            max(limits) if limits else max(longest_source, longest_decoder)
         )
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=_example_length,
@@ -309,4 +372,23 @@ def make_translation_dataset(
         padding_values=(PAD_ID, PAD_ID, PAD_ID),
         drop_remainder=drop_remainder,
     )
+    if pad_to_bucket_boundary:
+        dataset = dataset.map(
+            _padding_to_bucket_tops(
+                bucket_boundaries,
+                max_source_length or longest_source,
+                max_target_length or longest_decoder,
+            )
+        )
+    if pad_incomplete_batches:
+        dataset = dataset.map(
+            lambda *batch: tuple(
+                tf.pad(
+                    ids,
+                    [[0, batch_size - tf.shape(ids)[0]], [0, 0]],
+                    constant_values=PAD_ID,
+                )
+                for ids in batch
+            )
+        )
     return dataset.map(_to_inputs_and_labels).prefetch(tf.data.AUTOTUNE)
