@@ -6,6 +6,7 @@ from keras_transformer.layers import _validation
 from keras_transformer.layers.attention import MultiHeadAttention
 from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.residual import Residual, deepnorm_initializer
+from keras_transformer.layers.stateless_dropout import draw_dropout_seed
 
 NORM_PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero")
 
@@ -37,6 +38,7 @@ class TransformerBlockBase(keras.layers.Layer):
         deepnorm_beta=1.0,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,6 +91,7 @@ class TransformerBlockBase(keras.layers.Layer):
             )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.remat = bool(remat)
 
     def _scaled_initializer(self):
         """DeepNorm scales the value, output and feed-forward kernels by beta."""
@@ -134,19 +137,108 @@ class TransformerBlockBase(keras.layers.Layer):
         residual.sublayer.build(inputs_shape, *sublayer_shapes)
 
     @staticmethod
-    def _run_residual(residual, inputs, *args, training=None, **kwargs):
+    def _run_residual(
+        residual, inputs, *args, training=None, dropout_seeds=None, **kwargs
+    ):
         """Calls `residual.sublayer` directly with its own arguments.
 
+        `dropout_seeds` is `_draw_dropout_seeds`' result (or `None`): the
+        seeds of this residual's two dropouts are looked up by its name.
         Returns the residual output and the sublayer's extra outputs (caches,
         attention scores) as a list.
         """
+        sublayer_seed, residual_seed = (dropout_seeds or {}).get(
+            residual.name, (None, None)
+        )
         outputs = residual.sublayer(
-            residual.normalize_inputs(inputs), *args, training=training, **kwargs
+            residual.normalize_inputs(inputs),
+            *args,
+            training=training,
+            dropout_seed=sublayer_seed,
+            **kwargs,
         )
         extras = []
         if isinstance(outputs, (tuple, list)):
             outputs, *extras = outputs
-        return residual.add_residual(inputs, outputs, training=training), extras
+        outputs = residual.add_residual(
+            inputs, outputs, training=training, dropout_seed=residual_seed
+        )
+        return outputs, extras
+
+    def _residuals(self):
+        return [
+            layer
+            for layer in self._flatten_layers(include_self=False, recursive=False)
+            if isinstance(layer, Residual)
+        ]
+
+    @staticmethod
+    def _sublayer_dropout(residual):
+        """The dropout inside an attention or feed-forward sublayer."""
+        sublayer = residual.sublayer
+        if isinstance(sublayer, MultiHeadAttention):
+            return sublayer.attention_dropout
+        return sublayer.dropout_layer
+
+    def _draw_dropout_seeds(self, training):
+        """Draws every dropout seed of one call, outside the recomputed region.
+
+        Each seed comes from its own dropout layer's generator, as that
+        layer's call would draw it, so the masks equal those of `remat=False`
+        and the recomputation in the backward pass reuses them.
+
+        Returns:
+            `{residual name: (sublayer dropout seed, residual dropout seed)}`,
+            a seed being `None` where that dropout is inactive.
+        """
+        seeds = {}
+        for residual in self._residuals():
+            dropouts = (self._sublayer_dropout(residual), residual.dropout_layer)
+            seeds[residual.name] = tuple(
+                draw_dropout_seed(dropout, training) for dropout in dropouts
+            )
+            self._check_no_unseeded_dropout(residual, dropouts)
+        return seeds
+
+    def _check_no_unseeded_dropout(self, residual, seeded):
+        """Raises if a dropout without a seed (LoRA's) would be recomputed."""
+        for layer in residual._flatten_layers():
+            if (
+                isinstance(layer, keras.layers.Dropout)
+                and layer.rate > 0
+                and all(layer is not dropout for dropout in seeded)
+            ):
+                raise ValueError(
+                    f"Layer {self.name} has remat=True, but dropout layer "
+                    f"{layer.name!r} in {residual.name} (rate {layer.rate}) "
+                    "cannot replay its mask when the block is recomputed, so "
+                    "its gradients would be wrong. Use remat=False, or rate 0 "
+                    "for that layer (for LoRA: lora_dropout=0.0)."
+                )
+
+    def _call_block(self, forward, tensors, training, allow_remat=True, **options):
+        """Returns `forward(*tensors, training=..., dropout_seeds=..., **options)`.
+
+        With `remat=True`, in training and when `allow_remat`, the call runs
+        under `keras.remat`, so its activations are recomputed in the backward
+        pass instead of kept. Inference is never recomputed: it has no backward
+        pass, and its graphs (exports) stay free of custom gradients.
+
+        `tensors` are the float inputs that gradients flow to, passed
+        positionally: in graphs `tf.recompute_grad` rejects keyword arguments
+        (keras#21207) and adds zero to each positional argument, which fails
+        on booleans. Flags, masks and dropout seeds take no gradient, so they
+        are bound in a closure instead.
+        """
+        remat = self.remat and bool(training) and allow_remat
+        dropout_seeds = self._draw_dropout_seeds(training) if remat else None
+
+        def run(*values):
+            return forward(
+                *values, training=training, dropout_seeds=dropout_seeds, **options
+            )
+
+        return (keras.remat(run) if remat else run)(*tensors)
 
     def _feed_forward(self):
         feed_forward = FeedForward(
@@ -185,6 +277,7 @@ class TransformerBlockBase(keras.layers.Layer):
                 "bias_initializer": keras.initializers.serialize(
                     self.bias_initializer
                 ),
+                "remat": self.remat,
             }
         )
         return config

@@ -12,6 +12,7 @@ from keras_transformer.layers.lora import LoRADense
 from keras_transformer.layers.relative_position_bias import AlibiBias
 from keras_transformer.layers.relative_position_bias import RelativePositionBias
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
+from keras_transformer.layers.stateless_dropout import seeded_dropout
 
 POSITION_BIASES = (None, "alibi", "relative")
 
@@ -112,6 +113,9 @@ class MultiHeadAttention(keras.layers.Layer):
         training: bool. Whether attention dropout is active.
         return_attention_scores: bool. Also return the attention
             probabilities `(batch_size, num_heads, query_length, key_length)`.
+        dropout_seed: optional int tensor `(2,)` that fixes the attention
+            dropout mask (see `stateless_dropout.draw_dropout_seed`); used by
+            blocks with `remat=True`.
 
     Returns:
         `outputs` of shape `(batch_size, query_length, output_dim)`; when a
@@ -490,7 +494,9 @@ class MultiHeadAttention(keras.layers.Layer):
             return None
         return functools.reduce(ops.add, biases)
 
-    def _attend(self, query_heads, key_heads, value_heads, mask, bias, training):
+    def _attend(
+        self, query_heads, key_heads, value_heads, mask, bias, training, dropout_seed
+    ):
         """Returns the concatenated heads and the attention probabilities."""
         batch_size = ops.shape(query_heads)[0]
         query_length = ops.shape(query_heads)[1]
@@ -514,7 +520,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if mask is not None:
             logits = ops.where(mask, logits, MASKED_LOGIT)
         probabilities = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
-        weights = self.attention_dropout(probabilities, training=training)
+        weights = seeded_dropout(
+            self.attention_dropout, probabilities, training=training, seed=dropout_seed
+        )
         weights = ops.reshape(
             weights,
             (batch_size, self._num_kv_heads, groups, query_length, key_length),
@@ -541,6 +549,7 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_update_index=None,
         training=None,
         return_attention_scores=False,
+        dropout_seed=None,
     ):
         if cache_update_index is not None and cache is None:
             raise ValueError(
@@ -589,7 +598,7 @@ class MultiHeadAttention(keras.layers.Layer):
             query_heads, key_heads, attention_bias, start_index
         )
         context, scores = self._attend(
-            query_heads, key_heads, value_heads, mask, bias, training
+            query_heads, key_heads, value_heads, mask, bias, training, dropout_seed
         )
         outputs = self.output_dense(context, training=training)
         return self._pack(outputs, cache, scores, return_attention_scores)
@@ -621,6 +630,7 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_update_index=None,
         training=None,
         return_attention_scores=False,
+        dropout_seed=None,
     ):
         outputs = keras.KerasTensor(
             self.compute_output_shape(query.shape), dtype=self.compute_dtype

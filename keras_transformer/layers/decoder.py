@@ -47,6 +47,12 @@ class TransformerDecoderBlock(TransformerBlockBase):
             and feed-forward kernels.
         kernel_initializer: initializer for the projection kernels.
         bias_initializer: initializer for the projection biases.
+        remat: bool. Recompute the block's activations in the backward pass
+            instead of keeping them (gradient checkpointing): a stack keeps
+            only each block's inputs, for a second forward pass per block.
+            Applies to training calls without caches; dropout masks are drawn
+            once per call and reused, so gradients equal those of
+            `remat=False`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -199,7 +205,46 @@ class TransformerDecoderBlock(TransformerBlockBase):
                 "Pass the encoder output, or build the block with "
                 "use_cross_attention=False for a decoder-only model."
             )
+        tensors = (decoder_sequence,)
+        if encoder_sequence is not None:
+            tensors += (encoder_sequence,)
+        # A decoding step with caches is inference; its cache outputs are
+        # state, not activations to recompute.
+        uses_cache = caching or cross_attention_cache is not None
+        return self._call_block(
+            self._forward,
+            tensors,
+            training,
+            allow_remat=not uses_cache,
+            decoder_padding_mask=decoder_padding_mask,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_padding_mask=encoder_padding_mask,
+            encoder_attention_mask=encoder_attention_mask,
+            self_attention_cache=self_attention_cache,
+            self_attention_cache_update_index=self_attention_cache_update_index,
+            cross_attention_cache=cross_attention_cache,
+            use_causal_mask=use_causal_mask,
+            return_attention_scores=return_attention_scores,
+        )
 
+    def _forward(
+        self,
+        decoder_sequence,
+        encoder_sequence=None,
+        *,
+        decoder_padding_mask,
+        decoder_attention_mask,
+        encoder_padding_mask,
+        encoder_attention_mask,
+        self_attention_cache,
+        self_attention_cache_update_index,
+        cross_attention_cache,
+        use_causal_mask,
+        training,
+        return_attention_scores,
+        dropout_seeds,
+    ):
+        caching = self_attention_cache is not None
         new_caches, scores = [], []
 
         def collect(extras, has_cache):
@@ -219,6 +264,7 @@ class TransformerDecoderBlock(TransformerBlockBase):
             cache_update_index=self_attention_cache_update_index,
             training=training,
             return_attention_scores=return_attention_scores,
+            dropout_seeds=dropout_seeds,
         )
         collect(extras, has_cache=caching)
 
@@ -236,10 +282,16 @@ class TransformerDecoderBlock(TransformerBlockBase):
                 cache=cross_attention_cache,
                 training=training,
                 return_attention_scores=return_attention_scores,
+                dropout_seeds=dropout_seeds,
             )
             collect(extras, has_cache=cross_attention_cache is not None)
 
-        outputs = self.feed_forward(hidden, training=training)
+        outputs, _ = self._run_residual(
+            self.feed_forward,
+            hidden,
+            training=training,
+            dropout_seeds=dropout_seeds,
+        )
         if not (caching or return_attention_scores):
             return outputs
         # A cross-attention cache passed without a self-attention cache is

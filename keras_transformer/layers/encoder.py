@@ -43,6 +43,11 @@ class TransformerEncoderBlock(TransformerBlockBase):
             and feed-forward kernels (only with `norm_placement="deepnorm"`).
         kernel_initializer: initializer for the projection kernels.
         bias_initializer: initializer for the projection biases.
+        remat: bool. Recompute the block's activations in the backward pass
+            instead of keeping them (gradient checkpointing): a stack keeps
+            only each block's inputs, for a second forward pass per block.
+            Applies to training calls; dropout masks are drawn once per call
+            and reused, so gradients equal those of `remat=False`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -99,6 +104,24 @@ class TransformerEncoderBlock(TransformerBlockBase):
         training=None,
         return_attention_scores=False,
     ):
+        return self._call_block(
+            self._forward,
+            (inputs,),
+            training,
+            padding_mask=padding_mask,
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
+        )
+
+    def _forward(
+        self,
+        inputs,
+        padding_mask,
+        attention_mask,
+        training,
+        return_attention_scores,
+        dropout_seeds,
+    ):
         attended, extras = self._run_residual(
             self.self_attention,
             inputs,
@@ -106,8 +129,14 @@ class TransformerEncoderBlock(TransformerBlockBase):
             attention_mask=attention_mask,
             training=training,
             return_attention_scores=return_attention_scores,
+            dropout_seeds=dropout_seeds,
         )
-        outputs = self.feed_forward(attended, training=training)
+        outputs, _ = self._run_residual(
+            self.feed_forward,
+            attended,
+            training=training,
+            dropout_seeds=dropout_seeds,
+        )
         if return_attention_scores:
             return outputs, extras[0]
         return outputs

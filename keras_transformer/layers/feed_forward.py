@@ -4,6 +4,7 @@ import keras
 
 from keras_transformer.layers import _validation
 from keras_transformer.layers.lora import LoRADense
+from keras_transformer.layers.stateless_dropout import seeded_dropout
 
 GATED_ACTIVATIONS = {
     "geglu": lambda x: keras.activations.gelu(x, approximate=False),
@@ -61,6 +62,9 @@ class FeedForward(keras.layers.Layer):
         inputs: float tensor of shape `(..., hidden_dim)`; `hidden_dim` must
             be known at build time.
         training: bool. Whether dropout is active.
+        dropout_seed: optional int tensor `(2,)` that fixes the dropout mask
+            (see `stateless_dropout.draw_dropout_seed`); used by blocks with
+            `remat=True`.
 
     Returns:
         A tensor of the same shape as `inputs`.
@@ -141,14 +145,16 @@ class FeedForward(keras.layers.Layer):
         )
         self.output_dense.build(intermediate_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, dropout_seed=None):
         hidden = self.intermediate_dense(inputs, training=training)
         if self.gated:
             gate = self.gate_dense(inputs, training=training)
             hidden = self.activation(gate) * hidden
         else:
             hidden = self.activation(hidden)
-        hidden = self.dropout_layer(hidden, training=training)
+        hidden = seeded_dropout(
+            self.dropout_layer, hidden, training=training, seed=dropout_seed
+        )
         return self.output_dense(hidden, training=training)
 
     def compute_output_shape(self, input_shape):

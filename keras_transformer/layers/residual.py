@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import _validation
+from keras_transformer.layers.stateless_dropout import seeded_dropout
 
 NORM_PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero")
 NORM_TYPES = ("layer_norm", "rms_norm")
@@ -308,11 +309,21 @@ class Residual(keras.layers.Layer):
             return self.norm(inputs)
         return inputs
 
-    def add_residual(self, inputs, sublayer_outputs, training=None):
-        """Combines the residual stream `inputs` with the sublayer's output."""
+    def add_residual(
+        self, inputs, sublayer_outputs, training=None, dropout_seed=None
+    ):
+        """Combines the residual stream `inputs` with the sublayer's output.
+
+        `dropout_seed` (from `stateless_dropout.draw_dropout_seed`) fixes the
+        dropout mask, for a block that recomputes this call in its backward
+        pass.
+        """
         placement = self.norm_placement
-        branch = self.dropout_layer(
-            ops.cast(sublayer_outputs, self.compute_dtype), training=training
+        branch = seeded_dropout(
+            self.dropout_layer,
+            ops.cast(sublayer_outputs, self.compute_dtype),
+            training=training,
+            seed=dropout_seed,
         )
         if placement == "post":
             return self.norm(inputs + branch)

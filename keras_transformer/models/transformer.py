@@ -54,6 +54,8 @@ class TransformerConfig:
             (needs equal vocabulary sizes).
         tie_output_projection: bool. Logits from the target embedding matrix.
         padding_id: int. The padding token id.
+        remat: bool. Recompute every block's activations in the backward pass
+            (gradient checkpointing): less memory, more compute per step.
     """
 
     source_vocabulary_size: int
@@ -77,6 +79,7 @@ class TransformerConfig:
     share_embeddings: bool = False
     tie_output_projection: bool = True
     padding_id: int = 0
+    remat: bool = False
 
     def __post_init__(self):
         for name in (
@@ -323,6 +326,7 @@ def _block_options(config, num_layers_key):
             if config.position_encoding in ("alibi", "relative")
             else None
         ),
+        remat=config.remat,
     )
     if config.norm_placement == "deepnorm":
         constants = layers.deepnorm_constants(
