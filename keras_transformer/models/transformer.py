@@ -365,7 +365,9 @@ def build_transformer(config, dtype=None, name="transformer"):
         config: `TransformerConfig` or a dict of its fields.
         dtype: optional dtype policy for every layer (e.g. `"mixed_bfloat16"`);
             defaults to the global policy. The logits are always float32, for
-            a stable loss and for serving.
+            a stable loss and for serving. With `"mixed_float16"`, wrap the
+            optimizer in `keras.optimizers.LossScaleOptimizer` yourself: Keras
+            only does it when the model's own policy (float32 here) is fp16.
         name: str. The model's name.
 
     Returns:
