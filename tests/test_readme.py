@@ -20,3 +20,13 @@ def test_readme_python_examples_run_in_order_and_print_what_they_claim(capsys):
     assert "(1, 3, 1000)" in printed
     # q and v in one encoder self-attention, one decoder self- and cross-attention.
     assert "6 projections adapted; 3072 trainable parameters" in printed
+
+
+def test_ci_runs_exactly_the_readme_test_commands():
+    block = re.search(
+        r"<!-- test-command:start -->\n```bash\n(.*?)```", README.read_text(), re.S
+    ).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    ci_script = (README.parent / ".ci" / "run").read_text().splitlines()
+    ci_commands = [line for line in ci_script if line in commands]
+    assert ci_commands == commands
