@@ -78,22 +78,35 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         labels = ops.cast(y_true, "int32")
         if len(labels.shape) == len(y_pred.shape):
             labels = ops.squeeze(labels, axis=-1)
+        is_token = ops.not_equal(labels, self.padding_id)
+        # Padding positions may hold any id, even one outside the vocabulary.
+        labels = ops.where(is_token, labels, ops.zeros_like(labels))
         if self.from_logits:
-            log_probs = ops.log_softmax(y_pred, axis=-1)
+            # The fused sparse cross-entropy kernel: gathering the label's
+            # log-probability with take_along_axis instead differentiates
+            # through a scatter into a dense (batch, length, vocabulary)
+            # buffer, ~10% of a training step without XLA.
+            losses = ops.sparse_categorical_crossentropy(
+                labels, y_pred, from_logits=True
+            )
         else:
             probs = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
             epsilon = keras.config.epsilon()
             log_probs = ops.log(ops.clip(probs, epsilon, 1.0 - epsilon))
-        label_log_probs = ops.take_along_axis(
-            log_probs, ops.expand_dims(labels, axis=-1), axis=-1
-        )
-        losses = -ops.squeeze(label_log_probs, axis=-1)
+            label_log_probs = ops.take_along_axis(
+                log_probs, ops.expand_dims(labels, axis=-1), axis=-1
+            )
+            losses = -ops.squeeze(label_log_probs, axis=-1)
         if self.label_smoothing:
-            # Cross-entropy against (1 - e) * one_hot + e / V, split in two.
-            uniform = -ops.mean(log_probs, axis=-1)
+            # Cross-entropy against (1 - e) * one_hot + e / V, split in two:
+            # the label's term and the mean negative log-probability, which
+            # for logits is logsumexp minus the mean logit.
+            if self.from_logits:
+                uniform = ops.logsumexp(y_pred, axis=-1) - ops.mean(y_pred, axis=-1)
+            else:
+                uniform = -ops.mean(log_probs, axis=-1)
             losses = (1.0 - self.label_smoothing) * losses
             losses += self.label_smoothing * uniform
-        is_token = ops.not_equal(labels, self.padding_id)
         losses = ops.where(is_token, losses, ops.zeros_like(losses))
         set_keras_mask(losses, is_token)
         return losses

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_transformer import losses
 from tests.conftest import random_floats, to_numpy
@@ -69,6 +70,35 @@ def test_other_padding_ids_are_respected():
         reference_loss(LABELS, logits, 0.0),
         rtol=1e-5,
     )
+
+
+def test_a_padding_id_outside_the_vocabulary_is_masked_not_looked_up():
+    logits = random_floats(2, 6, VOCABULARY, seed=5)
+    outside = np.where(LABELS == 0, VOCABULARY, LABELS)
+    loss = losses.MaskedSparseCategoricalCrossentropy(padding_id=VOCABULARY)
+    np.testing.assert_allclose(
+        to_numpy(loss(outside, logits)),
+        reference_loss(LABELS, logits, 0.0),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_gradient_is_softmax_minus_smoothed_target_over_real_tokens(label_smoothing):
+    logits = random_floats(2, 6, VOCABULARY, seed=6, scale=3.0)
+    loss = losses.MaskedSparseCategoricalCrossentropy(label_smoothing=label_smoothing)
+    tensor = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        value = loss(LABELS, tensor)
+    gradient = to_numpy(tape.gradient(value, tensor))
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    softmax = shifted / shifted.sum(axis=-1, keepdims=True)
+    target = (1 - label_smoothing) * np.eye(VOCABULARY)[LABELS]
+    target += label_smoothing / VOCABULARY
+    is_token = (LABELS != 0)[..., None]
+    expected = np.where(is_token, (softmax - target) / is_token.sum(), 0.0)
+    np.testing.assert_allclose(gradient, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
