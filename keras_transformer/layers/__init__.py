@@ -8,6 +8,7 @@ from keras_transformer.layers.lora import (
     save_lora_weights,
     unmerge_lora,
 )
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.residual import (
     Residual,

@@ -6,11 +6,13 @@ import functools
 import keras
 from keras import ops
 
-from keras_transformer.layers import _validation
-from keras_transformer.layers import masks
+from keras_transformer.layers import _validation, masks
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.lora import LoRADense
-from keras_transformer.layers.relative_position_bias import AlibiBias
-from keras_transformer.layers.relative_position_bias import RelativePositionBias
+from keras_transformer.layers.relative_position_bias import (
+    AlibiBias,
+    RelativePositionBias,
+)
 from keras_transformer.layers.rotary_embedding import RotaryEmbedding
 from keras_transformer.layers.stateless_dropout import seeded_dropout
 
@@ -215,7 +217,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
         self._num_kv_heads = self.num_key_value_heads or self.num_heads
-        self.attention_dropout = keras.layers.Dropout(
+        self.attention_dropout = Dropout(
             self.dropout, name="attention_dropout", dtype=self.dtype_policy
         )
         self.rotary_embedding = (

@@ -3,6 +3,7 @@
 import keras
 
 from keras_transformer.layers import _validation
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.lora import LoRADense
 from keras_transformer.layers.stateless_dropout import seeded_dropout
 
@@ -112,7 +113,7 @@ class FeedForward(keras.layers.Layer):
             else keras.initializers.get(output_kernel_initializer)
         )
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = Dropout(
             self.dropout, name="dropout", dtype=self.dtype_policy
         )
 

@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from keras_transformer.layers import _validation
+from keras_transformer.layers.dropout import Dropout
 
 # A DoRA column norm below this counts as zero, so an all-zero base column
 # gives a zero output column instead of 0 / 0.
@@ -275,7 +276,7 @@ class LoRADense(keras.layers.Layer):
                 autocast=False,
             )
         if self.lora_dropout > 0:
-            self.lora_dropout_layer = keras.layers.Dropout(
+            self.lora_dropout_layer = Dropout(
                 self.lora_dropout, name="lora_dropout", dtype=self.dtype_policy
             )
             self.lora_dropout_layer.build(input_shape)

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_transformer.layers import _validation
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.stateless_dropout import seeded_dropout
 
 NORM_PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero")
@@ -269,7 +270,7 @@ class Residual(keras.layers.Layer):
                 f"deepnorm_alpha={deepnorm_alpha!r} with "
                 f"norm_placement={norm_placement!r}"
             )
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = Dropout(
             self.dropout, name="dropout", dtype=self.dtype_policy
         )
 

@@ -10,6 +10,8 @@ dropping with that fixed seed inside it makes both runs use one mask.
 
 import keras
 
+from keras_transformer.layers.dropout import dropout
+
 
 class _FixedSeed(keras.random.SeedGenerator):
     """A seed tensor presented as a `SeedGenerator`.
@@ -35,7 +37,7 @@ def draw_dropout_seed(dropout_layer, training):
     without them.
 
     Args:
-        dropout_layer: `keras.layers.Dropout`.
+        dropout_layer: `Dropout` of this library.
         training: bool. Whether the dropout would be active.
 
     Returns:
@@ -55,7 +57,8 @@ def seeded_dropout(dropout_layer, inputs, training=None, seed=None):
     the mask the layer would have drawn, and the same on every call.
 
     Args:
-        dropout_layer: `keras.layers.Dropout`. Supplies rate and noise shape.
+        dropout_layer: `Dropout` of this library. Supplies rate and noise
+            shape.
         inputs: float tensor.
         training: bool. Whether dropout is active.
         seed: optional int tensor of shape `(2,)`.
@@ -65,7 +68,7 @@ def seeded_dropout(dropout_layer, inputs, training=None, seed=None):
     """
     if seed is None or not training:
         return dropout_layer(inputs, training=training)
-    return keras.random.dropout(
+    return dropout(
         inputs,
         dropout_layer.rate,
         noise_shape=dropout_layer.noise_shape,

@@ -16,6 +16,7 @@ import keras
 
 from keras_transformer import layers
 from keras_transformer.layers import _validation
+from keras_transformer.layers.dropout import Dropout
 
 POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
 
@@ -408,7 +409,7 @@ def build_transformer(config, dtype=None, name="transformer"):
     parts = TransformerLayers(
         source_embedding=source_embedding,
         target_embedding=target_embedding,
-        embedding_dropout=keras.layers.Dropout(
+        embedding_dropout=Dropout(
             config.dropout, name="embedding_dropout", dtype=dtype
         ),
         encoder_blocks=tuple(

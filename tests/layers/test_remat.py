@@ -55,8 +55,8 @@ def _outputs_and_gradients(block, inputs, masks, compiled):
 
 def test_seeded_dropout_reproduces_the_mask_the_layer_would_draw():
     inputs = ops.ones((4, 32))
-    drawn_by = keras.layers.Dropout(0.5, seed=7)
-    seeded_by = keras.layers.Dropout(0.5, seed=7)
+    drawn_by = layers.Dropout(0.5, seed=7)
+    seeded_by = layers.Dropout(0.5, seed=7)
     expected = drawn_by(inputs, training=True)
     seed = stateless_dropout.draw_dropout_seed(seeded_by, training=True)
     first = stateless_dropout.seeded_dropout(seeded_by, inputs, True, seed)
@@ -72,7 +72,7 @@ def test_seeded_dropout_reproduces_the_mask_the_layer_would_draw():
 
 @pytest.mark.parametrize("rate, training", [(0.5, False), (0.0, True)])
 def test_inactive_dropout_draws_no_seed(rate, training):
-    dropout = keras.layers.Dropout(rate)
+    dropout = layers.Dropout(rate)
     assert stateless_dropout.draw_dropout_seed(dropout, training) is None
 
 
