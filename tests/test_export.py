@@ -203,6 +203,36 @@ def test_a_process_without_keras_transformer_serves_what_the_model_computes(
 
 
 @pytest.mark.slow
+def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
+    translator, loaded, tmp_path
+):
+    export_dir = str(tmp_path / "dates_xla")
+    export.export_translator(
+        translator.model,
+        translator.source_tokenizer,
+        translator.target_tokenizer,
+        export_dir,
+        beam_size=BEAM_SIZE,
+        length_penalty=LENGTH_PENALTY,
+        jit_compile=True,
+    )
+    saved_model = (tmp_path / "dates_xla" / "saved_model.pb").read_bytes()
+    assert b"_XlaMustCompile" in saved_model
+    texts = ["5 March 2021", "1 June", "", "17 May 20"]
+    np.save(tmp_path / "source_ids.npy", np.array([[5, 6, 7]], "int32"))
+    np.save(tmp_path / "target_ids.npy", np.array([[2, 4]], "int32"))
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+
+    result = run_python(SERVE_WITHOUT_LIBRARY, export_dir, str(tmp_path))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    translations = json.loads((tmp_path / "translations.json").read_text())
+    for endpoint in ("translate", "translate_beam"):
+        plain = as_strings(getattr(loaded, endpoint)(tf.constant(texts)))
+        assert translations[endpoint] == plain
+
+
+@pytest.mark.slow
 def test_saved_model_cli_runs_the_serving_default_signature(translator, tmp_path):
     texts = ["5 March 2021", "1 June"]
     result = subprocess.run(
@@ -435,6 +465,7 @@ def test_exporting_onto_a_file_is_refused(translator, tmp_path):
         ({"max_decode_length": 0}, "max_decode_length"),
         ({"beam_size": 0}, "beam_size"),
         ({"length_penalty": -1.0}, "length_penalty"),
+        ({"jit_compile": "yes"}, "jit_compile"),
     ],
 )
 def test_bad_decoding_settings_are_refused_before_writing(
