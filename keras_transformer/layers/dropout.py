@@ -87,7 +87,7 @@ class Dropout(keras.layers.Dropout):
 
     ```python
     layer = Dropout(0.1, seed=0)
-    outputs = layer(np.ones((2, 8, 16)), training=True)  # 0 or 1 / (1 - 0.1)
+    outputs = layer(np.ones((2, 8, 16)), training=True)  # 0 or 2048 / 1843
     ```
 
     References:
