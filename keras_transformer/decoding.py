@@ -229,7 +229,9 @@ def beam_search_decode(
             ),
             (-1,),
         )
-        caches = [ops.take(cache, survivor_rows, axis=0) for cache in caches]
+        caches = keras.tree.map_structure(
+            lambda cache: ops.take(cache, survivor_rows, axis=0), caches
+        )
 
         within_beam = ops.less(ops.arange(2 * beam_size), beam_size)[None, :]
         # Continuations of the placeholder beams of the first step, or of

@@ -48,11 +48,15 @@ class MultiHeadAttention(keras.layers.Layer):
     logical AND. A query whose keys are all masked (e.g. a padded query row)
     gets uniform attention weights, so its output is finite but meaningless.
 
-    Key/value cache: a tensor of shape
-    `(batch_size, 2, max_length, num_key_value_heads, key_dim)` holding the
-    projected (and, with rotary, rotated) keys at index 0 of axis 1 and values
-    at index 1. Its shape never changes, so a decoding step compiles once
-    under XLA. Caching requires `value_dim == key_dim`.
+    Key/value cache: a pair `(keys, values)` of tensors of shapes
+    `(batch_size, num_key_value_heads, max_length, key_dim)` and
+    `(batch_size, num_key_value_heads, max_length, value_dim)` holding the
+    projected (and, with rotary, rotated) keys and the projected values.
+    Their shapes never change, so a decoding step compiles once under XLA.
+    They are two tensors in the heads-major layout the attention products
+    read: keras-hub's single `(batch, 2, length, heads, dim)` tensor made
+    XLA copy (slice and transpose) every cache, cross-attention ones
+    included, at every decoding step.
     - Self-attention decoding: pass `cache=layer.initial_cache(...)`,
       `cache_update_index=t` and `use_causal_mask=True`. The new tokens'
       keys/values are written at positions `t, t+1, ...` and the queries
@@ -330,13 +334,17 @@ class MultiHeadAttention(keras.layers.Layer):
             dtype: dtype of the cache. Defaults to the compute dtype.
 
         Returns:
-            Zeros of shape
-            `(batch_size, 2, max_length, num_key_value_heads, key_dim)`.
+            A pair of zero tensors: keys
+            `(batch_size, num_key_value_heads, max_length, key_dim)` and
+            values `(batch_size, num_key_value_heads, max_length, value_dim)`.
         """
-        self._check_cacheable("initial_cache")
-        return ops.zeros(
-            (batch_size, 2, max_length, self._num_kv_heads, self._key_dim),
-            dtype=dtype or self.compute_dtype,
+        self._check_built("initial_cache")
+        return tuple(
+            ops.zeros(
+                (batch_size, self._num_kv_heads, max_length, head_dim),
+                dtype=dtype or self.compute_dtype,
+            )
+            for head_dim in (self._key_dim, self._value_dim)
         )
 
     def compute_key_value_cache(self, value, key=None):
@@ -348,51 +356,59 @@ class MultiHeadAttention(keras.layers.Layer):
                 `value`.
 
         Returns:
-            Tensor `(batch_size, 2, key_length, num_key_value_heads, key_dim)`
-            to pass as `cache` (without `cache_update_index`).
+            The pair `(keys, values)`, each
+            `(batch_size, num_key_value_heads, key_length, head_dim)`, to
+            pass as `cache` (without `cache_update_index`).
         """
-        self._check_cacheable("compute_key_value_cache")
+        self._check_built("compute_key_value_cache")
         key = value if key is None else key
-        key_heads, value_heads = self._project_key_value(key, value, 0, None)
-        return ops.stack([key_heads, value_heads], axis=1)
+        return self._project_key_value(key, value, 0, None)
 
-    def _check_cacheable(self, method):
+    def _check_built(self, method):
         if not self.built:
             raise ValueError(
                 f"Layer {self.name} must be built before calling {method}(). "
                 "Call the layer once or call `layer.build(query_shape, "
                 "value_shape)` first."
             )
-        if self._value_dim != self._key_dim:
-            raise ValueError(
-                f"Layer {self.name} cannot cache keys and values of different "
-                f"head sizes: key_dim={self._key_dim}, "
-                f"value_dim={self._value_dim}. Use value_dim=key_dim to "
-                "decode with a cache."
-            )
 
     def _check_cache(self, cache, cache_update_index, new_length):
-        self._check_cacheable("call() with a cache")
-        shape = tuple(cache.shape)
-        expected = (2, self._num_kv_heads, self._key_dim)
-        if len(shape) != 5 or (shape[1], shape[3], shape[4]) != expected:
+        self._check_built("call() with a cache")
+        expected = [
+            (self._num_kv_heads, head_dim) for head_dim in (self._key_dim, self._value_dim)
+        ]
+        shapes = (
+            [tuple(part.shape) for part in cache]
+            if isinstance(cache, (tuple, list))
+            else None
+        )
+        if (
+            shapes is None
+            or len(shapes) != 2
+            or any(len(shape) != 4 for shape in shapes)
+            or [(shape[1], shape[3]) for shape in shapes] != expected
+            or shapes[0][2] != shapes[1][2]
+        ):
+            received = shapes if shapes is not None else tuple(cache.shape)
             raise ValueError(
-                f"Layer {self.name} expected a cache of shape (batch_size, 2, "
-                f"max_length, {self._num_kv_heads}, {self._key_dim}), but "
-                f"received shape {shape}. Create it with "
-                "`layer.initial_cache(batch_size, max_length)` or "
-                "`layer.compute_key_value_cache(value)`."
+                f"Layer {self.name} expected a cache (keys, values) of shapes "
+                f"(batch_size, {self._num_kv_heads}, max_length, "
+                f"{self._key_dim}) and (batch_size, {self._num_kv_heads}, "
+                f"max_length, {self._value_dim}), but received {received}. "
+                "Create it with `layer.initial_cache(batch_size, max_length)` "
+                "or `layer.compute_key_value_cache(value)`."
             )
+        max_length = shapes[0][2]
         if (
             isinstance(cache_update_index, int)
-            and shape[2] is not None
+            and max_length is not None
             and new_length is not None
-            and cache_update_index + new_length > shape[2]
+            and cache_update_index + new_length > max_length
         ):
             raise ValueError(
                 f"Layer {self.name} cannot write {new_length} positions at "
                 f"cache_update_index={cache_update_index} into a cache of "
-                f"max_length={shape[2]}. Use a longer cache."
+                f"max_length={max_length}. Use a longer cache."
             )
 
     # -- forward pass ---------------------------------------------------
@@ -414,7 +430,11 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         if self.rotary_embedding is not None:
             key_heads = self.rotary_embedding(key_heads, start_index=start_index)
-        return key_heads, value_heads
+        # Heads-major, as caches store them and the attention products read.
+        return (
+            ops.transpose(key_heads, (0, 2, 1, 3)),
+            ops.transpose(value_heads, (0, 2, 1, 3)),
+        )
 
 
     def _check_shape(self, argument, tensor, expected_shape, broadcastable=False):
@@ -445,7 +465,7 @@ class MultiHeadAttention(keras.layers.Layer):
     ):
         """ANDs every mask into one boolean of shape `(B or 1, 1, Lq, Lk)`."""
         batch_size, query_length = query_heads.shape[0], query_heads.shape[1]
-        key_length = key_heads.shape[1]
+        key_length = key_heads.shape[2]
         parts = []
         if query_mask is not None:
             self._check_shape("query_mask", query_mask, (batch_size, query_length))
@@ -462,7 +482,7 @@ class MultiHeadAttention(keras.layers.Layer):
             parts.append(ops.cast(attention_mask, "bool"))
         if use_causal_mask:
             causal = masks.causal_mask(
-                ops.shape(query_heads)[1], ops.shape(key_heads)[1], start_index
+                ops.shape(query_heads)[1], ops.shape(key_heads)[2], start_index
             )
             parts.append(causal[None])
         if not parts:
@@ -477,7 +497,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 query_heads.shape[0],
                 self.num_heads,
                 query_heads.shape[1],
-                key_heads.shape[1],
+                key_heads.shape[2],
             )
             self._check_shape(
                 "attention_bias", attention_bias, expected_shape, broadcastable=True
@@ -487,7 +507,7 @@ class MultiHeadAttention(keras.layers.Layer):
             query_positions = ops.arange(
                 ops.shape(query_heads)[1], dtype="int32"
             ) + ops.cast(start_index, "int32")
-            key_positions = ops.arange(ops.shape(key_heads)[1], dtype="int32")
+            key_positions = ops.arange(ops.shape(key_heads)[2], dtype="int32")
             position_bias = self.position_bias_layer(
                 query_positions[None], key_positions[None]
             )
@@ -499,10 +519,14 @@ class MultiHeadAttention(keras.layers.Layer):
     def _attend(
         self, query_heads, key_heads, value_heads, mask, bias, training, dropout_seed
     ):
-        """Returns the concatenated heads and the attention probabilities."""
+        """Returns the concatenated heads and the attention probabilities.
+
+        Queries are `(batch, length, heads, dim)`; keys and values are
+        heads-major, `(batch, kv_heads, length, dim)`.
+        """
         batch_size = ops.shape(query_heads)[0]
         query_length = ops.shape(query_heads)[1]
-        key_length = ops.shape(key_heads)[1]
+        key_length = ops.shape(key_heads)[2]
         groups = self.num_heads // self._num_kv_heads
         # Logits in float32: a float16 dot product can overflow, and the
         # softmax needs float32 precision to stay normalised.
@@ -512,7 +536,7 @@ class MultiHeadAttention(keras.layers.Layer):
             (batch_size, query_length, self._num_kv_heads, groups, self._key_dim),
         )
         logits = ops.einsum(
-            "bqngd,bknd->bngqk", grouped_query, ops.cast(key_heads, "float32")
+            "bqngd,bnkd->bngqk", grouped_query, ops.cast(key_heads, "float32")
         )
         logits = ops.reshape(
             logits, (batch_size, self.num_heads, query_length, key_length)
@@ -530,7 +554,7 @@ class MultiHeadAttention(keras.layers.Layer):
             (batch_size, self._num_kv_heads, groups, query_length, key_length),
         )
         context = ops.einsum(
-            "bngqk,bknd->bqngd", weights, ops.cast(value_heads, self.compute_dtype)
+            "bngqk,bnkd->bqngd", weights, ops.cast(value_heads, self.compute_dtype)
         )
         context = ops.reshape(
             context, (batch_size, query_length, self.num_heads * self._value_dim)
@@ -567,7 +591,7 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         if cache is not None and cache_update_index is None:
             self._check_cache(cache, None, None)
-            key_heads, value_heads = cache[:, 0], cache[:, 1]
+            key_heads, value_heads = cache
         else:
             value = query if value is None else value
             key = value if key is None else key
@@ -577,13 +601,12 @@ class MultiHeadAttention(keras.layers.Layer):
                 key, value, start_index, training
             )
             if cache is not None:
-                update = ops.stack([key_heads, value_heads], axis=1)
-                cache = ops.slice_update(
-                    cache,
-                    [0, 0, ops.cast(start_index, "int32"), 0, 0],
-                    ops.cast(update, cache.dtype),
+                start = [0, 0, ops.cast(start_index, "int32"), 0]
+                cache = tuple(
+                    ops.slice_update(cached, start, ops.cast(new, cached.dtype))
+                    for cached, new in zip(cache, (key_heads, value_heads))
                 )
-                key_heads, value_heads = cache[:, 0], cache[:, 1]
+                key_heads, value_heads = cache
         if self.rotary_embedding is not None:
             query_heads = self.rotary_embedding(query_heads, start_index=start_index)
 
@@ -638,8 +661,8 @@ class MultiHeadAttention(keras.layers.Layer):
             self.compute_output_shape(query.shape), dtype=self.compute_dtype
         )
         if cache is not None:
-            key_length = cache.shape[2]
-            cache = keras.KerasTensor(cache.shape, dtype=cache.dtype)
+            key_length = cache[0].shape[2]
+            cache = tuple(keras.KerasTensor(c.shape, dtype=c.dtype) for c in cache)
         else:
             attended = next(t for t in (key, value, query) if t is not None)
             key_length = attended.shape[1]

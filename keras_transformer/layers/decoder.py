@@ -67,13 +67,13 @@ class TransformerDecoderBlock(TransformerBlockBase):
         encoder_padding_mask: optional bool `(batch, source_length)`.
         encoder_attention_mask: optional bool
             `(batch, target_length, source_length)`.
-        self_attention_cache: optional tensor
-            `(batch, 2, cache_length, num_key_value_heads, key_dim)`, from
+        self_attention_cache: optional pair `(keys, values)` of tensors
+            `(batch, num_key_value_heads, cache_length, head_dim)`, from
             `initial_self_attention_cache`.
         self_attention_cache_update_index: int or scalar int tensor: the
             position of the first token of `decoder_sequence` in the cache.
-        cross_attention_cache: optional tensor
-            `(batch, 2, source_length, num_key_value_heads, key_dim)`, from
+        cross_attention_cache: optional pair `(keys, values)` of tensors
+            `(batch, num_key_value_heads, source_length, head_dim)`, from
             `compute_cross_attention_cache`.
         use_causal_mask: bool. Mask future positions. Defaults to `True`.
         training: bool. Whether dropout is active.
@@ -155,7 +155,7 @@ class TransformerDecoderBlock(TransformerBlockBase):
         self._build_residual(self.feed_forward, decoder_sequence_shape)
 
     def initial_self_attention_cache(self, batch_size, max_length, dtype=None):
-        """Zeros of shape `(batch, 2, max_length, kv_heads, key_dim)`."""
+        """Zero keys and values, each `(batch, kv_heads, max_length, head_dim)`."""
         return self.self_attention.sublayer.initial_cache(
             batch_size, max_length, dtype=dtype
         )

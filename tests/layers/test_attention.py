@@ -96,8 +96,10 @@ def test_layer_harness(init_kwargs, input_data, call_kwargs, expected_shape, tmp
 def _query_value_key(case):
     query = random_floats(BATCH, LENGTH, FEATURES)
     if case == "cross":
-        return query, random_floats(BATCH, 4, 12, seed=1), random_floats(
-            BATCH, 4, 10, seed=2
+        return (
+            query,
+            random_floats(BATCH, 4, 12, seed=1),
+            random_floats(BATCH, 4, 10, seed=2),
         )
     return query, query, None
 
@@ -189,6 +191,7 @@ DECODING_CONFIGS = {
         "position_bias": "alibi",
     },
     "multi_query": {"num_heads": 4, "num_key_value_heads": 1},
+    "value_heads_wider_than_keys": {"num_heads": 2, "key_dim": 3, "value_dim": 5},
 }
 
 
@@ -239,9 +242,7 @@ def test_a_decoding_step_compiles_under_xla_and_matches_eager():
 
     @tf.function(jit_compile=True)
     def compiled_step(token, cache, index):
-        return layer(
-            token, cache=cache, cache_update_index=index, use_causal_mask=True
-        )
+        return layer(token, cache=cache, cache_update_index=index, use_causal_mask=True)
 
     eager_cache = compiled_cache = layer.initial_cache(BATCH, max_length=4)
     for index in range(4):
@@ -253,7 +254,8 @@ def test_a_decoding_step_compiles_under_xla_and_matches_eager():
             token, compiled_cache, tf.constant(index)
         )
         _assert_close(compiled, eager)
-        _assert_close(compiled_cache, eager_cache)
+        for compiled_part, eager_part in zip(compiled_cache, eager_cache):
+            _assert_close(compiled_part, eager_part)
     assert compiled_step.experimental_get_tracing_count() == 1
 
 
@@ -268,13 +270,14 @@ def test_precomputed_cross_attention_cache_equals_plain_cross_attention(use_rota
     )
 
     cache = layer.compute_key_value_cache(encoder_outputs)
-    assert tuple(cache.shape) == (BATCH, 2, 5, 2, 4)
+    assert [tuple(part.shape) for part in cache] == [(BATCH, 2, 5, 4)] * 2
     outputs, returned_cache, scores = layer(
         query, cache=cache, value_mask=value_mask, return_attention_scores=True
     )
     _assert_close(outputs, expected)
     _assert_close(scores, expected_scores)
-    _assert_close(returned_cache, cache, atol=0)
+    for returned, computed in zip(returned_cache, cache):
+        _assert_close(returned, computed, atol=0)
 
 
 def test_initial_cache_is_zeros_in_the_compute_dtype():
@@ -282,16 +285,16 @@ def test_initial_cache_is_zeros_in_the_compute_dtype():
         num_heads=4, num_key_value_heads=2, dtype="mixed_float16"
     )
     layer.build((None, None, FEATURES))
-    cache = layer.initial_cache(3, 7)
-    assert tuple(cache.shape) == (3, 2, 7, 2, 2)
-    assert keras.backend.standardize_dtype(cache.dtype) == "float16"
-    assert not np.any(to_numpy(cache))
+    for part in layer.initial_cache(3, 7):
+        assert tuple(part.shape) == (3, 2, 7, 2)
+        assert keras.backend.standardize_dtype(part.dtype) == "float16"
+        assert not np.any(to_numpy(part))
 
 
 def test_symbolic_calls_return_every_output_form():
     layer = layers.MultiHeadAttention(num_heads=2)
     query = keras.Input((1, FEATURES))
-    cache = keras.Input((2, 6, 2, 4))
+    cache = (keras.Input((2, 6, 4)), keras.Input((2, 6, 4)))
     index = keras.Input((), dtype="int32", batch_size=1)
     outputs = layer(query, return_attention_scores=True)
     assert [tuple(t.shape) for t in outputs] == [
@@ -305,14 +308,15 @@ def test_symbolic_calls_return_every_output_form():
         use_causal_mask=True,
         return_attention_scores=True,
     )
-    assert [tuple(t.shape) for t in outputs] == [
+    assert [tuple(t.shape) for t in keras.tree.flatten(outputs)] == [
         (None, 1, FEATURES),
-        (None, 2, 6, 2, 4),
+        (None, 2, 6, 4),
+        (None, 2, 6, 4),
         (None, 2, 1, 6),
     ]
     output, new_cache = layer(query, cache=cache)
     assert tuple(output.shape) == (None, 1, FEATURES)
-    assert tuple(new_cache.shape) == (None, 2, 6, 2, 4)
+    assert [tuple(part.shape) for part in new_cache] == [(None, 2, 6, 4)] * 2
 
 
 # -- masking --------------------------------------------------------------
@@ -348,9 +352,7 @@ def test_a_fully_masked_batch_gives_finite_outputs_uniform_weights_and_gradients
     no_keys = np.zeros((BATCH, 3), dtype=bool)
     with tf.GradientTape() as tape:
         tape.watch(query)
-        outputs, scores = layer(
-            query, value_mask=no_keys, return_attention_scores=True
-        )
+        outputs, scores = layer(query, value_mask=no_keys, return_attention_scores=True)
         loss = ops.sum(outputs)
     gradients = tape.gradient(loss, [query] + layer.trainable_weights)
     assert np.all(np.isfinite(to_numpy(outputs)))
@@ -510,12 +512,13 @@ QUERY = random_floats(BATCH, 3, FEATURES)
 @pytest.mark.parametrize(
     "call_kwargs, match",
     [
-        ({"cache": np.zeros((BATCH, 2, 5, 3, 4), "float32")}, "expected a cache"),
+        ({"cache": np.zeros((BATCH, 2, 2, 5, 4), "float32")}, "expected a cache"),
+        ({"cache": (np.zeros((BATCH, 3, 5, 4), "float32"),) * 2}, "expected a cache"),
         ({"cache": np.zeros((BATCH, 5, 2, 4), "float32")}, "expected a cache"),
         ({"cache_update_index": 0}, "but no cache"),
         (
             {
-                "cache": np.zeros((BATCH, 2, 4, 2, 4), "float32"),
+                "cache": (np.zeros((BATCH, 2, 4, 4), "float32"),) * 2,
                 "cache_update_index": 2,
             },
             "cannot write 3 positions",
@@ -534,10 +537,12 @@ def test_bad_call_arguments_are_rejected(call_kwargs, match):
         _built_layer()(QUERY, **call_kwargs)
 
 
-def test_caching_needs_equal_key_and_value_head_sizes():
-    layer = _built_layer(value_dim=3)
-    with pytest.raises(ValueError, match="cannot cache keys and values"):
-        layer.initial_cache(BATCH, 4)
+def test_keys_and_values_are_cached_with_their_own_head_sizes():
+    keys, values = _built_layer(value_dim=3).initial_cache(BATCH, 4)
+    assert (tuple(keys.shape), tuple(values.shape)) == (
+        (BATCH, 2, 4, 4),
+        (BATCH, 2, 4, 3),
+    )
 
 
 def test_caches_need_a_built_layer():
