@@ -54,8 +54,8 @@ class MultiHeadAttention(keras.layers.Layer):
     projected (and, with rotary, rotated) keys and the projected values.
     Their shapes never change, so a decoding step compiles once under XLA.
     They are two tensors in the heads-major layout the attention products
-    read: keras-hub's single `(batch, 2, length, heads, dim)` tensor made
-    XLA copy (slice and transpose) every cache, cross-attention ones
+    read: one `(batch, 2, length, heads, dim)` tensor (keras-hub's layout)
+    made XLA copy every cache into that layout, cross-attention caches
     included, at every decoding step.
     - Self-attention decoding: pass `cache=layer.initial_cache(...)`,
       `cache_update_index=t` and `use_causal_mask=True`. The new tokens'
@@ -375,7 +375,8 @@ class MultiHeadAttention(keras.layers.Layer):
     def _check_cache(self, cache, cache_update_index, new_length):
         self._check_built("call() with a cache")
         expected = [
-            (self._num_kv_heads, head_dim) for head_dim in (self._key_dim, self._value_dim)
+            (self._num_kv_heads, head_dim)
+            for head_dim in (self._key_dim, self._value_dim)
         ]
         shapes = (
             [tuple(part.shape) for part in cache]
