@@ -20,7 +20,13 @@ from keras_transformer.models import transformer
 
 
 def translate_texts(
-    model, source_tokenizer, target_tokenizer, texts, max_length, batch_size=256
+    model,
+    source_tokenizer,
+    target_tokenizer,
+    texts,
+    max_length,
+    batch_size=256,
+    jit_compile=False,
 ):
     """Greedy-decodes `texts` with `model`.
 
@@ -33,6 +39,9 @@ def translate_texts(
             `""`.
         max_length: int. Most tokens generated per text, EOS included.
         batch_size: int. Texts decoded at once.
+        jit_compile: bool. Decode as one XLA program. Every batch is then
+            padded to `(batch_size, maximum source length)`, so the program
+            compiles once (static shapes, as TPUs need).
 
     Returns:
         list of str, the translations in the order of `texts`.
@@ -41,7 +50,8 @@ def translate_texts(
     parts = transformer.TransformerLayers.of(model)
     padding_id = parts.padding_mask.padding_id
     max_source_length = parts.source_embedding.sequence_length
-    # One trace for every batch: batch size and source length stay dynamic.
+    # One trace for every batch: batch size and source length stay dynamic
+    # (under XLA they are fixed by the padding below).
     decode = tf.function(
         lambda source_ids: decoding.greedy_decode(
             model,
@@ -52,6 +62,7 @@ def translate_texts(
         ),
         input_signature=[tf.TensorSpec([None, None], tf.int32)],
         autograph=False,
+        jit_compile=jit_compile,
     )
     translations = []
     for start in range(0, len(texts), batch_size):
@@ -66,10 +77,14 @@ def translate_texts(
             )
         # At least one column, so a batch of empty texts still decodes; their
         # translations are blanked below.
-        source_ids = pieces.to_tensor(
-            default_value=padding_id, shape=[len(lengths), max(1, lengths.max())]
+        shape = (
+            [batch_size, max_source_length]
+            if jit_compile
+            else [len(lengths), max(1, lengths.max())]
         )
+        source_ids = pieces.to_tensor(default_value=padding_id, shape=shape)
         generated = target_tokenizer.detokenize(decode(source_ids)).numpy()
+        # zip stops at the real texts, before rows padded in under XLA.
         translations.extend(
             text.decode("utf-8") if length else ""
             for text, length in zip(generated, lengths)

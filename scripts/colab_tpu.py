@@ -43,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import data, decoding, distribute, export  # noqa: E402
+from keras_transformer import data, distribute, export  # noqa: E402
 from keras_transformer import losses, metrics, models  # noqa: E402
 from keras_transformer import schedules, training  # noqa: E402
 
@@ -135,33 +135,6 @@ def tpu_or_default_strategy(tpu):
         return tf.distribute.get_strategy()
     print(f"TPU found: {strategy.num_replicas_in_sync} replicas.")
     return strategy
-
-
-def translate_with_xla(model, tokenizers, texts, max_source_length, max_length):
-    """Greedy-decodes `texts` as one XLA program: every batch is padded to
-    `(batch_size, max_source_length)`, so it compiles once."""
-    source_tokenizer, target_tokenizer = tokenizers
-    batch_size = 256
-    decode = tf.function(
-        lambda source_ids: decoding.greedy_decode(
-            model,
-            source_ids,
-            max_length,
-            bos_id=target_tokenizer.bos_id,
-            eos_id=target_tokenizer.eos_id,
-        ),
-        jit_compile=True,
-        autograph=False,
-    )
-    translations = []
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
-        source_ids = source_tokenizer.tokenize(batch).to_tensor(
-            default_value=data.PAD_ID, shape=[batch_size, max_source_length]
-        )
-        generated = target_tokenizer.detokenize(decode(source_ids)).numpy()
-        translations.extend(text.decode("utf-8") for text in generated[: len(batch)])
-    return translations
 
 
 def main(argv=None):
@@ -264,8 +237,8 @@ def main(argv=None):
 
     host_model = models.build_transformer(config, name="dates")
     host_model.set_weights(model.get_weights())
-    hypotheses = translate_with_xla(
-        host_model, tokenizers, test_sources, max_source_length, max_target_length
+    hypotheses = training.translate_texts(
+        host_model, *tokenizers, test_sources, max_target_length, jit_compile=True
     )
     match = training.exact_match(hypotheses, test_targets)
     for source, hypothesis, reference in list(

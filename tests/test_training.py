@@ -45,6 +45,28 @@ def test_translate_texts_is_independent_of_batching_and_blanks_empty_texts(
     assert len(one_batch) == 4
 
 
+def test_translate_texts_under_xla_pads_to_one_shape_and_matches_the_dynamic_path(
+    tiny_model,
+):
+    model, source_tokenizer, target_tokenizer = tiny_model
+    texts = ["5 March 2021", "", "1 May", "May 2021", "5 May"]
+
+    dynamic = training.translate_texts(
+        model, source_tokenizer, target_tokenizer, texts, max_length=8
+    )
+    compiled = training.translate_texts(
+        model,
+        source_tokenizer,
+        target_tokenizer,
+        texts,
+        max_length=8,
+        batch_size=2,
+        jit_compile=True,
+    )
+
+    assert compiled == dynamic
+
+
 def test_translate_texts_refuses_a_text_longer_than_the_model(tiny_model):
     model, source_tokenizer, target_tokenizer = tiny_model
     with pytest.raises(ValueError, match="Text 1 has 13 tokens, more than"):
