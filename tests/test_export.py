@@ -230,6 +230,11 @@ def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
     for endpoint in ("translate", "translate_beam"):
         plain = as_strings(getattr(loaded, endpoint)(tf.constant(texts)))
         assert translations[endpoint] == plain
+    # Padding to the maximum length must not truncate a longer text.
+    xla_loaded = export.load_translator(export_dir)
+    too_long = tf.constant(["x" * (MAX_SOURCE_LENGTH + 1)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="maximum source length"):
+        xla_loaded.translate(too_long)
 
 
 @pytest.mark.slow
