@@ -6,7 +6,9 @@ inside a functional model with identical outputs, one `fit` step, and the
 `mixed_float16` / `mixed_bfloat16` policies.
 """
 
+import importlib.util
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -17,6 +19,15 @@ import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+SCRIPTS = pathlib.Path(__file__).parents[1] / "scripts"
+
+
+def load_script(name):
+    """Imports `scripts/<name>.py` as a fresh module (scripts are no package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ a small dense model in-process to check fallback, atomicity and errors.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -25,6 +24,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import checkpointing, losses, metrics, models
+from tests.conftest import load_script
 
 REPOSITORY = pathlib.Path(__file__).parents[1]
 # A child imports TensorFlow, builds, traces and trains for 18 steps (~10 s).
@@ -619,14 +619,6 @@ def test_uncompiled_model_is_refused(tmp_path):
         )
 
 
-def load_train_script():
-    path = REPOSITORY / "scripts" / "train.py"
-    spec = importlib.util.spec_from_file_location("train_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "flags, checkpoints",
     [([], ["ckpt-3", "ckpt-6"]), (["--checkpoint-every", "2"], ["ckpt-4", "ckpt-6"])],
@@ -635,7 +627,7 @@ def load_train_script():
 def test_train_script_checkpoints_and_resumes_with_checkpoint_dir(
     tmp_path, flags, checkpoints
 ):
-    train = load_train_script()
+    train = load_script("train")
     args = train.parse_args(["--checkpoint-dir", str(tmp_path), *flags])
     options = {"epochs": 2, "steps_per_epoch": 3, "verbose": 0}
     trained = dense_model()

@@ -15,10 +15,8 @@ weights agree up to float32 summation order.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
-import pathlib
 import re
 import socket
 import subprocess
@@ -42,7 +40,6 @@ GLOBAL_BATCH = 8
 STEPS = 3
 # Evaluated on 2 replicas, 5 examples split 3 + 2.
 UNEVEN_BATCH = 5
-TRAIN_SCRIPT = pathlib.Path(__file__).parents[1] / "scripts" / "train.py"
 
 
 def tiny_problem():
@@ -377,9 +374,11 @@ def test_single_process_strategies_are_chief(tmp_path):
 
 
 def test_train_script_sends_a_workers_outputs_to_scratch_space(tmp_path):
-    spec = importlib.util.spec_from_file_location("train", TRAIN_SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    # Imported here: this file also runs as a worker script, where the tests
+    # package is not importable.
+    from tests.conftest import load_script
+
+    script = load_script("train")
     flags = {
         "output_dir": str(tmp_path / "saved"),
         "log_dir": str(tmp_path / "logs"),

@@ -2,29 +2,19 @@
 islands (logits, loss, normalisation statistics, attention softmax) that keep
 half-precision training stable."""
 
-import importlib.util
-import pathlib
 
 import keras
 import numpy as np
 import pytest
 
 from keras_transformer import data, layers, losses, models
-from tests.conftest import MIXED_POLICIES, random_floats, to_numpy
+from tests.conftest import MIXED_POLICIES, load_script, random_floats, to_numpy
 
-TRAIN = str(pathlib.Path(__file__).parents[1] / "scripts" / "train.py")
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 TINY = [
     "--layers", "1", "--hidden-dim", "16", "--heads", "2", "--ffn-dim", "32",
     "--batch-size", "4", "--warmup-steps", "1",
 ]  # fmt: skip
-
-
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def date_batch(tokenizers, batch_size=4):
@@ -50,7 +40,7 @@ def tokenizers():
 
 
 def train_script_model(precision, tokenizers):
-    train = load_train_script()
+    train = load_script("train")
     args = train.parse_args([*TINY, "--precision", precision])
     return train.make_model(args, tokenizers, (32, 12), total_steps=4)
 

@@ -2,9 +2,7 @@
 them, the fixed-shape greedy decoding loop under XLA, the XLA switch of
 `scripts/train.py`, and `scripts/colab_tpu.py` as a CPU smoke run."""
 
-import importlib.util
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -14,9 +12,8 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import data, decoding, losses, metrics, models
-from tests.conftest import random_floats, to_numpy
+from tests.conftest import SCRIPTS, load_script, random_floats, to_numpy
 
-SCRIPTS = pathlib.Path(__file__).parents[1] / "scripts"
 BATCH_SIZE = 8
 BOUNDARIES = [16]
 MAX_SOURCE_LENGTH = 30
@@ -198,13 +195,6 @@ def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(
     assert decode.experimental_get_tracing_count() == 1
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train", SCRIPTS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "arguments, setting, xla",
     [
@@ -218,7 +208,7 @@ def load_train_script():
     ],
 )
 def test_train_script_turns_xla_off_on_a_cpu_unless_asked(arguments, setting, xla):
-    train = load_train_script()
+    train = load_script("train")
     args = train.parse_args(arguments)
     assert args.jit_compile == setting
     strategy = tf.distribute.get_strategy()
@@ -230,7 +220,7 @@ def test_train_script_turns_xla_off_on_a_cpu_unless_asked(arguments, setting, xl
 def test_train_script_static_shapes_give_full_batches_in_a_handful_of_shapes(
     pairs, tokenizers
 ):
-    train = load_train_script()
+    train = load_script("train")
     args = train.parse_args(["--static-shapes", "--batch-size", str(BATCH_SIZE)])
     train.setup_distribution(args)
     train_set, test_set = train.make_datasets(

@@ -6,23 +6,12 @@ imported is reported as skipped with the reason instead of being measured.
 """
 
 import contextlib
-import importlib.util
 import io
-import pathlib
 import sys
 
 import pytest
 
-from tests.conftest import is_png
-
-BENCHMARK = str(pathlib.Path(__file__).parents[2] / "scripts" / "benchmark.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import is_png, load_script
 
 
 @pytest.mark.slow
@@ -33,7 +22,7 @@ def test_smoke_run_writes_the_report_and_plots_and_skips_a_missing_peer(
     monkeypatch.setitem(sys.modules, "keras_hub", None)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        code = load_script().main([
+        code = load_script("benchmark").main([
             "--smoke", "--sections", "training", "decoding",
             "--repeats", "1", "--warmup", "0", "--output-dir", str(tmp_path),
         ])  # fmt: skip

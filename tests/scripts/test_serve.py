@@ -1,7 +1,6 @@
 """scripts/serve.py: translating with an export and TensorFlow alone."""
 
 import ast
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -11,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import export
+from tests.conftest import SCRIPTS, load_script
 from tests.test_export import SUBPROCESS_TIMEOUT, shared_translator
 
-SERVE = str(pathlib.Path(__file__).parents[2] / "scripts" / "serve.py")
+SERVE = str(SCRIPTS / "serve.py")
 TEXTS = ["5 March 2021", "", "17 May 2020", "1 June"]
 
 
@@ -82,19 +82,12 @@ def test_lines_of_stdin_are_translated_with_beam_search(export_dir, loaded):
     assert result.stdout.split("\n") == expected(loaded, TEXTS, "translate_beam") + [""]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("serve", SERVE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_folder_that_is_not_an_export_is_reported(tmp_path):
     with pytest.raises(SystemExit, match="is not a SavedModel folder"):
-        load_script().main([str(tmp_path), "5 March 2021"])
+        load_script("serve").main([str(tmp_path), "5 March 2021"])
 
 
 def test_a_text_too_long_for_the_model_is_reported_with_the_limit(export_dir, capsys):
     with pytest.raises(SystemExit, match="maximum source length of 12 tokens"):
-        load_script().main([export_dir, "1 May", "5 March 2021 and more"])
+        load_script("serve").main([export_dir, "1 May", "5 March 2021 and more"])
     assert capsys.readouterr().out == ""

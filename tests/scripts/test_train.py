@@ -7,18 +7,15 @@ epoch on a few hundred pairs and check the plumbing, not the accuracy.
 
 import contextlib
 import glob
-import importlib.util
 import io
-import pathlib
 import re
 
 import pytest
 import tensorflow as tf
 
 from keras_transformer import export
-from tests.conftest import is_png
+from tests.conftest import is_png, load_script
 
-TRAIN = str(pathlib.Path(__file__).parents[2] / "scripts" / "train.py")
 TINY = [
     "--epochs", "1", "--num-train", "300", "--num-test", "20", "--layers", "1",
     "--hidden-dim", "16", "--heads", "2", "--ffn-dim", "32", "--batch-size", "32",
@@ -26,18 +23,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_script(*args):
     """Runs train.py's main in this process; returns (exit code, stdout)."""
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        code = load_script().main([str(arg) for arg in args])
+        code = load_script("train").main([str(arg) for arg in args])
     return code, output.getvalue()
 
 
@@ -160,6 +150,6 @@ def test_bad_arguments_exit_with_a_usage_error(tmp_path, capsys, arguments, mess
     present.write_text("a\tb\n", encoding="utf-8")
     paths = {"missing": tmp_path / "missing.txt", "present": present}
     with pytest.raises(SystemExit) as error:
-        load_script().parse_args([argument.format(**paths) for argument in arguments])
+        load_script("train").parse_args([argument.format(**paths) for argument in arguments])
     assert error.value.code == 2
     assert re.search(message, capsys.readouterr().err)
