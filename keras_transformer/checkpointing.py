@@ -69,7 +69,7 @@ import tensorflow as tf
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator as keras_seed_generator
 
-from keras_transformer.layers._validation import (
+from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
 )

@@ -20,7 +20,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.models import transformer
 
 # Log-probability of a forbidden or impossible choice. Finite, so sums and
@@ -156,7 +156,7 @@ def beam_search_decode(
     parts, source_ids, padding_id = _prepare(
         model, source_ids, max_length, bos_id, eos_id
     )
-    beam_size = _validation.check_positive_int("beam_size", beam_size)
+    beam_size = validation.check_positive_int("beam_size", beam_size)
     length_penalty = check_length_penalty(length_penalty)
     vocabulary_size = parts.target_embedding.vocabulary_size
     batch_size = _batch_size(source_ids)
@@ -292,7 +292,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
     """Validates the arguments; returns the model's layers, int32 source ids
     and the padding id."""
     parts = transformer.TransformerLayers.of(model)
-    max_length = _validation.check_positive_int("max_length", max_length)
+    max_length = validation.check_positive_int("max_length", max_length)
     longest = parts.target_embedding.sequence_length
     if longest is not None and max_length > longest:
         raise ValueError(
@@ -303,7 +303,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
     vocabulary_size = parts.target_embedding.vocabulary_size
     padding_id = parts.padding_mask.padding_id
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-        _validation.check_non_negative_int(name, value)
+        validation.check_non_negative_int(name, value)
         if value >= vocabulary_size:
             raise ValueError(
                 f"Received an invalid value for argument {name}, expected an "

@@ -64,7 +64,7 @@ import warnings
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi-worker", "tpu")
 
@@ -109,7 +109,7 @@ def make_strategy(name="default", tpu=None):
         ValueError: for an unknown `name`, a missing or malformed `TF_CONFIG`
             (`"multi-worker"`), or no reachable TPU (`"tpu"`).
     """
-    _validation.check_choice("name", name, STRATEGY_NAMES)
+    validation.check_choice("name", name, STRATEGY_NAMES)
     strategy = _new_strategy(name, tpu)
     if strategy is not tf.distribute.get_strategy():
         patch_distributed_fit()
@@ -220,7 +220,7 @@ def global_batch_size(per_replica, strategy):
     Batch the dataset given to `fit` with this: every step splits one global
     batch evenly among the replicas, so each sees `per_replica` examples.
     """
-    _validation.check_positive_int("per_replica", per_replica)
+    validation.check_positive_int("per_replica", per_replica)
     return per_replica * strategy.num_replicas_in_sync
 
 

@@ -51,7 +51,7 @@ import tensorflow as tf
 
 import keras_transformer
 from keras_transformer import decoding
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.models import TransformerLayers
 
 METADATA_PATH = os.path.join("assets.extra", "translator.json")
@@ -111,7 +111,7 @@ def export_translator(
     max_target_length = parts.target_embedding.sequence_length
     if max_decode_length is None:
         max_decode_length = max_target_length
-    _validation.check_positive_int("max_decode_length", max_decode_length)
+    validation.check_positive_int("max_decode_length", max_decode_length)
     if max_decode_length > max_target_length:
         raise ValueError(
             "Received an invalid value for argument max_decode_length, "
@@ -121,7 +121,7 @@ def export_translator(
         )
     # The decoders check these too, but only when the endpoints are traced,
     # which happens while writing; failing here saves that work.
-    beam_size = _validation.check_positive_int("beam_size", beam_size)
+    beam_size = validation.check_positive_int("beam_size", beam_size)
     length_penalty = decoding.check_length_penalty(length_penalty)
     if not isinstance(jit_compile, bool):
         raise ValueError(

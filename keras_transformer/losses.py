@@ -7,7 +7,7 @@ from keras import ops
 # this is the function Keras's own `ignore_class` losses use.
 from keras.src.backend import set_keras_mask
 
-from keras_transformer.layers._validation import check_non_negative_int, check_rate
+from keras_transformer.validation import check_non_negative_int, check_rate
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_transformer.layers._validation import check_non_negative_int
+from keras_transformer.validation import check_non_negative_int
 
 
 def _labels_and_predictions(y_true, y_pred):

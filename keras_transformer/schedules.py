@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_transformer.layers._validation import (
+from keras_transformer.validation import (
     check_positive_float,
     check_positive_int,
 )

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.models import transformer
 
 
@@ -46,7 +46,7 @@ def translate_texts(
     Returns:
         list of str, the translations in the order of `texts`.
     """
-    _validation.check_positive_int("batch_size", batch_size)
+    validation.check_positive_int("batch_size", batch_size)
     parts = transformer.TransformerLayers.of(model)
     padding_id = parts.padding_mask.padding_id
     max_source_length = parts.source_embedding.sequence_length

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from keras_transformer.layers._validation import (
+from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
 )

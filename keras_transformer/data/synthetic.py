@@ -12,7 +12,7 @@ characters, which exercises padding and bucketing.
 import datetime
 import random
 
-from keras_transformer.layers._validation import (
+from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
 )

@@ -27,7 +27,7 @@ import tempfile
 
 import tensorflow as tf
 
-from keras_transformer.layers._validation import check_positive_int
+from keras_transformer.validation import check_positive_int
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN)

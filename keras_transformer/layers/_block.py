@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.attention import MultiHeadAttention
 from keras_transformer.layers.feed_forward import FeedForward
 from keras_transformer.layers.residual import Residual, deepnorm_initializer
@@ -42,40 +42,40 @@ class TransformerBlockBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.intermediate_dim = _validation.check_positive_int(
+        self.intermediate_dim = validation.check_positive_int(
             "intermediate_dim", intermediate_dim
         )
-        self.num_heads = _validation.check_positive_int("num_heads", num_heads)
-        self.num_key_value_heads = _validation.check_positive_int(
+        self.num_heads = validation.check_positive_int("num_heads", num_heads)
+        self.num_key_value_heads = validation.check_positive_int(
             "num_key_value_heads", num_key_value_heads, allow_none=True
         )
-        self.key_dim = _validation.check_positive_int(
+        self.key_dim = validation.check_positive_int(
             "key_dim", key_dim, allow_none=True
         )
-        self.dropout = _validation.check_rate("dropout", dropout)
+        self.dropout = validation.check_rate("dropout", dropout)
         # Unset rates follow `dropout`, so a single rate behaves like keras-hub.
-        self.attention_dropout = _validation.check_rate(
+        self.attention_dropout = validation.check_rate(
             "attention_dropout",
             self.dropout if attention_dropout is None else attention_dropout,
         )
-        self.feed_forward_dropout = _validation.check_rate(
+        self.feed_forward_dropout = validation.check_rate(
             "feed_forward_dropout",
             self.dropout if feed_forward_dropout is None else feed_forward_dropout,
         )
         self.activation = activation
-        self.layer_norm_epsilon = _validation.check_positive_float(
+        self.layer_norm_epsilon = validation.check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
-        self.norm_placement = _validation.check_choice(
+        self.norm_placement = validation.check_choice(
             "norm_placement", norm_placement, NORM_PLACEMENTS
         )
         self.norm_type = norm_type
         self.use_rotary = bool(use_rotary)
         self.position_bias = position_bias
-        self.deepnorm_alpha = _validation.check_positive_float(
+        self.deepnorm_alpha = validation.check_positive_float(
             "deepnorm_alpha", deepnorm_alpha
         )
-        self.deepnorm_beta = _validation.check_positive_float(
+        self.deepnorm_beta = validation.check_positive_float(
             "deepnorm_beta", deepnorm_beta
         )
         if norm_placement != "deepnorm" and (deepnorm_alpha, deepnorm_beta) != (

@@ -6,7 +6,8 @@ import functools
 import keras
 from keras import ops
 
-from keras_transformer.layers import _validation, masks
+from keras_transformer import validation
+from keras_transformer.layers import masks
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.lora import LoRADense
 from keras_transformer.layers.relative_position_bias import (
@@ -175,39 +176,39 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = _validation.check_positive_int("num_heads", num_heads)
-        self.key_dim = _validation.check_positive_int(
+        self.num_heads = validation.check_positive_int("num_heads", num_heads)
+        self.key_dim = validation.check_positive_int(
             "key_dim", key_dim, allow_none=True
         )
-        self.value_dim = _validation.check_positive_int(
+        self.value_dim = validation.check_positive_int(
             "value_dim", value_dim, allow_none=True
         )
-        self.num_key_value_heads = _validation.check_positive_int(
+        self.num_key_value_heads = validation.check_positive_int(
             "num_key_value_heads", num_key_value_heads, allow_none=True
         )
         if self.num_key_value_heads is not None:
-            _validation.check_divisible(
+            validation.check_divisible(
                 "num_heads",
                 self.num_heads,
                 "num_key_value_heads",
                 self.num_key_value_heads,
             )
-        self.dropout = _validation.check_rate("dropout", dropout)
+        self.dropout = validation.check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
-        self.output_dim = _validation.check_positive_int(
+        self.output_dim = validation.check_positive_int(
             "output_dim", output_dim, allow_none=True
         )
         self.use_rotary = bool(use_rotary)
-        self.rotary_max_wavelength = _validation.check_positive_float(
+        self.rotary_max_wavelength = validation.check_positive_float(
             "rotary_max_wavelength", rotary_max_wavelength
         )
-        self.position_bias = _validation.check_choice(
+        self.position_bias = validation.check_choice(
             "position_bias", position_bias, POSITION_BIASES
         )
-        self.relative_num_buckets = _validation.check_positive_int(
+        self.relative_num_buckets = validation.check_positive_int(
             "relative_num_buckets", relative_num_buckets
         )
-        self.relative_max_distance = _validation.check_positive_int(
+        self.relative_max_distance = validation.check_positive_int(
             "relative_max_distance", relative_max_distance
         )
         self.relative_bidirectional = bool(relative_bidirectional)
@@ -257,14 +258,14 @@ class MultiHeadAttention(keras.layers.Layer):
             ("value", value_shape),
             ("key", key_shape),
         ):
-            _validation.check_rank(self.name, argument, shape, 3)
-        query_features = _validation.check_last_dim(
+            validation.check_rank(self.name, argument, shape, 3)
+        query_features = validation.check_last_dim(
             self.name, "query", query_shape, None
         )
-        value_features = _validation.check_last_dim(
+        value_features = validation.check_last_dim(
             self.name, "value", value_shape, None
         )
-        key_features = _validation.check_last_dim(self.name, "key", key_shape, None)
+        key_features = validation.check_last_dim(self.name, "key", key_shape, None)
         if None not in (key_shape[1], value_shape[1]) and (
             key_shape[1] != value_shape[1]
         ):

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers._block import TransformerBlockBase
 
 
@@ -139,10 +139,10 @@ class TransformerDecoderBlock(TransformerBlockBase):
         self.feed_forward = self._feed_forward()
 
     def build(self, decoder_sequence_shape, encoder_sequence_shape=None):
-        _validation.check_rank(
+        validation.check_rank(
             self.name, "decoder_sequence", decoder_sequence_shape, 3
         )
-        _validation.check_last_dim(
+        validation.check_last_dim(
             self.name, "decoder_sequence", decoder_sequence_shape, None
         )
         self._build_residual(self.self_attention, decoder_sequence_shape)

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers._block import TransformerBlockBase
 
 
@@ -91,8 +91,8 @@ class TransformerEncoderBlock(TransformerBlockBase):
         self.feed_forward = self._feed_forward()
 
     def build(self, inputs_shape):
-        _validation.check_rank(self.name, "inputs", inputs_shape, 3)
-        _validation.check_last_dim(self.name, "inputs", inputs_shape, None)
+        validation.check_rank(self.name, "inputs", inputs_shape, 3)
+        validation.check_last_dim(self.name, "inputs", inputs_shape, None)
         self._build_residual(self.self_attention, inputs_shape)
         self._build_residual(self.feed_forward, inputs_shape)
 

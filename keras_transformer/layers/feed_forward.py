@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.lora import LoRADense
 from keras_transformer.layers.stateless_dropout import seeded_dropout
@@ -94,7 +94,7 @@ class FeedForward(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.intermediate_dim = _validation.check_positive_int(
+        self.intermediate_dim = validation.check_positive_int(
             "intermediate_dim", intermediate_dim
         )
         self.gated = isinstance(activation, str) and activation in GATED_ACTIVATIONS
@@ -104,7 +104,7 @@ class FeedForward(keras.layers.Layer):
         else:
             self.activation = _keras_activation(activation)
             self._activation_config = keras.activations.serialize(self.activation)
-        self.dropout = _validation.check_rate("dropout", dropout)
+        self.dropout = validation.check_rate("dropout", dropout)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = (
@@ -128,7 +128,7 @@ class FeedForward(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        hidden_dim = _validation.check_last_dim(self.name, "inputs", input_shape, None)
+        hidden_dim = validation.check_last_dim(self.name, "inputs", input_shape, None)
         intermediate_shape = tuple(input_shape[:-1]) + (self.intermediate_dim,)
         self.intermediate_dense = self._projection(
             self.intermediate_dim, self.kernel_initializer, "intermediate"

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.dropout import Dropout
 
 # A DoRA column norm below this counts as zero, so an all-zero base column
@@ -44,14 +44,14 @@ _STATE_FIELDS = ("merged", "rank", "alpha", "lora_dropout", "use_rslora", "use_d
 
 def _check_adapter_arguments(rank, alpha, lora_dropout, use_rslora, use_dora):
     """Validates adapter settings and returns them normalised as a dict."""
-    rank = _validation.check_positive_int("rank", rank)
-    alpha = _validation.check_positive_float("alpha", alpha, allow_none=True)
-    use_rslora = _validation.check_choice("use_rslora", use_rslora, (False, True))
-    use_dora = _validation.check_choice("use_dora", use_dora, (False, True))
+    rank = validation.check_positive_int("rank", rank)
+    alpha = validation.check_positive_float("alpha", alpha, allow_none=True)
+    use_rslora = validation.check_choice("use_rslora", use_rslora, (False, True))
+    use_dora = validation.check_choice("use_dora", use_dora, (False, True))
     return {
         "rank": rank,
         "alpha": float(rank) if alpha is None else alpha,
-        "lora_dropout": _validation.check_rate("lora_dropout", lora_dropout),
+        "lora_dropout": validation.check_rate("lora_dropout", lora_dropout),
         "use_rslora": bool(use_rslora),
         "use_dora": bool(use_dora),
     }
@@ -156,7 +156,7 @@ class LoRADense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.units = _validation.check_positive_int("units", units)
+        self.units = validation.check_positive_int("units", units)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = _own_copy(kernel_initializer)
@@ -188,7 +188,7 @@ class LoRADense(keras.layers.Layer):
         self._merged = False
 
     def build(self, input_shape):
-        input_dim = _validation.check_last_dim(
+        input_dim = validation.check_last_dim(
             self.name, "inputs", input_shape, None
         )
         # Variables are read in float32 and cast explicitly in `call`, so

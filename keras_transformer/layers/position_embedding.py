@@ -6,7 +6,7 @@ import numbers
 import keras
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.position_encoding import SinusoidalPositionEncoding
 
 
@@ -72,14 +72,14 @@ class PositionEmbedding(keras.layers.Layer):
 
     def __init__(self, sequence_length, initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        self.sequence_length = _validation.check_positive_int(
+        self.sequence_length = validation.check_positive_int(
             "sequence_length", sequence_length
         )
         self.initializer = keras.initializers.get(initializer)
 
     def build(self, input_shape):
-        _validation.check_rank(self.name, "inputs", input_shape, 3)
-        feature_size = _validation.check_last_dim(
+        validation.check_rank(self.name, "inputs", input_shape, 3)
+        feature_size = validation.check_last_dim(
             self.name, "inputs", input_shape, None
         )
         _check_fits(self.name, input_shape[-2], 0, self.sequence_length)
@@ -175,13 +175,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.vocabulary_size = _validation.check_positive_int(
+        self.vocabulary_size = validation.check_positive_int(
             "vocabulary_size", vocabulary_size
         )
-        self.embedding_dim = _validation.check_positive_int(
+        self.embedding_dim = validation.check_positive_int(
             "embedding_dim", embedding_dim
         )
-        self.position_encoding = _validation.check_choice(
+        self.position_encoding = validation.check_choice(
             "position_encoding", position_encoding, ("learned", "sinusoidal", "none")
         )
         if position_encoding == "learned" and sequence_length is None:
@@ -191,7 +191,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "pass a positive integer sequence_length, or use "
                 "position_encoding='sinusoidal' for no maximum."
             )
-        self.sequence_length = _validation.check_positive_int(
+        self.sequence_length = validation.check_positive_int(
             "sequence_length", sequence_length, allow_none=True
         )
         self.mask_zero = bool(mask_zero)
@@ -226,7 +226,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     def build(self, input_shape):
         # Token ids (rank 2) and reverse-mode hidden states (rank 3) share
         # the leading (batch, length) axes.
-        _validation.check_rank(self.name, "inputs", input_shape, (2, 3))
+        validation.check_rank(self.name, "inputs", input_shape, (2, 3))
         batch_and_length = tuple(input_shape[:2])
         _check_fits(self.name, batch_and_length[1], 0, self.sequence_length)
         self.token_embedding.build(batch_and_length)
@@ -254,7 +254,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         return embedded + self.position_embedding(embedded, start_index=start_index)
 
     def _logits(self, hidden_states):
-        _validation.check_last_dim(
+        validation.check_last_dim(
             self.name, "inputs", hidden_states.shape, self.embedding_dim
         )
         token_table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)

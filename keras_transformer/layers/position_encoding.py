@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -48,13 +48,13 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
 
     def __init__(self, max_wavelength=10000.0, **kwargs):
         super().__init__(**kwargs)
-        self.max_wavelength = _validation.check_positive_float(
+        self.max_wavelength = validation.check_positive_float(
             "max_wavelength", max_wavelength
         )
 
     def build(self, input_shape):
-        _validation.check_rank(self.name, "inputs", input_shape, 3)
-        _validation.check_last_dim(self.name, "inputs", input_shape, None)
+        validation.check_rank(self.name, "inputs", input_shape, 3)
+        validation.check_last_dim(self.name, "inputs", input_shape, None)
         self.built = True
 
     def call(self, inputs, start_index=0):

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 
 
 def _check_position_shapes(layer_name, query_positions_shape, key_positions_shape):
-    _validation.check_rank(layer_name, "query_positions", query_positions_shape, 2)
-    _validation.check_rank(layer_name, "key_positions", key_positions_shape, 2)
+    validation.check_rank(layer_name, "query_positions", query_positions_shape, 2)
+    validation.check_rank(layer_name, "key_positions", key_positions_shape, 2)
     batch_sizes = {query_positions_shape[0], key_positions_shape[0]} - {None, 1}
     if len(batch_sizes) > 1:
         raise ValueError(
@@ -93,7 +93,7 @@ class AlibiBias(keras.layers.Layer):
 
     def __init__(self, num_heads, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = _validation.check_positive_int("num_heads", num_heads)
+        self.num_heads = validation.check_positive_int("num_heads", num_heads)
 
     def build(self, query_positions_shape, key_positions_shape):
         _check_position_shapes(self.name, query_positions_shape, key_positions_shape)
@@ -209,9 +209,9 @@ class RelativePositionBias(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = _validation.check_positive_int("num_heads", num_heads)
+        self.num_heads = validation.check_positive_int("num_heads", num_heads)
         self.bidirectional = bool(bidirectional)
-        self.num_buckets = _validation.check_positive_int("num_buckets", num_buckets)
+        self.num_buckets = validation.check_positive_int("num_buckets", num_buckets)
         if self.bidirectional and (num_buckets < 4 or num_buckets % 2):
             raise ValueError(
                 "Received an invalid value for argument num_buckets, expected "
@@ -226,7 +226,7 @@ class RelativePositionBias(keras.layers.Layer):
                 f"logarithmic buckets). Received: num_buckets={num_buckets!r}"
             )
         exact_buckets = (num_buckets // 2 if self.bidirectional else num_buckets) // 2
-        self.max_distance = _validation.check_positive_int("max_distance", max_distance)
+        self.max_distance = validation.check_positive_int("max_distance", max_distance)
         if self.max_distance <= exact_buckets:
             raise ValueError(
                 "Received an invalid value for argument max_distance, expected "

@@ -7,7 +7,7 @@ a stack of blocks needs to add its final normalisation.
 import keras
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.stateless_dropout import seeded_dropout
 
@@ -38,8 +38,8 @@ def make_normalization(norm_type, epsilon=1e-5, name=None, dtype=None):
     norm = keras_transformer.layers.make_normalization("rms_norm", 1e-6, "norm")
     ```
     """
-    _validation.check_choice("norm_type", norm_type, NORM_TYPES)
-    epsilon = _validation.check_positive_float("epsilon", epsilon)
+    validation.check_choice("norm_type", norm_type, NORM_TYPES)
+    epsilon = validation.check_positive_float("epsilon", epsilon)
     norm_class = (
         keras.layers.LayerNormalization
         if norm_type == "layer_norm"
@@ -69,7 +69,7 @@ def needs_final_norm(norm_placement):
     keras_transformer.layers.needs_final_norm("pre")  # True
     ```
     """
-    _validation.check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
+    validation.check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
     return norm_placement in _UNNORMALISED_STREAM
 
 
@@ -108,8 +108,8 @@ def deepnorm_constants(num_encoder_layers, num_decoder_layers):
     References:
         - [Wang et al., 2022](https://arxiv.org/abs/2203.00555)
     """
-    n = _validation.check_non_negative_int("num_encoder_layers", num_encoder_layers)
-    m = _validation.check_non_negative_int("num_decoder_layers", num_decoder_layers)
+    n = validation.check_non_negative_int("num_encoder_layers", num_encoder_layers)
+    m = validation.check_non_negative_int("num_decoder_layers", num_decoder_layers)
     if n == 0 and m == 0:
         raise ValueError(
             "deepnorm_constants needs at least one layer, but received "
@@ -154,7 +154,7 @@ def deepnorm_initializer(beta, seed=None):
     References:
         - [Wang et al., 2022](https://arxiv.org/abs/2203.00555)
     """
-    beta = _validation.check_positive_float("beta", beta)
+    beta = validation.check_positive_float("beta", beta)
     return keras.initializers.VarianceScaling(
         scale=beta**2,
         mode="fan_avg",
@@ -254,13 +254,13 @@ class Residual(keras.layers.Layer):
                 f"sublayer={sublayer!r} of type {type(sublayer).__name__}"
             )
         self.sublayer = sublayer
-        self.norm_placement = _validation.check_choice(
+        self.norm_placement = validation.check_choice(
             "norm_placement", norm_placement, NORM_PLACEMENTS
         )
-        self.norm_type = _validation.check_choice("norm_type", norm_type, NORM_TYPES)
-        self.epsilon = _validation.check_positive_float("epsilon", epsilon)
-        self.dropout = _validation.check_rate("dropout", dropout)
-        self.deepnorm_alpha = _validation.check_positive_float(
+        self.norm_type = validation.check_choice("norm_type", norm_type, NORM_TYPES)
+        self.epsilon = validation.check_positive_float("epsilon", epsilon)
+        self.dropout = validation.check_rate("dropout", dropout)
+        self.deepnorm_alpha = validation.check_positive_float(
             "deepnorm_alpha", deepnorm_alpha
         )
         if self.norm_placement != "deepnorm" and self.deepnorm_alpha != 1.0:
@@ -285,7 +285,7 @@ class Residual(keras.layers.Layer):
                 name="rezero_scale", shape=(), initializer="zeros"
             )
             return
-        _validation.check_last_dim(self.name, "inputs", input_shape, None)
+        validation.check_last_dim(self.name, "inputs", input_shape, None)
         self.norm = self._make_norm("norm", input_shape)
         if self.norm_placement == "sandwich":
             self.output_norm = self._make_norm("output_norm", input_shape)

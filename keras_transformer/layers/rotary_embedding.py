@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -53,16 +53,16 @@ class RotaryEmbedding(keras.layers.Layer):
 
     def __init__(self, max_wavelength=10000.0, scaling_factor=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.max_wavelength = _validation.check_positive_float(
+        self.max_wavelength = validation.check_positive_float(
             "max_wavelength", max_wavelength
         )
-        self.scaling_factor = _validation.check_positive_float(
+        self.scaling_factor = validation.check_positive_float(
             "scaling_factor", scaling_factor
         )
 
     def build(self, input_shape):
-        _validation.check_rank(self.name, "inputs", input_shape, 4)
-        head_dim = _validation.check_last_dim(self.name, "inputs", input_shape, None)
+        validation.check_rank(self.name, "inputs", input_shape, 4)
+        head_dim = validation.check_last_dim(self.name, "inputs", input_shape, None)
         if head_dim % 2:
             raise ValueError(
                 f"Layer {self.name} rotates pairs of features, so the last "

@@ -15,7 +15,7 @@ from typing import Optional
 import keras
 
 from keras_transformer import layers
-from keras_transformer.layers import _validation
+from keras_transformer import validation
 from keras_transformer.layers.dropout import Dropout
 
 POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
@@ -94,11 +94,11 @@ class TransformerConfig:
             "max_source_length",
             "max_target_length",
         ):
-            _validation.check_positive_int(name, getattr(self, name))
-        _validation.check_choice(
+            validation.check_positive_int(name, getattr(self, name))
+        validation.check_choice(
             "position_encoding", self.position_encoding, POSITION_ENCODINGS
         )
-        _validation.check_non_negative_int("padding_id", self.padding_id)
+        validation.check_non_negative_int("padding_id", self.padding_id)
         if (
             self.share_embeddings
             and self.source_vocabulary_size != self.target_vocabulary_size
@@ -207,7 +207,7 @@ class PaddingMask(keras.layers.Layer):
 
     def __init__(self, padding_id=0, **kwargs):
         super().__init__(**kwargs)
-        self.padding_id = _validation.check_non_negative_int("padding_id", padding_id)
+        self.padding_id = validation.check_non_negative_int("padding_id", padding_id)
 
     def call(self, token_ids):
         return layers.padding_mask(token_ids, padding_id=self.padding_id)

@@ -1,4 +1,4 @@
-"""Argument and shape checks shared by every layer.
+"""Argument and shape checks shared by every constructor of the package.
 
 Messages follow Keras core: they name the argument, say what was expected and
 show what was received, so a user can fix the call without reading our code.
