@@ -15,3 +15,5 @@ from keras_transformer.data.tokenizers import UNK_ID
 from keras_transformer.data.tokenizers import CharacterTokenizer
 from keras_transformer.data.tokenizers import Tokenizer
 from keras_transformer.data.tokenizers import WordTokenizer
+from keras_transformer.data.tokenizers import deserialize_tokenizer
+from keras_transformer.data.tokenizers import serialize_tokenizer

@@ -277,7 +277,7 @@ class Tokenizer(tf.Module):
         `os.replace`, so a crash never leaves a half-written vocabulary.
         """
         path = os.fspath(path)
-        payload = {"class_name": type(self).__name__, "config": self.get_config()}
+        payload = serialize_tokenizer(self)
         directory = os.path.dirname(os.path.abspath(path))
         handle, temporary_path = tempfile.mkstemp(
             dir=directory, prefix=".tokenizer-", suffix=".json.tmp"
@@ -305,19 +305,25 @@ class Tokenizer(tf.Module):
         try:
             with open(path, encoding="utf-8") as file:
                 payload = json.load(file)
-            class_name, config = payload["class_name"], payload["config"]
+            class_name = payload["class_name"]
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(
                 f"{path!r} is not a tokenizer file written by Tokenizer.save: "
                 f"{error}"
             ) from error
         tokenizer_cls = _TOKENIZER_CLASSES.get(class_name)
-        if tokenizer_cls is None or not issubclass(tokenizer_cls, cls):
+        if tokenizer_cls is not None and not issubclass(tokenizer_cls, cls):
             raise ValueError(
                 f"{path!r} holds a {class_name}, which {cls.__name__}.load "
                 f"cannot read. Use Tokenizer.load or {class_name}.load."
             )
-        return tokenizer_cls.from_config(config)
+        try:
+            return deserialize_tokenizer(payload)
+        except ValueError as error:
+            raise ValueError(
+                f"{path!r} is not a tokenizer file written by Tokenizer.save: "
+                f"{error}"
+            ) from error
 
 
 class CharacterTokenizer(Tokenizer):
@@ -412,3 +418,83 @@ _TOKENIZER_CLASSES = {
     tokenizer_cls.__name__: tokenizer_cls
     for tokenizer_cls in (CharacterTokenizer, WordTokenizer)
 }
+
+
+def serialize_tokenizer(tokenizer):
+    """Describes a tokenizer as a JSON-serializable dict.
+
+    The record holds the class name and `get_config()`, which carries the
+    whole vocabulary (or model), so `deserialize_tokenizer` rebuilds a
+    tokenizer that gives identical ids. `Tokenizer.save` writes this record;
+    a model stores its tokenizers in its Keras config with it.
+
+    Args:
+        tokenizer: a `Tokenizer` of a class known to `deserialize_tokenizer`.
+
+    Returns:
+        `{"class_name": str, "config": dict}`.
+
+    Example:
+
+    ```python
+    record = serialize_tokenizer(CharacterTokenizer.from_texts(["abc"]))
+    json.dumps(record)                     # plain JSON
+    revived = deserialize_tokenizer(record)
+    ```
+    """
+    if not isinstance(tokenizer, Tokenizer):
+        raise ValueError(
+            "Received an invalid value for argument tokenizer, expected a "
+            f"keras_transformer Tokenizer. Received: tokenizer={tokenizer!r}"
+        )
+    class_name = type(tokenizer).__name__
+    if _TOKENIZER_CLASSES.get(class_name) is not type(tokenizer):
+        raise ValueError(
+            f"Cannot serialize a {class_name}: it is not one of the registered "
+            f"tokenizer classes {sorted(_TOKENIZER_CLASSES)}."
+        )
+    return {"class_name": class_name, "config": tokenizer.get_config()}
+
+
+def deserialize_tokenizer(record):
+    """Rebuilds a tokenizer from a record of `serialize_tokenizer`.
+
+    Args:
+        record: dict with keys "class_name" (a registered tokenizer class)
+            and "config" (a dict of its constructor arguments).
+
+    Returns:
+        A `Tokenizer` of the recorded class.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(
+            "Received an invalid value for argument record, expected a dict "
+            'with keys "class_name" and "config". Received: '
+            f"record={record!r}"[:300]
+        )
+    missing = sorted({"class_name", "config"} - set(record))
+    if missing:
+        raise ValueError(
+            f"The tokenizer record lacks the key(s) {missing}; expected a dict "
+            'with keys "class_name" and "config". Received keys: '
+            f"{sorted(record)}"
+        )
+    class_name, config = record["class_name"], record["config"]
+    tokenizer_cls = _TOKENIZER_CLASSES.get(class_name)
+    if tokenizer_cls is None:
+        raise ValueError(
+            f"Unknown tokenizer class_name {class_name!r}; expected one of "
+            f"{sorted(_TOKENIZER_CLASSES)}."
+        )
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"The {class_name} record's config must be a dict of constructor "
+            f"arguments. Received: config={config!r}"[:300]
+        )
+    try:
+        return tokenizer_cls.from_config(config)
+    except TypeError as error:
+        # An unexpected or missing constructor argument.
+        raise ValueError(
+            f"The {class_name} record's config is malformed: {error}"
+        ) from error

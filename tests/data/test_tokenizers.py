@@ -237,3 +237,57 @@ def test_wrong_ranks_and_dtypes_raise_clear_errors(tokenizer):
         tokenizer.detokenize([1, 2, 3])
     with pytest.raises(ValueError, match="integer token ids"):
         tokenizer.detokenize([[1.0, 2.0]])
+
+
+def test_serialized_tokenizer_is_json_and_deserializes_to_identical_ids(tokenizer):
+    record = data.serialize_tokenizer(tokenizer)
+    assert record == {
+        "class_name": type(tokenizer).__name__,
+        "config": tokenizer.get_config(),
+    }
+    revived = data.deserialize_tokenizer(json.loads(json.dumps(record)))
+    assert type(revived) is type(tokenizer)
+    texts = CORPUS + ["unseen ~ text"]
+    assert ragged_to_lists(revived.tokenize(texts)) == ragged_to_lists(
+        tokenizer.tokenize(texts)
+    )
+
+
+def test_save_writes_the_serialized_record(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "tokenizer.json")
+    with open(tmp_path / "tokenizer.json", encoding="utf-8") as file:
+        assert json.load(file) == data.serialize_tokenizer(tokenizer)
+
+
+@pytest.mark.parametrize(
+    "record, match",
+    [
+        (["WordTokenizer", {}], "argument record"),
+        ({"config": {}}, r"lacks the key\(s\) \['class_name'\]"),
+        ({"class_name": "WordTokenizer"}, r"lacks the key\(s\) \['config'\]"),
+        ({"class_name": "Nope", "config": {}}, "Unknown tokenizer class_name 'Nope'"),
+        ({"class_name": "WordTokenizer", "config": []}, "config must be a dict"),
+        (
+            {"class_name": "WordTokenizer", "config": {"vocab": []}},
+            "WordTokenizer record's config is malformed",
+        ),
+        (
+            {"class_name": "WordTokenizer", "config": {"vocabulary": ["a"]}},
+            "must start with the special tokens",
+        ),
+    ],
+)
+def test_deserialize_rejects_unknown_classes_and_malformed_records(record, match):
+    with pytest.raises(ValueError, match=match):
+        data.deserialize_tokenizer(record)
+
+
+def test_serialize_rejects_what_is_not_a_registered_tokenizer():
+    with pytest.raises(ValueError, match="argument tokenizer"):
+        data.serialize_tokenizer("words")
+
+    class Unregistered(data.CharacterTokenizer):
+        pass
+
+    with pytest.raises(ValueError, match="not one of the registered"):
+        data.serialize_tokenizer(Unregistered(list(data.SPECIAL_TOKENS)))
