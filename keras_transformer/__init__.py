@@ -1,12 +1,69 @@
-"""Keras 3 Transformer layers that train, save, export and decode."""
+"""Keras 3 Transformer layers that train, save, export and decode.
+
+`import keras_transformer` needs only Keras and one backend: the layers,
+losses, metrics and schedules are written with `keras.ops` and are imported
+here (so their classes are registered for `.keras` loading). Every other
+module is imported on first attribute access (PEP 562), so that the ones
+bound to TensorFlow (in-graph tokenizers and `tf.data` pipelines in `data`,
+SavedModel `export`, `training`, `checkpointing`, `distribute`) cost nothing,
+and need no TensorFlow, until used. Used without TensorFlow installed, they
+raise an `ImportError` that says what to install.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from keras_transformer import data  # noqa: E402,F401
-from keras_transformer import decoding  # noqa: E402,F401
-from keras_transformer import export  # noqa: E402,F401
 from keras_transformer import layers  # noqa: E402,F401
 from keras_transformer import losses  # noqa: E402,F401
 from keras_transformer import metrics  # noqa: E402,F401
-from keras_transformer import models  # noqa: E402,F401
 from keras_transformer import schedules  # noqa: E402,F401
+
+# Attribute -> (module, attribute of that module or None for the module).
+_LAZY = {
+    "checkpointing": ("keras_transformer.checkpointing", None),
+    "data": ("keras_transformer.data", None),
+    "decoding": ("keras_transformer.decoding", None),
+    "distribute": ("keras_transformer.distribute", None),
+    "export": ("keras_transformer.export", None),
+    "models": ("keras_transformer.models", None),
+    "training": ("keras_transformer.training", None),
+    "Translator": ("keras_transformer.models", "Translator"),
+}
+
+# Why a module needs TensorFlow, for the error raised when it is missing.
+_TENSORFLOW_USES = {
+    "checkpointing": "tf.train.Checkpoint",
+    "data": "in-graph tokenizers and tf.data pipelines",
+    "distribute": "tf.distribute strategies",
+    "export": "SavedModel export",
+    "training": "tf.data input pipelines",
+}
+
+TENSORFLOW_REQUIREMENT = "tensorflow>=2.21,<2.22"
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_transformer' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] != "tensorflow":
+            raise
+        uses = _TENSORFLOW_USES.get(name, "its TensorFlow-bound parts")
+        raise ImportError(
+            f"keras_transformer.{name} needs TensorFlow ({uses}), which is "
+            f"not installed. Install it with `pip install "
+            f"'{TENSORFLOW_REQUIREMENT}'`. The layers and the model itself run "
+            "on any Keras backend without it (see the README's Backends "
+            "section)."
+        ) from error
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
