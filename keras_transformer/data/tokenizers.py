@@ -83,6 +83,20 @@ def _check_vocabulary(vocabulary):
     return vocabulary
 
 
+def _check_corpus(texts):
+    """Returns `texts` as a non-empty list, refusing a lone string."""
+    if isinstance(texts, (str, bytes)):
+        raise ValueError(
+            "Received an invalid value for argument texts, expected an "
+            "iterable of strings, not a single string. Received: "
+            f"texts={texts!r}"
+        )
+    texts = list(texts)
+    if not texts:
+        raise ValueError("from_texts needs at least one text; texts is empty.")
+    return texts
+
+
 def _as_string_vector(strings):
     strings = tf.convert_to_tensor(strings, dtype=tf.string)
     if strings.shape.rank != 1:
@@ -91,6 +105,28 @@ def _as_string_vector(strings):
             f"received shape {strings.shape}. Wrap a single string in a list."
         )
     return strings
+
+
+def _as_valid_utf8(strings):
+    """Checks `strings` is a [batch] vector; replaces invalid UTF-8 by U+FFFD."""
+    return tf.strings.unicode_transcode(
+        _as_string_vector(strings),
+        input_encoding="UTF-8",
+        output_encoding="UTF-8",
+        errors="replace",
+        replacement_char=_REPLACEMENT_CHARACTER,
+    )
+
+
+def _ids_to_read(ids):
+    """The ids `detokenize` reads: those before the first [EOS], without
+    [PAD] and [BOS], as an int32 ragged tensor [batch, None]."""
+    ids = _as_dense_ids(ids)
+    before_eos = tf.equal(
+        tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=1), 0
+    )
+    keep = before_eos & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, BOS_ID)
+    return tf.ragged.boolean_mask(ids, keep)
 
 
 def _as_dense_ids(ids):
@@ -168,15 +204,7 @@ class Tokenizer(tf.Module):
             min_frequency: int. Tokens seen fewer times are dropped.
             **kwargs: other constructor arguments (e.g. `lowercase`).
         """
-        if isinstance(texts, (str, bytes)):
-            raise ValueError(
-                "Received an invalid value for argument texts, expected an "
-                "iterable of strings, not a single string. Received: "
-                f"texts={texts!r}"
-            )
-        texts = list(texts)
-        if not texts:
-            raise ValueError("from_texts needs at least one text; texts is empty.")
+        texts = _check_corpus(texts)
         check_positive_int("max_vocabulary_size", max_vocabulary_size, allow_none=True)
         if max_vocabulary_size is not None and max_vocabulary_size <= len(
             SPECIAL_TOKENS
@@ -214,14 +242,7 @@ class Tokenizer(tf.Module):
         Returns:
             A tf.string `tf.RaggedTensor` of shape [batch, None].
         """
-        strings = tf.strings.unicode_transcode(
-            _as_string_vector(strings),
-            input_encoding="UTF-8",
-            output_encoding="UTF-8",
-            errors="replace",
-            replacement_char=_REPLACEMENT_CHARACTER,
-        )
-        return self._split(strings)
+        return self._split(_as_valid_utf8(strings))
 
     def tokenize(self, strings):
         """Maps strings to token ids; unknown pieces become `UNK_ID`.
@@ -247,14 +268,7 @@ class Tokenizer(tf.Module):
         Returns:
             A tf.string tensor of shape [batch].
         """
-        ids = _as_dense_ids(ids)
-        before_eos = tf.equal(
-            tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=1), 0
-        )
-        keep = before_eos & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, BOS_ID)
-        pieces = tf.ragged.map_flat_values(
-            self._id_to_token.lookup, tf.ragged.boolean_mask(ids, keep)
-        )
+        pieces = tf.ragged.map_flat_values(self._id_to_token.lookup, _ids_to_read(ids))
         return self._join(pieces)
 
     def _split(self, strings):
