@@ -201,21 +201,38 @@ def _example_length(source, target_ids, labels):
     return tf.maximum(tf.shape(source)[0], tf.shape(target_ids)[0])
 
 
-def _padding_to_bucket_tops(bucket_boundaries, source_length, decoder_length):
-    """Returns a batch map that pads every batch to the longest lengths its
-    bucket can hold, so each bucket always yields one shape.
+def _bucket_tops(bucket_boundaries, longest):
+    """The longest length each bucket can hold.
 
     Bucket `i` holds lengths in `[boundaries[i-1], boundaries[i])`, so no
     example in it is longer than `boundaries[i] - 1`; the last, open-ended
-    bucket is bounded by the length limits. The source and the decoder
-    sequences are each capped at their own limit.
+    bucket is bounded by `longest` (the length limits, or the longest kept
+    example).
+    """
+    return [boundary - 1 for boundary in bucket_boundaries] + [longest]
+
+
+def _bucket_of_batch(bucket_boundaries, source_ids, target_ids):
+    """The bucket index of a batch, as a scalar tensor.
+
+    Every example of a batch comes from one bucket, so the batch's widest
+    sequence names the bucket.
     """
     boundaries = tf.constant(
         bucket_boundaries, tf.int32, shape=[len(bucket_boundaries)]
     )
+    width = tf.maximum(tf.shape(source_ids)[1], tf.shape(target_ids)[1])
+    return tf.reduce_sum(tf.cast(boundaries <= width, tf.int32))
+
+
+def _padding_to_bucket_tops(bucket_boundaries, source_length, decoder_length):
+    """Returns a batch map that pads every batch to the longest lengths its
+    bucket can hold, so each bucket always yields one shape.
+
+    The source and the decoder sequences are each capped at their own limit.
+    """
     tops = tf.constant(
-        [boundary - 1 for boundary in bucket_boundaries]
-        + [max(source_length, decoder_length)],
+        _bucket_tops(bucket_boundaries, max(source_length, decoder_length)),
         tf.int32,
     )
 
@@ -225,10 +242,7 @@ def _padding_to_bucket_tops(bucket_boundaries, source_length, decoder_length):
         )
 
     def pad_batch(source_ids, target_ids, labels):
-        # Every example of a batch comes from one bucket, so the batch's
-        # widest sequence names the bucket.
-        width = tf.maximum(tf.shape(source_ids)[1], tf.shape(target_ids)[1])
-        top = tops[tf.reduce_sum(tf.cast(boundaries <= width, tf.int32))]
+        top = tops[_bucket_of_batch(bucket_boundaries, source_ids, target_ids)]
         decoder_top = tf.minimum(top, decoder_length)
         return (
             pad(source_ids, tf.minimum(top, source_length)),
@@ -237,6 +251,48 @@ def _padding_to_bucket_tops(bucket_boundaries, source_length, decoder_length):
         )
 
     return pad_batch
+
+
+def _padding_to_bucket_batch_sizes(bucket_boundaries, bucket_batch_sizes):
+    """Returns a batch map that fills a batch with rows of padding up to its
+    bucket's batch size."""
+    sizes = tf.constant(bucket_batch_sizes, tf.int32)
+
+    def pad_batch(source_ids, target_ids, labels):
+        size = sizes[_bucket_of_batch(bucket_boundaries, source_ids, target_ids)]
+        return tuple(
+            tf.pad(
+                ids, [[0, size - tf.shape(ids)[0]], [0, 0]], constant_values=PAD_ID
+            )
+            for ids in (source_ids, target_ids, labels)
+        )
+
+    return pad_batch
+
+
+def _batch_sizes_for_tokens(tokens_per_batch, tops):
+    """Per-bucket batch sizes with `batch_size * top <= tokens_per_batch`."""
+    if tokens_per_batch < max(tops):
+        raise ValueError(
+            "Received an invalid value for argument tokens_per_batch, expected "
+            f"at least {max(tops)}, the length of the longest bucket, so that "
+            "one example of every bucket fits. Received: "
+            f"tokens_per_batch={tokens_per_batch}"
+        )
+    # A first boundary of 1 makes an empty bucket of top 0.
+    return [tokens_per_batch // max(top, 1) for top in tops]
+
+
+def _count_batches(lengths, bucket_boundaries, bucket_batch_sizes, drop_remainder):
+    """How many batches one pass over examples of these lengths makes."""
+    buckets = np.searchsorted(bucket_boundaries, lengths, side="right")
+    counts = np.bincount(buckets, minlength=len(bucket_batch_sizes))
+    rounding = np.floor_divide if drop_remainder else _ceil_divide
+    return int(sum(rounding(counts, bucket_batch_sizes)))
+
+
+def _ceil_divide(numerators, denominators):
+    return -np.floor_divide(-np.asarray(numerators), denominators)
 
 
 def _to_inputs_and_labels(source_ids, target_ids, labels):
@@ -248,7 +304,7 @@ def make_translation_dataset(
     target_texts,
     source_tokenizer,
     target_tokenizer,
-    batch_size,
+    batch_size=None,
     max_source_length=None,
     max_target_length=None,
     shuffle=True,
@@ -258,6 +314,7 @@ def make_translation_dataset(
     repeat=False,
     pad_to_bucket_boundary=False,
     pad_incomplete_batches=False,
+    tokens_per_batch=None,
 ):
     """Tokenizes parallel text into padded teacher-forcing batches.
 
@@ -272,7 +329,8 @@ def make_translation_dataset(
         target_texts: list of str, same length as `source_texts`.
         source_tokenizer: `Tokenizer` for the source side.
         target_tokenizer: `Tokenizer` for the target side.
-        batch_size: int. Examples per batch.
+        batch_size: int or None. Examples per batch. Give either this or
+            `tokens_per_batch`.
         max_source_length: int or None. Longest source kept, in tokens.
         max_target_length: int or None. Longest `target_ids` / `labels` kept,
             in tokens (target tokens + 1).
@@ -302,15 +360,33 @@ def make_translation_dataset(
             programs instead of one per new shape; `bucket_boundaries=[]`
             gives a single fixed shape.
         pad_incomplete_batches: bool. Fill the last, smaller batch of each
-            bucket up to `batch_size` with rows of padding instead of
+            bucket up to its batch size with rows of padding instead of
             dropping it (for evaluation with static shapes, where
             `drop_remainder` would lose examples). The library's loss and
             metrics ignore such rows; Keras still weighs a padded batch's
             loss as a full batch's when it averages over batches.
+        tokens_per_batch: int or None. Batch by token count instead of by
+            examples, as in fairseq's `--max-tokens`: bucket `i` gets the
+            batch size `tokens_per_batch // top_i`, `top_i` being the
+            longest length it can hold (`boundaries[i] - 1`, the last bucket
+            the longest length allowed), so no batch has more than
+            `tokens_per_batch` positions in its source nor in its decoder
+            sequences, padding included, and short sentences come in large
+            batches. Must be at least the longest bucket length.
 
     Returns:
         A `tf.data.Dataset` of `(inputs, labels)` as described in the module
-        docstring, prefetched.
+        docstring, prefetched. Unless `repeat`, its cardinality (the number
+        of batches of one pass) is known, so `len(dataset)` works.
+
+    Example:
+
+    ```python
+    dataset = make_translation_dataset(
+        sources, targets, tokenizer, tokenizer,
+        tokens_per_batch=4096, bucket_boundaries=list(range(8, 64, 4)),
+    )
+    ```
     """
     source_texts = _check_texts("source_texts", source_texts)
     target_texts = _check_texts("target_texts", target_texts)
@@ -331,7 +407,14 @@ def make_translation_dataset(
                 f"Received an invalid value for argument {name}, expected a "
                 f"keras_transformer Tokenizer. Received: {name}={tokenizer!r}"
             )
-    check_positive_int("batch_size", batch_size)
+    if (batch_size is None) == (tokens_per_batch is None):
+        raise ValueError(
+            "Give exactly one of batch_size (examples per batch) and "
+            "tokens_per_batch (positions per batch). Received: "
+            f"batch_size={batch_size}, tokens_per_batch={tokens_per_batch}"
+        )
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    check_positive_int("tokens_per_batch", tokens_per_batch, allow_none=True)
     check_positive_int("max_source_length", max_source_length, allow_none=True)
     check_positive_int("max_target_length", max_target_length, allow_none=True)
     check_non_negative_int("seed", seed)
@@ -359,15 +442,28 @@ def make_translation_dataset(
         dataset = dataset.repeat()
     dataset = dataset.map(_teacher_forcing_example)
 
+    limits = [limit for limit in (max_source_length, max_target_length) if limit]
+    longest = max(limits) if limits else max(longest_source, longest_decoder)
     if bucket_boundaries is None:
-        limits = [limit for limit in (max_source_length, max_target_length) if limit]
-        bucket_boundaries = _default_bucket_boundaries(
-            max(limits) if limits else max(longest_source, longest_decoder)
+        bucket_boundaries = _default_bucket_boundaries(longest)
+    if tokens_per_batch is None:
+        bucket_batch_sizes = [batch_size] * (len(bucket_boundaries) + 1)
+    else:
+        bucket_batch_sizes = _batch_sizes_for_tokens(
+            tokens_per_batch, _bucket_tops(bucket_boundaries, longest)
         )
+    num_batches = _count_batches(
+        np.maximum(
+            sources.row_lengths().numpy(), targets.row_lengths().numpy() + 1
+        ),
+        bucket_boundaries,
+        bucket_batch_sizes,
+        drop_remainder,
+    )
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=_example_length,
         bucket_boundaries=bucket_boundaries,
-        bucket_batch_sizes=[batch_size] * (len(bucket_boundaries) + 1),
+        bucket_batch_sizes=bucket_batch_sizes,
         padded_shapes=([None], [None], [None]),
         padding_values=(PAD_ID, PAD_ID, PAD_ID),
         drop_remainder=drop_remainder,
@@ -382,13 +478,9 @@ def make_translation_dataset(
         )
     if pad_incomplete_batches:
         dataset = dataset.map(
-            lambda *batch: tuple(
-                tf.pad(
-                    ids,
-                    [[0, batch_size - tf.shape(ids)[0]], [0, 0]],
-                    constant_values=PAD_ID,
-                )
-                for ids in batch
-            )
+            _padding_to_bucket_batch_sizes(bucket_boundaries, bucket_batch_sizes)
         )
-    return dataset.map(_to_inputs_and_labels).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(_to_inputs_and_labels)
+    if not repeat:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+    return dataset.prefetch(tf.data.AUTOTUNE)

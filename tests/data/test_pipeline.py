@@ -156,6 +156,72 @@ def test_repeat_and_drop_remainder_give_full_batches_forever(tokenizers):
     assert sizes == [3] * 10
 
 
+def widths(batch):
+    return [ids.shape[1] for ids in batch]
+
+
+def test_token_batches_stay_within_the_budget_with_bucket_batch_sizes(tokenizers):
+    # Decoder lengths (the longer side here) are 2, 4, 6, 8, 2, 12, 4, 18.
+    boundaries, budget = [4, 8, 13], 24
+    tops = [3, 7, 12, 18]
+    dataset = make(
+        tokenizers,
+        batch_size=None,
+        tokens_per_batch=budget,
+        bucket_boundaries=boundaries,
+        shuffle=False,
+    )
+    results = batches(dataset)
+    for batch in results:
+        rows = len(batch[0])
+        assert all(rows * width <= budget for width in widths(batch))
+        bucket = int(np.searchsorted(boundaries, max(widths(batch)), side="right"))
+        assert rows <= budget // tops[bucket]
+    # Batch sizes 8, 3, 2 and 1 for buckets holding 2, 3, 2 and 1 examples.
+    assert sorted(len(batch[0]) for batch in results) == [1, 2, 2, 3]
+    decoded_sources = sorted(
+        text.decode()
+        for source_ids, _, _ in results
+        for text in tokenizers[0].detokenize(source_ids).numpy()
+    )
+    assert decoded_sources == sorted(SOURCES)
+
+
+def test_token_batches_padded_to_bucket_tops_have_one_shape_per_bucket(tokenizers):
+    dataset = make(
+        tokenizers,
+        batch_size=None,
+        tokens_per_batch=24,
+        bucket_boundaries=[4, 8, 13],
+        pad_to_bucket_boundary=True,
+        pad_incomplete_batches=True,
+        shuffle=False,
+    )
+    shapes = {batch[2].shape for batch in batches(dataset)}
+    # (24 // top, top) for the buckets that hold examples; the last bucket's
+    # top is the longest decoder sequence, 18.
+    assert shapes == {(8, 3), (3, 7), (2, 12), (1, 18)}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"batch_size": 3},
+        {"batch_size": 3, "drop_remainder": True},
+        {"batch_size": None, "tokens_per_batch": 24, "bucket_boundaries": [4, 8]},
+        {
+            "batch_size": None,
+            "tokens_per_batch": 40,
+            "bucket_boundaries": [3, 5, 13],
+            "drop_remainder": True,
+        },
+    ],
+)
+def test_the_dataset_knows_how_many_batches_one_pass_makes(tokenizers, options):
+    dataset = make(tokenizers, **options)
+    assert len(dataset) == len(batches(dataset))
+
+
 def test_read_tsv_returns_chosen_columns_and_skips_empty_lines(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("id1\tbonjour\thello\r\n\nid2\tmerci\tthanks\n", encoding="utf-8")
@@ -218,6 +284,13 @@ def test_read_tsv_rejects_bad_columns(tmp_path):
         ({"bucket_boundaries": [4, 2]}, "bucket_boundaries"),
         ({"bucket_boundaries": 5}, "bucket_boundaries"),
         ({"max_source_length": 1, "max_target_length": 1}, "No example is left"),
+        ({"batch_size": None}, "exactly one of batch_size"),
+        ({"tokens_per_batch": 64}, "exactly one of batch_size"),
+        ({"batch_size": None, "tokens_per_batch": 0}, "tokens_per_batch"),
+        (
+            {"batch_size": None, "tokens_per_batch": 17},
+            r"argument tokens_per_batch, expected at least 18",
+        ),
     ],
 )
 def test_make_translation_dataset_rejects_bad_arguments(tokenizers, overrides, match):
