@@ -5,9 +5,11 @@ losses, metrics and schedules are written with `keras.ops` and are imported
 here (so their classes are registered for `.keras` loading). Every other
 module is imported on first attribute access (PEP 562), so that the ones
 bound to TensorFlow (in-graph tokenizers and `tf.data` pipelines in `data`,
-SavedModel `export`, `training`, `checkpointing`, `distribute`) cost nothing,
+SavedModel `export`, `checkpointing`, `distribute`) cost nothing,
 and need no TensorFlow, until used. Used without TensorFlow installed, they
-raise an `ImportError` that says what to install.
+raise an `ImportError` that says what to install. `models` is imported here:
+with TensorFlow installed it imports the `Translator` (and so TensorFlow) so
+that `keras.saving.load_model` finds every class of the package.
 """
 
 import importlib
@@ -17,6 +19,8 @@ __version__ = "0.1.0"
 from keras_transformer import layers  # noqa: E402,F401
 from keras_transformer import losses  # noqa: E402,F401
 from keras_transformer import metrics  # noqa: E402,F401
+# Registers Transformer (and Translator, with TensorFlow) for load_model.
+from keras_transformer import models  # noqa: E402,F401
 from keras_transformer import schedules  # noqa: E402,F401
 
 # Attribute -> (module, attribute of that module or None for the module).
@@ -26,8 +30,8 @@ _LAZY = {
     "decoding": ("keras_transformer.decoding", None),
     "distribute": ("keras_transformer.distribute", None),
     "export": ("keras_transformer.export", None),
-    "models": ("keras_transformer.models", None),
-    "training": ("keras_transformer.training", None),
+    "evaluation": ("keras_transformer.evaluation", None),
+    "plotting": ("keras_transformer.plotting", None),
     "Translator": ("keras_transformer.models", "Translator"),
 }
 
@@ -37,7 +41,6 @@ _TENSORFLOW_USES = {
     "data": "in-graph tokenizers and tf.data pipelines",
     "distribute": "tf.distribute strategies",
     "export": "SavedModel export",
-    "training": "tf.data input pipelines",
 }
 
 TENSORFLOW_REQUIREMENT = "tensorflow>=2.21,<2.22"

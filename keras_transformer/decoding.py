@@ -1,13 +1,29 @@
-"""Greedy and beam-search decoding for models from `build_transformer`.
+"""Decoding for encoder-decoder Transformers: greedy, beam search, sampling.
 
-Both decoders encode the source once, then run one compiled while loop over
-`keras_transformer.models.decode_step`: every step feeds one token per
-sequence, writes its keys/values into the fixed-size self-attention caches at
-the step index and reads the cross-attention caches computed once from the
-encoder output. Every loop variable keeps its shape, so the loop works
-eagerly, inside `tf.function(autograph=False)` (as `keras.export` traces
-endpoints) and under `jit_compile=True`; batch size and source length may
-be dynamic, `max_length` and `beam_size` are Python ints.
+Every policy is a `Sampler`: call one with a model (a `Transformer`, e.g. a
+`Translator` or a model from `build_transformer`) and source ids to get the
+generated ids. All of them encode the source once, then run one fixed-shape
+`keras.ops.while_loop` over `keras_transformer.models.decode_step`: every
+step feeds one token per hypothesis, writes its keys/values into the
+fixed-size self-attention caches at the step index and reads the
+cross-attention caches computed once from the encoder output. Every loop
+variable keeps its shape, so decoding works eagerly, inside
+`tf.function(autograph=False)` (as `keras.export` traces endpoints) and under
+`jit_compile=True`; batch size and source length may be dynamic,
+`max_length` and the sampler's settings are Python values.
+
+- `GreedySampler`: the most probable token at every step.
+- `RandomSampler`: draws the next token from the temperature-scaled
+  distribution, optionally restricted to the `top_k` most probable tokens
+  and/or the smallest set whose probability reaches `top_p` (nucleus). The
+  draws are a pure function of a `(2,)` integer seed tensor and the step,
+  so equal seeds give equal outputs, also inside a compiled function that
+  takes the seed as an input.
+- `BeamSampler`: beam search with the GNMT length penalty, optionally
+  returning the n best hypotheses with their scores.
+
+Greedy and random sampling share one single-hypothesis loop that differs
+only in how a token is chosen from the step's log-probabilities.
 
 Outputs are int32 `(batch_size, max_length)`: the generated ids without BOS,
 the EOS kept, and the model's padding id (0 by default) after it. A row that
@@ -21,91 +37,211 @@ import keras
 from keras import ops
 
 from keras_transformer import validation
+from keras_transformer.layers.stateless_dropout import _FixedSeed
 from keras_transformer.models import transformer
 
 # Log-probability of a forbidden or impossible choice. Finite, so sums and
 # length normalisation never turn it into NaN (inf - inf).
 IMPOSSIBLE_LOG_PROB = -1e9
 
+METHODS = ("greedy", "beam", "sample")
 
-def greedy_decode(model, source_ids, max_length, bos_id=2, eos_id=3):
-    """Translates by picking the most probable next token at every step.
 
-    Args:
-        model: a `keras.Model` from `keras_transformer.models.build_transformer`
-            (built or reloaded from `.keras`).
-        source_ids: int tensor `(batch_size, source_length)`, padded with the
-            model's padding id.
-        max_length: int. Number of tokens to generate, EOS included; at most
-            the model's maximum target length.
-        bos_id: int. Token fed to the decoder first.
-        eos_id: int. Token that ends a sequence.
+class Sampler:
+    """Base class: chooses generated tokens, one fixed-shape loop per call.
 
-    Returns:
-        int32 tensor `(batch_size, max_length)`: generated ids without BOS,
-        EOS kept, padding after EOS.
+    Subclasses implement `__call__`; `get_config` returns the settings, which
+    together with the decoding length identify one compiled function (the
+    `Translator` compiles each setting once and reuses it).
+    """
+
+    def __call__(
+        self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
+    ):
+        """Generates ids for `source_ids`.
+
+        Args:
+            model: a `Transformer` (from `build_transformer`, a `Translator`,
+                or composed from `TransformerLayers`).
+            source_ids: int tensor `(batch_size, source_length)`, padded with
+                the model's padding id.
+            max_length: int. Number of tokens to generate, EOS included; at
+                most the model's maximum target length.
+            bos_id: int. Token fed to the decoder first.
+            eos_id: int. Token that ends a sequence.
+            seed: optional int tensor of shape `(2,)`; only `RandomSampler`
+                uses it.
+
+        Returns:
+            int32 `(batch_size, max_length)` ids (see the subclasses for
+            extra outputs).
+        """
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    def __repr__(self):
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({settings})"
+
+
+class _SingleHypothesisSampler(Sampler):
+    """One hypothesis per example; subclasses choose each step's tokens."""
+
+    def _choose(self, log_probs, index, seed):
+        """Token ids `(n,)` from float32 `log_probs` `(n, vocabulary)`."""
+        raise NotImplementedError
+
+    def _prepare_seed(self, seed):
+        return seed
+
+    def __call__(
+        self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
+    ):
+        parts, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
+        padding_id = parts.padding_id
+        seed = self._prepare_seed(seed)
+        batch_size = _batch_size(source_ids)
+        encoded, source_mask = transformer.encode(parts, source_ids)
+        self_caches, cross_caches = transformer.initial_decoder_caches(
+            parts, encoded, max_length
+        )
+
+        def keep_going(index, last_tokens, outputs, finished, caches):
+            return ops.logical_and(
+                ops.less(index, max_length), ops.logical_not(ops.all(finished))
+            )
+
+        def step(index, last_tokens, outputs, finished, caches):
+            log_probs, caches = _next_token_log_probs(
+                parts, last_tokens, index, caches, cross_caches, source_mask
+            )
+            tokens = self._choose(log_probs, index, seed)
+            tokens = ops.where(finished, padding_id, tokens)
+            outputs = ops.slice_update(outputs, [0, index], tokens[:, None])
+            finished = ops.logical_or(finished, ops.equal(tokens, eos_id))
+            return index + 1, tokens, outputs, finished, caches
+
+        _, _, outputs, _, _ = ops.while_loop(
+            keep_going,
+            step,
+            (
+                ops.convert_to_tensor(0, "int32"),
+                ops.full((batch_size,), bos_id, "int32"),
+                ops.full((batch_size, max_length), padding_id, "int32"),
+                ops.zeros((batch_size,), "bool"),
+                self_caches,
+            ),
+        )
+        return outputs
+
+
+class GreedySampler(_SingleHypothesisSampler):
+    """Picks the most probable next token at every step.
 
     Example:
 
     ```python
-    config = keras_transformer.models.TransformerConfig(
-        source_vocabulary_size=100, target_vocabulary_size=100
-    )
-    model = keras_transformer.models.build_transformer(config)
-    ids = keras_transformer.decoding.greedy_decode(
-        model, np.array([[5, 6, 7, 0]], "int32"), max_length=10
-    )
+    model = keras_transformer.models.build_transformer(
+        keras_transformer.models.TransformerConfig(
+            source_vocabulary_size=100, target_vocabulary_size=100))
+    ids = GreedySampler()(model, np.array([[5, 6, 7, 0]], "int32"),
+                          max_length=10)
     ```
     """
-    parts, source_ids, padding_id = _prepare(
-        model, source_ids, max_length, bos_id, eos_id
-    )
-    batch_size = _batch_size(source_ids)
-    encoded, source_mask = transformer.encode(parts, source_ids)
-    self_caches, cross_caches = transformer.initial_decoder_caches(
-        parts, encoded, max_length
-    )
 
-    def keep_going(index, last_tokens, outputs, finished, caches):
-        return ops.logical_and(
-            ops.less(index, max_length), ops.logical_not(ops.all(finished))
+    def _choose(self, log_probs, index, seed):
+        return ops.cast(ops.argmax(log_probs, axis=-1), "int32")
+
+
+class RandomSampler(_SingleHypothesisSampler):
+    """Draws the next token at random: temperature, top-k and top-p.
+
+    The log-probabilities are divided by `temperature`; with `top_k` only
+    the `top_k` most probable tokens stay eligible, with `top_p` only the
+    most probable tokens whose cumulative probability (of the
+    temperature-scaled distribution, after top-k) first reaches `top_p`
+    (the most probable token always stays). A token is then drawn with the
+    Gumbel-max trick from uniform numbers that are a pure function of the
+    seed and the step, so `top_k=1` is greedy decoding and equal seeds give
+    equal outputs on every backend.
+
+    Args:
+        temperature: float > 0. Below 1 sharpens, above 1 flattens.
+        top_k: int or None. Keep the k most probable tokens.
+        top_p: float in (0, 1] or None. Nucleus sampling threshold.
+
+    Call arguments:
+        seed: int tensor of shape `(2,)`, or None to draw one from Keras'
+            global seed generator (not reproducible unless
+            `keras.utils.set_random_seed` was called).
+
+    Example:
+
+    ```python
+    sampler = RandomSampler(temperature=0.8, top_p=0.9)
+    ids = sampler(model, source_ids, max_length=20,
+                  seed=np.array([42, 0], "int32"))
+    ```
+
+    References:
+        - [Holtzman et al., 2019](https://arxiv.org/abs/1904.09751) (top-p)
+    """
+
+    def __init__(self, temperature=1.0, top_k=None, top_p=None):
+        self.temperature = validation.check_positive_float("temperature", temperature)
+        self.top_k = validation.check_positive_int("top_k", top_k, allow_none=True)
+        if top_p is not None and (
+            isinstance(top_p, bool)
+            or not isinstance(top_p, numbers.Real)
+            or not 0.0 < top_p <= 1.0
+        ):
+            raise ValueError(
+                "Received an invalid value for argument top_p, expected a "
+                f"number in (0, 1] or None. Received: top_p={top_p!r}"
+            )
+        self.top_p = None if top_p is None else float(top_p)
+
+    def get_config(self):
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+        }
+
+    def _prepare_seed(self, seed):
+        if seed is None:
+            return keras.random.SeedGenerator().next()
+        return ops.cast(ops.reshape(seed, (2,)), _seed_dtype())
+
+    def _choose(self, log_probs, index, seed):
+        logits = log_probs / self.temperature
+        if self.top_k is not None and self.top_k < ops.shape(logits)[-1]:
+            kth_best = ops.top_k(logits, self.top_k)[0][:, -1:]
+            logits = ops.where(logits < kth_best, IMPOSSIBLE_LOG_PROB, logits)
+        if self.top_p is not None and self.top_p < 1.0:
+            ranked = ops.flip(ops.sort(logits, axis=-1), axis=-1)
+            probabilities = ops.softmax(ranked, axis=-1)
+            # A token stays when the tokens ranked above it hold less than
+            # top_p, so the most probable one always stays.
+            before = ops.cumsum(probabilities, axis=-1) - probabilities
+            kept = ops.where(before < self.top_p, ranked, float("inf"))
+            threshold = ops.min(kept, axis=-1, keepdims=True)
+            logits = ops.where(logits < threshold, IMPOSSIBLE_LOG_PROB, logits)
+        step_seed = seed + ops.cast(ops.stack([0, index]), seed.dtype)
+        uniform = keras.random.uniform(
+            ops.shape(logits),
+            minval=1e-20,
+            maxval=1.0,
+            seed=_FixedSeed(step_seed),
         )
-
-    def step(index, last_tokens, outputs, finished, caches):
-        log_probs, caches = _next_token_log_probs(
-            parts, last_tokens, index, caches, cross_caches, source_mask, padding_id
-        )
-        tokens = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
-        tokens = ops.where(finished, padding_id, tokens)
-        outputs = ops.slice_update(outputs, [0, index], tokens[:, None])
-        finished = ops.logical_or(finished, ops.equal(tokens, eos_id))
-        return index + 1, tokens, outputs, finished, caches
-
-    _, _, outputs, _, _ = ops.while_loop(
-        keep_going,
-        step,
-        (
-            ops.convert_to_tensor(0, "int32"),
-            ops.full((batch_size,), bos_id, "int32"),
-            ops.full((batch_size, max_length), padding_id, "int32"),
-            ops.zeros((batch_size,), "bool"),
-            self_caches,
-        ),
-    )
-    return outputs
+        gumbel = -ops.log(-ops.log(uniform))
+        return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
 
 
-def beam_search_decode(
-    model,
-    source_ids,
-    max_length,
-    beam_size=4,
-    length_penalty=0.6,
-    bos_id=2,
-    eos_id=3,
-    return_scores=False,
-):
-    """Translates with beam search and GNMT length normalisation.
+class BeamSampler(Sampler):
+    """Beam search with GNMT length normalisation.
 
     Each example keeps `beam_size` unfinished ("alive") hypotheses, ranked
     by summed float32 log-probabilities, and up to `beam_size` finished
@@ -121,187 +257,279 @@ def beam_search_decode(
     the loop ends when every example is done.
 
     Args:
-        model: a `keras.Model` from `keras_transformer.models.build_transformer`.
-        source_ids: int tensor `(batch_size, source_length)`, padded with the
-            model's padding id.
-        max_length: int. Number of tokens to generate, EOS included; at most
-            the model's maximum target length.
         beam_size: int. Hypotheses kept per example; 1 is greedy decoding.
         length_penalty: float >= 0. GNMT `alpha`; 0 ranks by log-probability
             alone, larger values favour longer outputs.
-        bos_id: int. Token fed to the decoder first.
-        eos_id: int. Token that ends a sequence.
+        num_results: int in `[1, beam_size]`, or None. None returns the best
+            hypothesis `(batch, max_length)`; an int n returns the n best,
+            `(batch, n, max_length)`, best first.
         return_scores: bool. Also return the length-normalised
-            log-probability of each returned hypothesis.
-
-    Returns:
-        int32 tensor `(batch_size, max_length)` of the best hypothesis per
-        example (no BOS, EOS kept, padding after EOS); with `return_scores`,
-        a tuple `(ids, scores)` with float32 scores `(batch_size,)`.
+            log-probabilities of the returned hypotheses (`(batch,)` or
+            `(batch, n)`, float32).
 
     Example:
 
     ```python
-    # `model` as in the `greedy_decode` example.
-    ids, scores = keras_transformer.decoding.beam_search_decode(
-        model, np.array([[5, 6, 7, 0]], "int32"), max_length=10, beam_size=4,
-        return_scores=True,
-    )
+    ids, scores = BeamSampler(beam_size=4, num_results=2, return_scores=True)(
+        model, np.array([[5, 6, 7, 0]], "int32"), max_length=10)
     ```
 
     References:
         - [Wu et al., 2016](https://arxiv.org/abs/1609.08144) (GNMT length
           penalty)
     """
-    parts, source_ids, padding_id = _prepare(
-        model, source_ids, max_length, bos_id, eos_id
-    )
-    beam_size = validation.check_positive_int("beam_size", beam_size)
-    length_penalty = check_length_penalty(length_penalty)
-    vocabulary_size = parts.target_embedding.vocabulary_size
-    batch_size = _batch_size(source_ids)
 
-    encoded, source_mask = transformer.encode(parts, source_ids)
-    # Beam j of example b is row b * beam_size + j of every decoder tensor.
-    encoded = ops.repeat(encoded, beam_size, axis=0)
-    source_mask = ops.repeat(source_mask, beam_size, axis=0)
-    self_caches, cross_caches = transformer.initial_decoder_caches(
-        parts, encoded, max_length
-    )
-
-    def normalised(log_probs, length):
-        penalty = ops.power((5.0 + ops.cast(length, "float32")) / 6.0, length_penalty)
-        return log_probs / penalty
-
-    def keep_going(
-        index,
-        alive_ids,
-        alive_log_probs,
-        last_tokens,
-        caches,
-        finished_ids,
-        finished_scores,
+    def __init__(
+        self, beam_size=4, length_penalty=0.6, num_results=None, return_scores=False
     ):
-        return ops.logical_and(
-            ops.less(index, max_length),
-            ops.logical_not(ops.all(_is_done(finished_scores))),
+        self.beam_size = validation.check_positive_int("beam_size", beam_size)
+        self.length_penalty = check_length_penalty(length_penalty)
+        validation.check_positive_int("num_results", num_results, allow_none=True)
+        if num_results is not None and num_results > beam_size:
+            raise ValueError(
+                "Received an invalid value for argument num_results, expected "
+                f"at most beam_size={beam_size} hypotheses. Received: "
+                f"num_results={num_results}"
+            )
+        self.num_results = num_results
+        if not isinstance(return_scores, bool):
+            raise ValueError(
+                "Received an invalid value for argument return_scores, "
+                f"expected a bool. Received: return_scores={return_scores!r}"
+            )
+        self.return_scores = return_scores
+
+    def get_config(self):
+        return {
+            "beam_size": self.beam_size,
+            "length_penalty": self.length_penalty,
+            "num_results": self.num_results,
+            "return_scores": self.return_scores,
+        }
+
+    def __call__(
+        self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
+    ):
+        parts, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
+        padding_id = parts.padding_id
+        beam_size = self.beam_size
+        length_penalty = self.length_penalty
+        vocabulary_size = parts.target_vocabulary_size
+        batch_size = _batch_size(source_ids)
+        encoded, source_mask = transformer.encode(parts, source_ids)
+        # Beam j of example b is row b * beam_size + j of every decoder tensor.
+        encoded = ops.repeat(encoded, beam_size, axis=0)
+        source_mask = ops.repeat(source_mask, beam_size, axis=0)
+        self_caches, cross_caches = transformer.initial_decoder_caches(
+            parts, encoded, max_length
         )
 
-    def step(
-        index,
-        alive_ids,
-        alive_log_probs,
-        last_tokens,
-        caches,
-        finished_ids,
-        finished_scores,
-    ):
-        log_probs, caches = _next_token_log_probs(
-            parts,
-            ops.reshape(last_tokens, (-1,)),
+        def normalised(log_probs, length):
+            penalty = ops.power((5.0 + ops.cast(length, "float32")) / 6.0, length_penalty)
+            return log_probs / penalty
+
+        def keep_going(
             index,
-            caches,
-            cross_caches,
-            source_mask,
-            padding_id,
-        )
-        log_probs = ops.reshape(log_probs, (batch_size, beam_size, vocabulary_size))
-        candidates = ops.reshape(
-            alive_log_probs[:, :, None] + log_probs,
-            (batch_size, beam_size * vocabulary_size),
-        )
-        top_log_probs, top_indices = ops.top_k(candidates, 2 * beam_size)
-        parents = top_indices // vocabulary_size
-        tokens = ops.cast(top_indices % vocabulary_size, "int32")
-        top_ids = ops.slice_update(
-            _gather_beams(alive_ids, parents), [0, 0, index], tokens[:, :, None]
-        )
-        ends = ops.equal(tokens, eos_id)
-
-        alive_log_probs, survivors = ops.top_k(
-            ops.where(ends, IMPOSSIBLE_LOG_PROB, top_log_probs), beam_size
-        )
-        alive_ids = _gather_beams(top_ids, survivors)
-        last_tokens = ops.take_along_axis(tokens, survivors, axis=1)
-        survivor_rows = ops.reshape(
-            _flat_beam_indices(
-                ops.take_along_axis(parents, survivors, axis=1), beam_size
-            ),
-            (-1,),
-        )
-        caches = keras.tree.map_structure(
-            lambda cache: ops.take(cache, survivor_rows, axis=0), caches
-        )
-
-        within_beam = ops.less(ops.arange(2 * beam_size), beam_size)[None, :]
-        # Continuations of the placeholder beams of the first step, or of
-        # the padding token, are impossible and must never finish.
-        possible = ops.greater(top_log_probs, IMPOSSIBLE_LOG_PROB / 2)
-        completes = ops.logical_and(
-            ops.logical_or(ends, ops.equal(index, max_length - 1)),
-            ops.logical_and(within_beam, possible),
-        )
-        completes = ops.logical_and(
-            completes, ops.logical_not(_is_done(finished_scores))[:, None]
-        )
-        new_scores = ops.where(
-            completes, normalised(top_log_probs, index + 1), IMPOSSIBLE_LOG_PROB
-        )
-        finished_scores, best = ops.top_k(
-            ops.concatenate([finished_scores, new_scores], axis=1), beam_size
-        )
-        finished_ids = _gather_beams(
-            ops.concatenate([finished_ids, top_ids], axis=1), best
-        )
-        return (
-            index + 1,
             alive_ids,
             alive_log_probs,
             last_tokens,
             caches,
             finished_ids,
             finished_scores,
-        )
+        ):
+            return ops.logical_and(
+                ops.less(index, max_length),
+                ops.logical_not(ops.all(_is_done(finished_scores))),
+            )
 
-    empty_ids = ops.full((batch_size, beam_size, max_length), padding_id, "int32")
-    # Only beam 0 is live at first, so the first step does not expand
-    # beam_size copies of the same BOS.
-    first_beam_only = ops.convert_to_tensor(
-        [0.0] + [IMPOSSIBLE_LOG_PROB] * (beam_size - 1), "float32"
-    )
-    outputs = ops.while_loop(
-        keep_going,
-        step,
-        (
-            ops.convert_to_tensor(0, "int32"),
-            empty_ids,
-            ops.tile(first_beam_only[None], (batch_size, 1)),
-            ops.full((batch_size, beam_size), bos_id, "int32"),
-            self_caches,
-            empty_ids,
-            ops.full((batch_size, beam_size), IMPOSSIBLE_LOG_PROB, "float32"),
-        ),
-    )
-    finished_ids, finished_scores = outputs[-2], outputs[-1]
-    if return_scores:
-        return finished_ids[:, 0], finished_scores[:, 0]
-    return finished_ids[:, 0]
+        def step(
+            index,
+            alive_ids,
+            alive_log_probs,
+            last_tokens,
+            caches,
+            finished_ids,
+            finished_scores,
+        ):
+            log_probs, caches = _next_token_log_probs(
+                parts,
+                ops.reshape(last_tokens, (-1,)),
+                index,
+                caches,
+                cross_caches,
+                source_mask,
+            )
+            log_probs = ops.reshape(log_probs, (batch_size, beam_size, vocabulary_size))
+            candidates = ops.reshape(
+                alive_log_probs[:, :, None] + log_probs,
+                (batch_size, beam_size * vocabulary_size),
+            )
+            top_log_probs, top_indices = ops.top_k(candidates, 2 * beam_size)
+            parents = top_indices // vocabulary_size
+            tokens = ops.cast(top_indices % vocabulary_size, "int32")
+            top_ids = ops.slice_update(
+                _gather_beams(alive_ids, parents), [0, 0, index], tokens[:, :, None]
+            )
+            ends = ops.equal(tokens, eos_id)
+
+            alive_log_probs, survivors = ops.top_k(
+                ops.where(ends, IMPOSSIBLE_LOG_PROB, top_log_probs), beam_size
+            )
+            alive_ids = _gather_beams(top_ids, survivors)
+            last_tokens = ops.take_along_axis(tokens, survivors, axis=1)
+            survivor_rows = ops.reshape(
+                _flat_beam_indices(
+                    ops.take_along_axis(parents, survivors, axis=1), beam_size
+                ),
+                (-1,),
+            )
+            caches = keras.tree.map_structure(
+                lambda cache: ops.take(cache, survivor_rows, axis=0), caches
+            )
+
+            within_beam = ops.less(ops.arange(2 * beam_size), beam_size)[None, :]
+            # Continuations of the placeholder beams of the first step, or of
+            # the padding token, are impossible and must never finish.
+            possible = ops.greater(top_log_probs, IMPOSSIBLE_LOG_PROB / 2)
+            completes = ops.logical_and(
+                ops.logical_or(ends, ops.equal(index, max_length - 1)),
+                ops.logical_and(within_beam, possible),
+            )
+            completes = ops.logical_and(
+                completes, ops.logical_not(_is_done(finished_scores))[:, None]
+            )
+            new_scores = ops.where(
+                completes, normalised(top_log_probs, index + 1), IMPOSSIBLE_LOG_PROB
+            )
+            finished_scores, best = ops.top_k(
+                ops.concatenate([finished_scores, new_scores], axis=1), beam_size
+            )
+            finished_ids = _gather_beams(
+                ops.concatenate([finished_ids, top_ids], axis=1), best
+            )
+            return (
+                index + 1,
+                alive_ids,
+                alive_log_probs,
+                last_tokens,
+                caches,
+                finished_ids,
+                finished_scores,
+            )
+
+        empty_ids = ops.full((batch_size, beam_size, max_length), padding_id, "int32")
+        # Only beam 0 is live at first, so the first step does not expand
+        # beam_size copies of the same BOS.
+        first_beam_only = ops.convert_to_tensor(
+            [0.0] + [IMPOSSIBLE_LOG_PROB] * (beam_size - 1), "float32"
+        )
+        outputs = ops.while_loop(
+            keep_going,
+            step,
+            (
+                ops.convert_to_tensor(0, "int32"),
+                empty_ids,
+                ops.tile(first_beam_only[None], (batch_size, 1)),
+                ops.full((batch_size, beam_size), bos_id, "int32"),
+                self_caches,
+                empty_ids,
+                ops.full((batch_size, beam_size), IMPOSSIBLE_LOG_PROB, "float32"),
+            ),
+        )
+        finished_ids, finished_scores = outputs[-2], outputs[-1]
+        finished_ids, finished_scores = outputs[-2], outputs[-1]
+        if self.num_results is None:
+            finished_ids, finished_scores = finished_ids[:, 0], finished_scores[:, 0]
+        else:
+            finished_ids = finished_ids[:, : self.num_results]
+            finished_scores = finished_scores[:, : self.num_results]
+        if self.return_scores:
+            return finished_ids, finished_scores
+        return finished_ids
+
+
+def get_sampler(method="greedy", **options):
+    """The `Sampler` for a decoding method name and its options.
+
+    Args:
+        method: `"greedy"`, `"beam"` (options of `BeamSampler`) or
+            `"sample"` (options of `RandomSampler`).
+        **options: the sampler's arguments.
+
+    Returns:
+        A `Sampler`.
+    """
+    validation.check_choice("method", method, METHODS)
+    sampler_class = {
+        "greedy": GreedySampler,
+        "beam": BeamSampler,
+        "sample": RandomSampler,
+    }[method]
+    try:
+        return sampler_class(**options)
+    except TypeError as error:
+        raise ValueError(
+            f"Received an unknown option for method={method!r}: {error}. "
+            f"{sampler_class.__name__} takes {sorted(_argument_names(sampler_class))}."
+        ) from None
+
+
+def greedy_decode(model, source_ids, max_length, bos_id=2, eos_id=3):
+    """Translates by picking the most probable next token at every step.
+
+    `GreedySampler()(model, ...)`; see `Sampler.__call__` for the arguments.
+
+    Returns:
+        int32 tensor `(batch_size, max_length)`: generated ids without BOS,
+        EOS kept, padding after EOS.
+    """
+    return GreedySampler()(model, source_ids, max_length, bos_id, eos_id)
+
+
+def beam_search_decode(
+    model,
+    source_ids,
+    max_length,
+    beam_size=4,
+    length_penalty=0.6,
+    bos_id=2,
+    eos_id=3,
+    return_scores=False,
+):
+    """Translates with beam search (`BeamSampler`) and returns the best
+    hypothesis per example, with its score when `return_scores=True`."""
+    sampler = BeamSampler(beam_size, length_penalty, return_scores=return_scores)
+    return sampler(model, source_ids, max_length, bos_id, eos_id)
+
+
+def model_layers(model):
+    """The `TransformerLayers` of a model the decoders accept."""
+    if isinstance(model, transformer.TransformerLayers):
+        return model
+    parts = getattr(model, "transformer_layers", None)
+    if not isinstance(parts, transformer.TransformerLayers):
+        raise ValueError(
+            "Received an invalid value for argument model, expected a "
+            "keras_transformer Transformer (from build_transformer, a "
+            "Translator, or Transformer(transformer_layers=...)). Received: "
+            f"model={model!r}"
+        )
+    return parts
 
 
 def _prepare(model, source_ids, max_length, bos_id, eos_id):
-    """Validates the arguments; returns the model's layers, int32 source ids
-    and the padding id."""
-    parts = transformer.TransformerLayers.of(model)
+    """Validates the arguments; returns the model's layers and int32 source
+    ids."""
+    parts = model_layers(model)
     max_length = validation.check_positive_int("max_length", max_length)
-    longest = parts.target_embedding.sequence_length
+    longest = parts.max_target_length
     if longest is not None and max_length > longest:
         raise ValueError(
-            f"Received max_length={max_length}, but model {model.name!r} "
-            f"decodes at most {longest} target positions. Pass max_length <= "
-            f"{longest}, or build the model with a larger max_target_length."
+            f"Received max_length={max_length}, but the model decodes at most "
+            f"{longest} target positions. Pass max_length <= {longest}, or "
+            "build the model with a larger max_target_length."
         )
-    vocabulary_size = parts.target_embedding.vocabulary_size
-    padding_id = parts.padding_mask.padding_id
+    vocabulary_size = parts.target_vocabulary_size
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         validation.check_non_negative_int(name, value)
         if value >= vocabulary_size:
@@ -310,7 +538,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
                 f"id below the target vocabulary size {vocabulary_size}. "
                 f"Received: {name}={value}"
             )
-    if eos_id == padding_id:
+    if eos_id == parts.padding_id:
         raise ValueError(
             f"Received eos_id={eos_id}, which is the model's padding id, so "
             "finished sequences could not be told from padding. Use a "
@@ -328,7 +556,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
             "Expected source_ids of shape (batch_size, source_length), but "
             f"received shape {tuple(source_ids.shape)}."
         )
-    return parts, ops.cast(source_ids, "int32"), padding_id
+    return parts, ops.cast(source_ids, "int32")
 
 
 def check_length_penalty(length_penalty):
@@ -359,16 +587,14 @@ def _is_done(finished_scores):
     return ops.greater(finished_scores[:, -1], IMPOSSIBLE_LOG_PROB)
 
 
-def _next_token_log_probs(
-    parts, tokens, index, self_caches, cross_caches, source_mask, padding_id
-):
+def _next_token_log_probs(parts, tokens, index, self_caches, cross_caches, source_mask):
     """One cached decoder step: float32 log-probs `(n, vocabulary)` of the
     token after `tokens` (at position `index`), with padding forbidden."""
     logits, self_caches = transformer.decode_step(
         parts, tokens[:, None], index, self_caches, cross_caches, source_mask
     )
     log_probs = ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1)
-    is_padding = ops.equal(ops.arange(ops.shape(log_probs)[-1]), padding_id)
+    is_padding = ops.equal(ops.arange(ops.shape(log_probs)[-1]), parts.padding_id)
     return ops.where(is_padding, IMPOSSIBLE_LOG_PROB, log_probs), self_caches
 
 
@@ -388,3 +614,22 @@ def _gather_beams(values, beam_indices):
     num_beams = values.shape[1]
     flat_values = ops.reshape(values, (-1,) + tuple(values.shape[2:]))
     return ops.take(flat_values, _flat_beam_indices(beam_indices, num_beams), axis=0)
+
+
+def _argument_names(cls):
+    import inspect
+
+    return [
+        name for name in inspect.signature(cls.__init__).parameters if name != "self"
+    ]
+
+
+_SEED_DTYPE = []
+
+
+def _seed_dtype():
+    """The dtype of the backend's random seeds (int64 on TensorFlow, uint32
+    on JAX), read once from a `SeedGenerator`."""
+    if not _SEED_DTYPE:
+        _SEED_DTYPE.append(keras.random.SeedGenerator(0).state.dtype)
+    return _SEED_DTYPE[0]

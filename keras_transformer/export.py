@@ -51,8 +51,8 @@ import tensorflow as tf
 
 import keras_transformer
 from keras_transformer import decoding
+from keras_transformer.data.tokenizers import Tokenizer
 from keras_transformer import validation
-from keras_transformer.models import TransformerLayers
 
 METADATA_PATH = os.path.join("assets.extra", "translator.json")
 ENDPOINTS = ("serve", "translate", "translate_beam", "serving_default")
@@ -106,9 +106,9 @@ def export_translator(
     translator.translate(tf.constant(["5 March 2021"]))
     ```
     """
-    parts = TransformerLayers.of(model)
-    max_source_length = parts.source_embedding.sequence_length
-    max_target_length = parts.target_embedding.sequence_length
+    parts = decoding.model_layers(model)
+    max_source_length = parts.max_source_length
+    max_target_length = parts.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length
     validation.check_positive_int("max_decode_length", max_decode_length)
@@ -128,12 +128,7 @@ def export_translator(
             "Received an invalid value for argument jit_compile, expected a "
             f"bool. Received: jit_compile={jit_compile!r}"
         )
-    _check_vocabulary_fits(
-        "source_tokenizer", source_tokenizer, parts.source_embedding.vocabulary_size
-    )
-    _check_vocabulary_fits(
-        "target_tokenizer", target_tokenizer, parts.target_embedding.vocabulary_size
-    )
+    check_tokenizers_fit(parts, source_tokenizer, target_tokenizer)
     final_dir = os.path.abspath(os.fspath(export_dir))
     if os.path.exists(final_dir) and not os.path.isdir(final_dir):
         raise ValueError(
@@ -222,18 +217,95 @@ def load_translator(path):
         ) from error
 
 
-def _check_vocabulary_fits(argument, tokenizer, model_vocabulary_size):
-    if tokenizer.vocabulary_size > model_vocabulary_size:
-        raise ValueError(
-            f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
-            f"for a model whose embedding has {model_vocabulary_size}: its "
-            "ids would fall outside the model. Pass the tokenizer the model "
-            "was built for."
-        )
+def check_tokenizers_fit(parts, source_tokenizer, target_tokenizer):
+    """Raises `ValueError` unless both are tokenizers whose ids fit the
+    model's embeddings (`parts`: its `TransformerLayers`)."""
+    for argument, tokenizer, model_vocabulary_size in (
+        ("source_tokenizer", source_tokenizer, parts.source_vocabulary_size),
+        ("target_tokenizer", target_tokenizer, parts.target_vocabulary_size),
+    ):
+        if not isinstance(tokenizer, Tokenizer):
+            raise ValueError(
+                f"Received an invalid value for argument {argument}, expected "
+                f"a keras_transformer.data Tokenizer. Received: {argument}="
+                f"{tokenizer!r}"
+            )
+        if tokenizer.vocabulary_size > model_vocabulary_size:
+            raise ValueError(
+                f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
+                f"for a model whose embedding has {model_vocabulary_size}: its "
+                "ids would fall outside the model. Pass the tokenizer the model "
+                "was built for."
+            )
 
 
 def _tokenizer_record(tokenizer):
     return {"class_name": type(tokenizer).__name__, "config": tokenizer.get_config()}
+
+
+def text_decoder(
+    model, source_tokenizer, target_tokenizer, decode, pad_to_max_source_length=False
+):
+    """Wraps an ids -> ids decoder into strings -> strings, in the graph.
+
+    The one tokenize -> pad -> decode -> detokenize path of the library:
+    the export's endpoints and `Translator.translate` both use it.
+
+    Args:
+        model: the `Transformer` whose limits and padding id apply.
+        source_tokenizer: tokenizer of the inputs.
+        target_tokenizer: tokenizer of the outputs.
+        decode: function of int32 source ids `(batch, length)` (and any
+            further arguments, passed through) -> generated ids
+            `(batch, max_length)`.
+        pad_to_max_source_length: bool. Pad every batch to the model's
+            maximum source length, so an XLA-compiled `decode` sees one
+            width (and compiles once per batch size).
+
+    Returns:
+        A function `translate(texts, *args)`: tf.string `[batch]` ->
+        tf.string `[batch]`. A text with more tokens than the maximum
+        source length fails with an `InvalidArgumentError` stating the
+        limit; an empty or whitespace-only text translates to `""`.
+    """
+    parts = decoding.model_layers(model)
+    max_source_length = parts.max_source_length
+    padding_id = parts.padding_id
+    static_width = pad_to_max_source_length and max_source_length is not None
+
+    def translate(texts, *args):
+        pieces = source_tokenizer.tokenize(texts)
+        lengths = tf.cast(pieces.row_lengths(), tf.int32)
+        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+        checks = []
+        if max_source_length is not None:
+            checks.append(
+                tf.debugging.assert_less_equal(
+                    longest,
+                    max_source_length,
+                    message=(
+                        "A text to translate has more tokens than the model's "
+                        f"maximum source length of {max_source_length} tokens. "
+                        "Texts are never truncated: split long texts before "
+                        "translating."
+                    ),
+                )
+            )
+        with tf.control_dependencies(checks):
+            # At least one column, so a batch of empty texts still has a
+            # source to encode; those rows are blanked below.
+            width = (
+                tf.constant(max_source_length)
+                if static_width
+                else tf.maximum(longest, 1)
+            )
+        source_ids = pieces.to_tensor(
+            default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
+        )
+        translations = target_tokenizer.detokenize(decode(source_ids, *args))
+        return tf.where(lengths > 0, translations, "")
+
+    return translate
 
 
 def _build_archive(
@@ -246,9 +318,8 @@ def _build_archive(
     length_penalty,
     jit_compile,
 ):
-    max_source_length = parts.source_embedding.sequence_length
-    max_target_length = parts.target_embedding.sequence_length
-    padding_id = parts.padding_mask.padding_id
+    max_source_length = parts.max_source_length
+    max_target_length = parts.max_target_length
     archive = keras.export.ExportArchive()
     # Tracking the model (not only letting the endpoints capture its
     # variables) is what lets saved_model_cli and TF Serving find them.
@@ -268,59 +339,20 @@ def _build_archive(
             }
         return model(inputs, training=False)
 
-    def translator(decode):
-        def translate(texts):
-            pieces = source_tokenizer.tokenize(texts)
-            lengths = tf.cast(pieces.row_lengths(), tf.int32)
-            longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
-            check = tf.debugging.assert_less_equal(
-                longest,
-                max_source_length,
-                message=(
-                    "A text to translate has more tokens than the model's "
-                    f"maximum source length of {max_source_length} tokens. "
-                    "Texts are never truncated: split long texts before "
-                    "translating."
-                ),
-            )
-            with tf.control_dependencies([check]):
-                # At least one column, so a batch of empty texts still has a
-                # source to encode; those rows are blanked below. An XLA
-                # decoder gets one width, so it compiles once per batch size.
-                width = (
-                    tf.constant(max_source_length)
-                    if static_width
-                    else tf.maximum(longest, 1)
-                )
-            source_ids = pieces.to_tensor(
-                default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
-            )
-            translations = target_tokenizer.detokenize(decode(source_ids))
-            return tf.where(lengths > 0, translations, "")
-
-        return translate
-
     special_ids = {"bos_id": target_tokenizer.bos_id, "eos_id": target_tokenizer.eos_id}
-    static_width = jit_compile and max_source_length is not None
 
-    def compiled(decode):
-        if not jit_compile:
-            return decode
-        return tf.function(decode, jit_compile=True, autograph=False)
+    def translator(sampler):
+        def decode(source_ids):
+            return sampler(model, source_ids, max_decode_length, **special_ids)
 
-    def greedy(source_ids):
-        return decoding.greedy_decode(
-            model, source_ids, max_decode_length, **special_ids
-        )
-
-    def beam(source_ids):
-        return decoding.beam_search_decode(
+        if jit_compile:
+            decode = tf.function(decode, jit_compile=True, autograph=False)
+        return text_decoder(
             model,
-            source_ids,
-            max_decode_length,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            **special_ids,
+            source_tokenizer,
+            target_tokenizer,
+            decode,
+            pad_to_max_source_length=jit_compile,
         )
 
     texts_spec = tf.TensorSpec([None], tf.string)
@@ -333,10 +365,14 @@ def _build_archive(
         ],
     )
     translate = archive.add_endpoint(
-        "translate", translator(compiled(greedy)), input_signature=[texts_spec]
+        "translate",
+        translator(decoding.GreedySampler()),
+        input_signature=[texts_spec],
     )
     archive.add_endpoint(
-        "translate_beam", translator(compiled(beam)), input_signature=[texts_spec]
+        "translate_beam",
+        translator(decoding.BeamSampler(beam_size, length_penalty)),
+        input_signature=[texts_spec],
     )
     archive.add_endpoint(
         "serving_default",

@@ -887,7 +887,7 @@ def full_length_eos(model, source_ids, max_length):
     that decoding runs all `max_length` steps and timings compare equal work."""
     produced = cached_decoder(model, max_length, EOS_ID, False)(source_ids)
     return unused_token(
-        produced, models.TransformerLayers.of(model).target_embedding.vocabulary_size
+        produced, model.transformer_layers.target_vocabulary_size
     )
 
 

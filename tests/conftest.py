@@ -235,3 +235,21 @@ def run_layer_test(
                 ), f"{weight.path} stored as {weight.dtype} under {policy}"
 
     return eager_outputs
+
+
+# A subprocess imports TensorFlow and loads a SavedModel or model (~10 s).
+SUBPROCESS_TIMEOUT = 180
+
+
+def run_python(code, *args):
+    """Runs `code` in a fresh Python process; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )

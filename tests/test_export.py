@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import data, decoding, export, losses, models, schedules
-from tests.conftest import to_numpy
+from tests.conftest import run_python, to_numpy
 
 SOURCE_TEXTS = ["5 March 2021", "17 May 2020", "1 June 1999"]
 TARGET_TEXTS = ["2021-03-05", "2020-05-17", "1999-06-01"]
@@ -140,16 +140,6 @@ def decode_in_process(translator, texts, beam=False):
 
 def as_strings(tensor):
     return [text.decode("utf-8") for text in tensor.numpy()]
-
-
-def run_python(code, *args):
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
 
 
 SERVE_WITHOUT_LIBRARY = r"""

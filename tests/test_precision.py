@@ -72,7 +72,7 @@ def test_mixed_model_computes_in_half_but_keeps_float32_variables_and_logits(
 ):
     model = train_script_model(precision, tokenizers)
     inputs, _ = date_batch(tokenizers)
-    parts = models.TransformerLayers.of(model)
+    parts = model.transformer_layers
     half = HALF_DTYPES[precision]
 
     logits = model(inputs)
@@ -106,7 +106,7 @@ def test_masked_loss_of_half_logits_is_computed_in_float32(half):
 @pytest.mark.parametrize("precision", MIXED_POLICIES)
 def test_model_layer_norm_statistics_are_float32(precision, tokenizers):
     model = train_script_model(precision, tokenizers)
-    norm = models.TransformerLayers.of(model).encoder_norm
+    norm = model.transformer_layers.encoder_norm
     # Squares of 300 overflow float16 (max 65504): statistics computed in
     # float16 would be inf and the output 0 or NaN.
     hidden = keras.ops.cast(

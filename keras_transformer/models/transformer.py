@@ -139,7 +139,28 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TransformerLayers:
-    """The named layers of a model from `build_transformer`."""
+    """The layers of an encoder-decoder, wired by `encode` / `decode`.
+
+    `Transformer` makes one from a `TransformerConfig`; a model composed by
+    hand from this library's blocks fills one in directly and passes it to
+    `Transformer(transformer_layers=...)` (or `Translator`), and then trains,
+    decodes, saves and exports like a built one. The source and target
+    embeddings may be one shared layer.
+
+    Args:
+        source_embedding: `layers.TokenAndPositionEmbedding` of the source.
+        target_embedding: likewise for the target; its `sequence_length` is
+            the longest target the model decodes.
+        embedding_dropout: dropout applied to both embeddings' outputs.
+        encoder_blocks: tuple of `layers.TransformerEncoderBlock`.
+        encoder_norm: final encoder normalisation, or None.
+        decoder_blocks: tuple of `layers.TransformerDecoderBlock`.
+        decoder_norm: final decoder normalisation, or None.
+        output_projection: a Dense-like layer to the target vocabulary, or
+            None to use the target embedding's matrix (tied).
+        padding_mask: `PaddingMask`; its `padding_id` is the model's.
+        logits: the final (float32) activation layer.
+    """
 
     source_embedding: keras.layers.Layer
     target_embedding: keras.layers.Layer
@@ -152,49 +173,84 @@ class TransformerLayers:
     padding_mask: keras.layers.Layer
     logits: keras.layers.Layer
 
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_blocks"):
+                if not isinstance(value, (list, tuple)) or not value:
+                    raise ValueError(
+                        f"Received an invalid value for argument {field.name}, "
+                        "expected a non-empty tuple of blocks. Received: "
+                        f"{field.name}={value!r}"
+                    )
+                object.__setattr__(self, field.name, tuple(value))
+                continue
+            optional = field.name in ("encoder_norm", "decoder_norm", "output_projection")
+            if value is None and optional:
+                continue
+            if not isinstance(value, keras.layers.Layer):
+                raise ValueError(
+                    f"Received an invalid value for argument {field.name}, "
+                    f"expected a Keras layer. Received: {field.name}={value!r}"
+                )
+
+    @property
+    def max_source_length(self):
+        return self.source_embedding.sequence_length
+
+    @property
+    def max_target_length(self):
+        return self.target_embedding.sequence_length
+
+    @property
+    def target_vocabulary_size(self):
+        return self.target_embedding.vocabulary_size
+
+    @property
+    def source_vocabulary_size(self):
+        return self.source_embedding.vocabulary_size
+
+    @property
+    def padding_id(self):
+        return self.padding_mask.padding_id
+
+    def serialize(self):
+        """Each layer's Keras config; a shared embedding is stored once."""
+        record = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "target_embedding" and value is self.source_embedding:
+                record[field.name] = "shared"
+            elif isinstance(value, tuple):
+                record[field.name] = [
+                    keras.saving.serialize_keras_object(layer) for layer in value
+                ]
+            else:
+                record[field.name] = keras.saving.serialize_keras_object(value)
+        return record
+
     @classmethod
-    def of(cls, model):
-        """Finds the layers of a built (or reloaded) encoder-decoder model."""
-        by_name = {layer.name: layer for layer in model.layers}
-
-        def numbered(prefix):
-            return tuple(
-                by_name[f"{prefix}_{i}"]
-                for i in range(len(by_name))
-                if f"{prefix}_{i}" in by_name
-            )
-
-        shared = by_name.get("shared_embedding")
-        missing = [
-            name
-            for name in (
-                "padding_mask",
-                "embedding_dropout",
-                "encoder_block_0",
-                "decoder_block_0",
-                "logits",
-            )
-            if name not in by_name
-        ]
-        if missing or not (shared or "source_embedding" in by_name):
+    def deserialize(cls, record):
+        """Inverse of `serialize`."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        if not isinstance(record, dict) or sorted(record) != sorted(known):
             raise ValueError(
-                f"Model {model.name!r} is not a keras_transformer encoder-decoder: "
-                f"it has no layer named {missing or ['source_embedding']}. Build it "
-                "with keras_transformer.models.build_transformer."
+                "Received an invalid value for argument transformer_layers, "
+                f"expected a dict with the keys {known}. Received: "
+                f"transformer_layers={record!r}"
             )
-        source_embedding = shared or by_name["source_embedding"]
-        return cls(
-            source_embedding=source_embedding,
-            target_embedding=shared or by_name["target_embedding"],
-            embedding_dropout=by_name["embedding_dropout"],
-            encoder_blocks=numbered("encoder_block"),
-            encoder_norm=by_name.get("encoder_final_norm"),
-            decoder_blocks=numbered("decoder_block"),
-            decoder_norm=by_name.get("decoder_final_norm"),
-            output_projection=by_name.get("output_projection"),
-            padding_mask=by_name["padding_mask"],
-            logits=by_name["logits"],
-        )
+        values = {}
+        for name in known:
+            value = record[name]
+            if name == "target_embedding" and value == "shared":
+                values[name] = values["source_embedding"]
+            elif isinstance(value, list):
+                values[name] = tuple(
+                    keras.saving.deserialize_keras_object(item) for item in value
+                )
+            else:
+                values[name] = keras.saving.deserialize_keras_object(value)
+        return cls(**values)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -359,33 +415,12 @@ def _final_norm(config, name, dtype):
     )
 
 
-def build_transformer(config, dtype=None, name="transformer"):
-    """Builds the functional encoder-decoder described by `config`.
+def make_transformer_layers(config, dtype=None):
+    """The layers `config` describes, not yet wired: a `TransformerLayers`.
 
-    Args:
-        config: `TransformerConfig` or a dict of its fields.
-        dtype: optional dtype policy for every layer (e.g. `"mixed_bfloat16"`);
-            defaults to the global policy. The logits are always float32, for
-            a stable loss and for serving. With `"mixed_float16"`, wrap the
-            optimizer in `keras.optimizers.LossScaleOptimizer` yourself: Keras
-            only does it when the model's own policy (float32 here) is fp16.
-        name: str. The model's name.
-
-    Returns:
-        A `keras.Model` with inputs `{"source_ids", "target_ids"}` (int32,
-        `(batch, length)`, padded with `padding_id`) and output logits
-        `(batch, target_length, target_vocabulary_size)`.
-
-    Example:
-
-    ```python
-    config = TransformerConfig(source_vocabulary_size=100,
-                               target_vocabulary_size=100)
-    model = build_transformer(config)
-    ```
+    Blocks are named `encoder_block_i` / `decoder_block_i` so a summary and
+    LoRA layer paths read well; nothing finds them by name again.
     """
-    if isinstance(config, dict):
-        config = TransformerConfig.from_dict(config)
     max_length = max(config.max_source_length, config.max_target_length)
     if config.share_embeddings:
         source_embedding = target_embedding = _embedding(
@@ -406,7 +441,7 @@ def build_transformer(config, dtype=None, name="transformer"):
             "target_embedding",
             dtype,
         )
-    parts = TransformerLayers(
+    return TransformerLayers(
         source_embedding=source_embedding,
         target_embedding=target_embedding,
         embedding_dropout=Dropout(
@@ -442,10 +477,135 @@ def build_transformer(config, dtype=None, name="transformer"):
         logits=keras.layers.Activation("linear", dtype="float32", name="logits"),
     )
 
-    source_ids = keras.Input(shape=(None,), dtype="int32", name="source_ids")
-    target_ids = keras.Input(shape=(None,), dtype="int32", name="target_ids")
-    encoded, source_mask = encode(parts, source_ids)
-    logits = decode(parts, target_ids, encoded, source_mask)
-    return keras.Model(
-        {"source_ids": source_ids, "target_ids": target_ids}, logits, name=name
-    )
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class Transformer(keras.Model):
+    """The encoder-decoder Transformer as a functional `keras.Model`.
+
+    Inputs `{"source_ids", "target_ids"}` (int32 `(batch, length)`, padded
+    with the padding id; `target_ids` starts with BOS), output float32
+    next-token logits `(batch, target_length, target_vocabulary_size)`. The
+    model keeps its layers as the attribute `transformer_layers` (a
+    `TransformerLayers`) and its `config`, so decoding, export and LoRA use
+    them directly; a `.keras` file restores both.
+
+    Args:
+        config: `TransformerConfig` (or a dict of its fields) describing the
+            model. Exactly one of `config` and `transformer_layers`.
+        transformer_layers: `TransformerLayers` composed by hand from this
+            library's blocks; `config` is then None.
+        dtype: optional dtype policy of every layer built from `config`
+            (e.g. `"mixed_bfloat16"`). The logits are always float32. With
+            `"mixed_float16"`, wrap the optimizer in
+            `keras.optimizers.LossScaleOptimizer` yourself (or use
+            `Translator.compile`, which does).
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Example:
+
+    ```python
+    config = TransformerConfig(source_vocabulary_size=100,
+                               target_vocabulary_size=100)
+    model = Transformer(config)
+    logits = model({"source_ids": np.array([[5, 6, 0]]),
+                    "target_ids": np.array([[2, 7]])})   # (1, 2, 100)
+    ```
+    """
+
+    def __init__(self, config=None, transformer_layers=None, dtype=None, **kwargs):
+        if (config is None) == (transformer_layers is None):
+            raise ValueError(
+                "Pass exactly one of config (a TransformerConfig) and "
+                "transformer_layers (a TransformerLayers). Received: "
+                f"config={config!r}, transformer_layers={transformer_layers!r}"
+            )
+        if isinstance(config, dict):
+            config = TransformerConfig.from_dict(config)
+        if config is not None and not isinstance(config, TransformerConfig):
+            raise ValueError(
+                "Received an invalid value for argument config, expected a "
+                f"TransformerConfig or a dict of its fields. Received: config={config!r}"
+            )
+        if isinstance(transformer_layers, dict):
+            transformer_layers = TransformerLayers.deserialize(transformer_layers)
+        if transformer_layers is not None and not isinstance(
+            transformer_layers, TransformerLayers
+        ):
+            raise ValueError(
+                "Received an invalid value for argument transformer_layers, "
+                "expected a TransformerLayers. Received: "
+                f"transformer_layers={transformer_layers!r}"
+            )
+        parts = transformer_layers or make_transformer_layers(config, dtype)
+
+        source_ids = keras.Input(shape=(None,), dtype="int32", name="source_ids")
+        target_ids = keras.Input(shape=(None,), dtype="int32", name="target_ids")
+        encoded, source_mask = encode(parts, source_ids)
+        logits = decode(parts, target_ids, encoded, source_mask)
+        super().__init__(
+            {"source_ids": source_ids, "target_ids": target_ids}, logits, **kwargs
+        )
+        # Set after the functional graph exists: Keras tracks layers through
+        # it, and a dataclass attribute is not a layer collection to track.
+        self.config = config
+        self.transformer_layers = parts
+        self._layers_dtype = dtype
+
+    @property
+    def padding_id(self):
+        return self.transformer_layers.padding_id
+
+    @property
+    def max_source_length(self):
+        return self.transformer_layers.max_source_length
+
+    @property
+    def max_target_length(self):
+        return self.transformer_layers.max_target_length
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable}
+        if self.config is not None:
+            config["config"] = self.config.to_dict()
+            policy = self._layers_dtype
+            if policy is not None and not isinstance(policy, str):
+                policy = keras.saving.serialize_keras_object(policy)
+            config["dtype"] = policy
+        else:
+            config["transformer_layers"] = self.transformer_layers.serialize()
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
+
+
+def build_transformer(config, dtype=None, name="transformer"):
+    """Builds the encoder-decoder described by `config`: a `Transformer`.
+
+    Args:
+        config: `TransformerConfig` or a dict of its fields.
+        dtype: optional dtype policy for every layer (e.g. `"mixed_bfloat16"`);
+            defaults to the global policy. The logits are always float32, for
+            a stable loss and for serving. With `"mixed_float16"`, wrap the
+            optimizer in `keras.optimizers.LossScaleOptimizer` yourself: Keras
+            only does it when the model's own policy (float32 here) is fp16.
+        name: str. The model's name.
+
+    Returns:
+        A functional `Transformer` with inputs `{"source_ids", "target_ids"}`
+        (int32, `(batch, length)`, padded with `padding_id`) and output logits
+        `(batch, target_length, target_vocabulary_size)`.
+
+    Example:
+
+    ```python
+    config = TransformerConfig(source_vocabulary_size=100,
+                               target_vocabulary_size=100)
+    model = build_transformer(config)
+    ```
+    """
+    return Transformer(config, dtype=dtype, name=name)

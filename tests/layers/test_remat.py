@@ -262,7 +262,7 @@ def test_remat_survives_config_round_trip_and_keras_reload(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path)
 
-    parts = models.TransformerLayers.of(reloaded)
+    parts = reloaded.transformer_layers
     blocks = parts.encoder_blocks + parts.decoder_blocks
     assert len(blocks) == 2 and all(block.remat for block in blocks)
     inputs = {"source_ids": SOURCE_IDS, "target_ids": TARGET_IDS}

@@ -89,7 +89,7 @@ def test_padding_the_source_or_target_never_changes_real_token_logits():
 def test_cached_decode_steps_reproduce_the_full_model(position_encoding):
     model = small_model(position_encoding=position_encoding, num_key_value_heads=2)
     full = predict(model)
-    parts = models.TransformerLayers.of(model)
+    parts = model.transformer_layers
     encoded, source_mask = models.encode(parts, SOURCE)
     self_caches, cross_caches = models.initial_decoder_caches(parts, encoded, 10)
     steps = []
@@ -103,19 +103,44 @@ def test_cached_decode_steps_reproduce_the_full_model(position_encoding):
     np.testing.assert_allclose(stepped[real], full[real], atol=1e-5)
 
 
-def test_layers_are_found_again_in_a_reloaded_model(tmp_path):
+def test_a_reloaded_model_keeps_its_config_and_layers_as_attributes(tmp_path):
     model = small_model()
     path = str(tmp_path / "model.keras")
     model.save(path)
-    parts = models.TransformerLayers.of(keras.saving.load_model(path))
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(reloaded, models.Transformer)
+    assert reloaded.config == model.config
+    parts = reloaded.transformer_layers
     assert len(parts.encoder_blocks) == 2 and len(parts.decoder_blocks) == 2
+    assert parts.encoder_blocks[0] is reloaded.get_layer("encoder_block_0")
+    np.testing.assert_allclose(predict(reloaded), predict(model), atol=1e-6)
 
 
-def test_a_foreign_model_is_refused_with_a_clear_message():
+def test_a_model_composed_from_its_layers_computes_the_same_logits(tmp_path):
+    model = small_model()
+    composed = models.Transformer(transformer_layers=model.transformer_layers)
+    np.testing.assert_array_equal(predict(composed), predict(model))
+    path = str(tmp_path / "composed.keras")
+    composed.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=True)
+    assert reloaded.config is None
+    np.testing.assert_allclose(predict(reloaded), predict(model), atol=1e-6)
+
+
+def test_a_foreign_model_is_refused_by_the_decoders_with_a_clear_message():
+    from keras_transformer import decoding
+
     inputs = keras.Input((3,))
     foreign = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-    with pytest.raises(ValueError, match="not a keras_transformer encoder-decoder"):
-        models.TransformerLayers.of(foreign)
+    with pytest.raises(ValueError, match="expected a keras_transformer Transformer"):
+        decoding.greedy_decode(foreign, np.ones((1, 3), "int32"), 4)
+
+
+def test_transformer_takes_exactly_one_of_config_and_layers():
+    with pytest.raises(ValueError, match="Pass exactly one of config"):
+        models.Transformer()
+    with pytest.raises(ValueError, match="argument transformer_layers, expected a"):
+        models.Transformer(transformer_layers=[keras.layers.Dense(2)])
 
 
 def test_mixed_precision_model_keeps_float32_weights_and_logits():

@@ -1,0 +1,66 @@
+"""Scoring translations: exact match and sacreBLEU (BLEU, chrF).
+
+BLEU and chrF need the optional package sacrebleu, imported when called.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactMatch:
+    """How many hypotheses equal their reference exactly."""
+
+    matched: int
+    total: int
+
+    @property
+    def rate(self):
+        return self.matched / self.total if self.total else 0.0
+
+    def __str__(self):
+        return f"{100 * self.rate:.1f}% ({self.matched}/{self.total})"
+
+
+def exact_match(hypotheses, references):
+    """Counts hypotheses identical to their reference (whole strings)."""
+    hypotheses, references = list(hypotheses), list(references)
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            "hypotheses and references must pair up, but received "
+            f"{len(hypotheses)} hypotheses and {len(references)} references."
+        )
+    matched = sum(h == r for h, r in zip(hypotheses, references))
+    return ExactMatch(matched=matched, total=len(references))
+
+
+def corpus_bleu(hypotheses, references, lowercase=False):
+    """Corpus BLEU (sacrebleu, 13a tokenization) of detokenized text.
+
+    Returns:
+        A `sacrebleu.metrics.BLEUScore`; `.score` is BLEU in [0, 100].
+    """
+    sacrebleu = _require(
+        "sacrebleu", "BLEU is computed with sacrebleu: pip install sacrebleu"
+    )
+    return sacrebleu.corpus_bleu(
+        list(hypotheses), [list(references)], lowercase=lowercase
+    )
+
+
+def corpus_chrf(hypotheses, references):
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2).
+
+    Returns:
+        A `sacrebleu.metrics.CHRFScore`; `.score` is chrF in [0, 100].
+    """
+    sacrebleu = _require(
+        "sacrebleu", "chrF is computed with sacrebleu: pip install sacrebleu"
+    )
+    return sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
+
+
+def _require(module_name, hint):
+    try:
+        return __import__(module_name)
+    except ImportError as error:
+        raise ImportError(f"{module_name} is not installed. {hint}") from error

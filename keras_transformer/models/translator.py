@@ -1,0 +1,940 @@
+"""The Translator: one object that owns a Transformer, its tokenizers, its
+training recipe, its decoding, its saving and its export.
+
+```python
+translator = Translator.from_texts(sources, targets, tokenizer="character")
+translator.compile()                       # the library's recipe
+translator.fit(sources, targets, epochs=5) # raw text in, batches built here
+translator.translate(["5 March 2021"])     # greedy; method="beam" / "sample"
+translator.save("dates.keras")             # tokenizers inside, atomic
+translator.export("saved_models/dates")    # saved_models/dates/1/, TF only
+```
+
+Reading order: texts -> `source_tokenizer` -> ids -> the `Transformer`
+(embeddings -> encoder -> decoder -> logits, `transformer.py`) -> a `Sampler`
+(`keras_transformer.decoding`) -> ids -> `target_tokenizer` -> texts; the
+same path is saved into the export (`keras_transformer.export`).
+"""
+
+import dataclasses
+import math
+import os
+import re
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer import decoding, export, losses, metrics, schedules, validation
+from keras_transformer.data import pipeline, tokenizers
+from keras_transformer.models.transformer import Transformer, TransformerConfig
+
+TOKENIZERS = ("character", "word", "sentencepiece")
+# Texts decoded per call of the compiled decoding function.
+DEFAULT_TRANSLATE_BATCH_SIZE = 64
+# Without explicit limits, `from_texts` allows this much more than the
+# longest training text, so slightly longer inputs still translate.
+LENGTH_MARGIN = 1.5
+
+
+def _tokenizer_class(name):
+    if name == "sentencepiece":
+        from keras_transformer.data.subword import SentencePieceTokenizer
+
+        return SentencePieceTokenizer
+    return {"character": tokenizers.CharacterTokenizer, "word": tokenizers.WordTokenizer}[
+        name
+    ]
+
+
+def _train_tokenizer(name, texts, vocabulary_size, options):
+    tokenizer_class = _tokenizer_class(name)
+    if name == "sentencepiece":
+        return tokenizer_class.from_texts(
+            texts, vocabulary_size=vocabulary_size, **options
+        )
+    return tokenizer_class.from_texts(
+        texts, max_vocabulary_size=vocabulary_size, **options
+    )
+
+
+def _is_text_list(value):
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "USO"
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _is_text_dataset(value):
+    if not isinstance(value, tf.data.Dataset):
+        return False
+    spec = value.element_spec
+    return (
+        isinstance(spec, tuple)
+        and len(spec) == 2
+        and all(
+            isinstance(s, tf.TensorSpec) and s.dtype == tf.string and s.shape.rank == 0
+            for s in spec
+        )
+    )
+
+
+def _texts(name, value):
+    """A list of str from a list/tuple/array of strings, or a ValueError."""
+    if isinstance(value, (str, bytes)) or not _is_text_list(value):
+        raise ValueError(
+            f"Received an invalid value for argument {name}, expected a list of "
+            f"strings. Received: {name}={_short_repr(value)}"
+        )
+    return [str(v) for v in value]
+
+
+def _short_repr(value):
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _text_pairs(dataset):
+    """Reads a finite dataset of (source, target) strings into two lists."""
+    sources, targets = [], []
+    for source, target in dataset.as_numpy_iterator():
+        sources.append(source.decode("utf-8"))
+        targets.append(target.decode("utf-8"))
+    return sources, targets
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class Translator(Transformer):
+    """An encoder-decoder Transformer that translates text.
+
+    A `Transformer` (a functional `keras.Model`: ids in, logits out) that
+    also owns its source and target tokenizers, so it trains on raw text,
+    translates strings, saves to one `.keras` file with its vocabularies and
+    exports a SavedModel that serves strings with TensorFlow alone.
+
+    Args:
+        config: `TransformerConfig` (or a dict of its fields). Exactly one
+            of `config` and `transformer_layers`.
+        source_tokenizer: a `keras_transformer.data.Tokenizer` for the
+            inputs; its ids must fit the source vocabulary.
+        target_tokenizer: likewise for the outputs (may be the same object
+            as `source_tokenizer` for a joint vocabulary).
+        transformer_layers: a `TransformerLayers` composed by hand from this
+            library's blocks, instead of `config`.
+        dtype: optional dtype policy of the layers built from `config`
+            (`"mixed_bfloat16"`, `"mixed_float16"`); logits stay float32.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Example:
+
+    ```python
+    sources, targets = ["one", "two", "three"], ["eins", "zwei", "drei"]
+    translator = Translator.from_texts(sources, targets, tokenizer="word",
+                                       hidden_dim=32, intermediate_dim=64)
+    translator.compile()
+    translator.fit(sources, targets, epochs=1, batch_size=2)
+    translator.translate(["two"])                      # ["..."]
+    translator.translate(["two"], method="beam", beam_size=4)
+    ```
+    """
+
+    def __init__(
+        self,
+        config=None,
+        source_tokenizer=None,
+        target_tokenizer=None,
+        transformer_layers=None,
+        dtype=None,
+        **kwargs,
+    ):
+        if isinstance(source_tokenizer, dict):
+            source_tokenizer = tokenizers.deserialize_tokenizer(source_tokenizer)
+        if isinstance(target_tokenizer, dict):
+            target_tokenizer = tokenizers.deserialize_tokenizer(target_tokenizer)
+        kwargs.setdefault("name", "translator")
+        super().__init__(
+            config=config, transformer_layers=transformer_layers, dtype=dtype, **kwargs
+        )
+        export.check_tokenizers_fit(
+            self.transformer_layers, source_tokenizer, target_tokenizer
+        )
+        if self.padding_id != target_tokenizer.pad_id:
+            raise ValueError(
+                f"The model's padding id {self.padding_id} differs from the "
+                f"target tokenizer's {target_tokenizer.pad_id}. Build the model "
+                "with padding_id=tokenizer.pad_id."
+            )
+        self.source_tokenizer = source_tokenizer
+        self.target_tokenizer = target_tokenizer
+        # One compiled decoding function per setting, reused across calls.
+        self._decoders = _DecoderCache()
+
+    @classmethod
+    def from_texts(
+        cls,
+        sources,
+        targets,
+        tokenizer="sentencepiece",
+        vocabulary_size=None,
+        joint_vocabulary=False,
+        tokenizer_options=None,
+        dtype=None,
+        name="translator",
+        **config,
+    ):
+        """Trains tokenizers on a corpus and builds a translator for it.
+
+        Args:
+            sources: list of str. Training source texts.
+            targets: list of str. Their translations.
+            tokenizer: `"sentencepiece"` (subword; needs `sentencepiece`
+                and `tensorflow-text`), `"word"` or `"character"`.
+            vocabulary_size: int or None. Vocabulary size of each tokenizer
+                (of the joint one with `joint_vocabulary=True`): the exact
+                size for SentencePiece, an upper bound for word and
+                character tokenizers (None: every token seen).
+            joint_vocabulary: bool. One tokenizer trained on sources and
+                targets together, used on both sides, with one embedding
+                table (`share_embeddings=True` unless given).
+            tokenizer_options: dict of further arguments of the tokenizer
+                class's `from_texts` (e.g. `min_frequency`, `lowercase`,
+                `model_type`).
+            dtype: optional dtype policy of the layers.
+            name: str. The model's name.
+            **config: `TransformerConfig` fields. The vocabulary sizes come
+                from the tokenizers; `max_source_length` and
+                `max_target_length` default to 1.5 times the longest
+                training source and target (+1 for BOS), in tokens.
+
+        Returns:
+            A `Translator`, not yet compiled.
+        """
+        sources = _texts("sources", sources)
+        targets = _texts("targets", targets)
+        if len(sources) != len(targets) or not sources:
+            raise ValueError(
+                "sources and targets must pair up and be non-empty, but received "
+                f"{len(sources)} sources and {len(targets)} targets."
+            )
+        validation.check_choice("tokenizer", tokenizer, TOKENIZERS)
+        validation.check_positive_int(
+            "vocabulary_size", vocabulary_size, allow_none=True
+        )
+        if not isinstance(joint_vocabulary, bool):
+            raise ValueError(
+                "Received an invalid value for argument joint_vocabulary, "
+                f"expected a bool. Received: joint_vocabulary={joint_vocabulary!r}"
+            )
+        if tokenizer_options is not None and not isinstance(tokenizer_options, dict):
+            raise ValueError(
+                "Received an invalid value for argument tokenizer_options, "
+                f"expected a dict. Received: tokenizer_options={tokenizer_options!r}"
+            )
+        for field in ("source_vocabulary_size", "target_vocabulary_size"):
+            if field in config:
+                raise ValueError(
+                    f"Received {field}={config[field]!r}: from_texts takes the "
+                    "vocabulary sizes from the tokenizers it trains. Pass "
+                    "vocabulary_size= to size them."
+                )
+        options = dict(tokenizer_options or {})
+        if joint_vocabulary:
+            source_tokenizer = target_tokenizer = _train_tokenizer(
+                tokenizer, sources + targets, vocabulary_size, options
+            )
+            config.setdefault("share_embeddings", True)
+        else:
+            source_tokenizer = _train_tokenizer(
+                tokenizer, sources, vocabulary_size, options
+            )
+            target_tokenizer = _train_tokenizer(
+                tokenizer, targets, vocabulary_size, options
+            )
+        if "max_source_length" not in config:
+            config["max_source_length"] = math.ceil(
+                LENGTH_MARGIN * _longest(source_tokenizer, sources)
+            )
+        if "max_target_length" not in config:
+            config["max_target_length"] = math.ceil(
+                LENGTH_MARGIN * (_longest(target_tokenizer, targets) + 1)
+            )
+        config = TransformerConfig(
+            source_vocabulary_size=source_tokenizer.vocabulary_size,
+            target_vocabulary_size=target_tokenizer.vocabulary_size,
+            padding_id=target_tokenizer.pad_id,
+            **config,
+        )
+        return cls(config, source_tokenizer, target_tokenizer, dtype=dtype, name=name)
+
+    # Training ----------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer=None,
+        loss=None,
+        metrics=None,
+        learning_rate=1e-3,
+        warmup_steps=1000,
+        total_steps=None,
+        label_smoothing=0.1,
+        jit_compile="auto",
+        **kwargs,
+    ):
+        """Compiles with the library's recipe; any piece can be overridden.
+
+        Defaults: `MaskedSparseCategoricalCrossentropy` (padding ignored,
+        `label_smoothing`), `MaskedAccuracy` and `SequenceExactMatch`, Adam
+        (0.9, 0.98, 1e-9) whose rate rises linearly for `warmup_steps` to
+        `learning_rate`, then decays: to 0 at `total_steps` on a cosine when
+        given, else as the inverse square root of the step (Vaswani et al.).
+        Under a `mixed_float16` policy the optimizer gets loss scaling.
+
+        Args:
+            optimizer: a Keras optimizer (or name) instead of the recipe's;
+                `learning_rate`, `warmup_steps` and `total_steps` are then
+                unused.
+            loss: a Keras loss instead of the masked cross-entropy.
+            metrics: list of metrics instead of the defaults.
+            learning_rate: float. Peak learning rate.
+            warmup_steps: int. Steps of linear warm-up.
+            total_steps: int or None. Steps of the whole run, for the cosine
+                decay to 0.
+            label_smoothing: float in [0, 1).
+            jit_compile: `"auto"`, True or False. `"auto"` compiles with XLA
+                under a TPU strategy only: on CPUs compiling costs more than
+                it saves, and on GPUs it pays only with static shapes
+                (`fit(..., static_shapes=True)`), so pass True there.
+            **kwargs: other `keras.Model.compile` arguments.
+        """
+        if optimizer is None:
+            optimizer = self._recipe_optimizer(learning_rate, warmup_steps, total_steps)
+        if loss is None:
+            loss = losses.MaskedSparseCategoricalCrossentropy(
+                label_smoothing=label_smoothing, padding_id=self.padding_id
+            )
+        if metrics is None:
+            metrics = _default_metrics(self.padding_id)
+        if jit_compile == "auto":
+            jit_compile = isinstance(
+                self.distribute_strategy, tf.distribute.TPUStrategy
+            )
+        if not isinstance(jit_compile, bool):
+            raise ValueError(
+                "Received an invalid value for argument jit_compile, expected "
+                f"'auto', True or False. Received: jit_compile={jit_compile!r}"
+            )
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model as it was compiled before saving.
+
+        The saved config holds the optimizer, loss and metrics objects that
+        `compile` resolved, so they are passed through as they are.
+        """
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            # Create the optimizer's variables so the saved ones load.
+            self.optimizer.build(self.trainable_variables)
+
+    def _recipe_optimizer(self, learning_rate, warmup_steps, total_steps):
+        learning_rate = validation.check_positive_float("learning_rate", learning_rate)
+        warmup_steps = validation.check_non_negative_int("warmup_steps", warmup_steps)
+        validation.check_positive_int("total_steps", total_steps, allow_none=True)
+        if total_steps is not None:
+            warmup_steps = min(warmup_steps, total_steps // 2)
+            # Decaying to 0 at the last step leaves the final weights
+            # settled, which short runs need.
+            schedule = keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=0.0,
+                decay_steps=max(1, total_steps - warmup_steps),
+                warmup_target=learning_rate,
+                warmup_steps=warmup_steps,
+            )
+        else:
+            warmup_steps = max(1, warmup_steps)
+            width = self.transformer_layers.target_embedding.embedding_dim
+            # TransformerSchedule peaks at scale * (d * warmup) ** -0.5.
+            schedule = schedules.TransformerSchedule(
+                width,
+                warmup_steps,
+                scale=learning_rate * math.sqrt(width * warmup_steps),
+            )
+        optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
+        if _policy_name(self._layers_dtype) == "mixed_float16":
+            # compile() wraps the optimizer only when the model's own policy
+            # is mixed_float16; here only the layers' is.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
+
+    def make_dataset(
+        self,
+        sources,
+        targets,
+        batch_size=64,
+        shuffle=True,
+        seed=0,
+        repeat=False,
+        static_shapes=False,
+        pad_incomplete_batches=False,
+    ):
+        """Teacher-forcing batches from parallel texts, length-bucketed.
+
+        Pairs longer than the model's limits are dropped (and counted in a
+        warning), never truncated. See
+        `keras_transformer.data.make_translation_dataset`.
+
+        Returns:
+            A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)`;
+            unless it repeats, its cardinality is set (Keras then knows the
+            epoch length from the first epoch on).
+        """
+        dataset = pipeline.make_translation_dataset(
+            _texts("sources", sources),
+            _texts("targets", targets),
+            source_tokenizer=self.source_tokenizer,
+            target_tokenizer=self.target_tokenizer,
+            batch_size=batch_size,
+            max_source_length=self.max_source_length,
+            max_target_length=self.max_target_length,
+            shuffle=shuffle,
+            seed=seed,
+            repeat=repeat,
+            pad_to_bucket_boundary=static_shapes,
+            drop_remainder=static_shapes and repeat,
+            pad_incomplete_batches=static_shapes and not repeat,
+        )
+        if repeat:
+            return dataset
+        # Length bucketing hides the number of batches from tf.data; counting
+        # them is one pass over the tokenized ids.
+        num_batches = dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+        return dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        validation_data=None,
+        shuffle=True,
+        seed=0,
+        static_shapes=False,
+        checkpoint_dir=None,
+        checkpoint_every=None,
+        **kwargs,
+    ):
+        """`keras.Model.fit` on raw text as well as on ids.
+
+        With texts (`x` and `y` lists of strings, or `x` a `tf.data.Dataset`
+        of `(source, target)` string pairs), the batches are built here:
+        tokenized, length-bucketed, `batch_size` pairs each (default 64),
+        reshuffled every epoch from `seed`. Any other `x` goes to Keras as
+        it is.
+
+        Args:
+            x, y: texts as above, or what `keras.Model.fit` takes.
+            batch_size: int. Pairs per batch (texts only; Keras' meaning
+                otherwise).
+            epochs: int.
+            validation_data: `(sources, targets)` texts, a dataset of string
+                pairs, or what Keras takes.
+            shuffle: bool. Reshuffle the texts every epoch.
+            seed: int. Shuffle seed.
+            static_shapes: bool. Pad every batch to its length bucket's
+                upper bound (few shapes, for XLA on TPU/GPU).
+            checkpoint_dir: str or None. Checkpoint into this folder every
+                `checkpoint_every` steps (default: every epoch) and resume
+                from it when it holds a checkpoint
+                (`keras_transformer.checkpointing.fit_resumable`; texts
+                only).
+            checkpoint_every: int or None. Steps between checkpoints.
+            **kwargs: other `keras.Model.fit` arguments.
+
+        Returns:
+            A `keras.callbacks.History`.
+        """
+        texts = self._as_texts("x", x, y)
+        if texts is None:
+            if checkpoint_dir is not None:
+                raise ValueError(
+                    "checkpoint_dir works with texts (lists of strings or a "
+                    "dataset of string pairs); for batches of ids use "
+                    "keras_transformer.checkpointing.fit_resumable."
+                )
+            return super().fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                validation_data=validation_data,
+                shuffle=shuffle,
+                **kwargs,
+            )
+        batch_size = validation.check_positive_int(
+            "batch_size", 64 if batch_size is None else batch_size
+        )
+        if validation_data is not None:
+            validation_texts = self._as_texts("validation_data", *_pair(validation_data))
+            if validation_texts is not None:
+                validation_data = self.make_dataset(
+                    *validation_texts,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    static_shapes=static_shapes,
+                )
+
+        def make_training_dataset(repeat):
+            return self.make_dataset(
+                *texts,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                repeat=repeat,
+                static_shapes=static_shapes,
+            )
+
+        if checkpoint_dir is None:
+            return super().fit(
+                make_training_dataset(repeat=False),
+                epochs=epochs,
+                validation_data=validation_data,
+                # The dataset shuffles itself.
+                shuffle=False,
+                **kwargs,
+            )
+        from keras_transformer import checkpointing
+
+        steps_per_epoch = math.ceil(len(texts[0]) / batch_size)
+        return checkpointing.fit_resumable(
+            self,
+            lambda: make_training_dataset(repeat=True),
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            directory=checkpoint_dir,
+            save_every_steps=checkpoint_every or steps_per_epoch,
+            validation_data=validation_data,
+            shuffle=False,
+            **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, static_shapes=False, **kwargs):
+        """`keras.Model.evaluate` on texts (as in `fit`) or on ids."""
+        texts = self._as_texts("x", x, y)
+        if texts is None:
+            return super().evaluate(x, y, batch_size=batch_size, **kwargs)
+        dataset = self.make_dataset(
+            *texts,
+            batch_size=64 if batch_size is None else batch_size,
+            shuffle=False,
+            static_shapes=static_shapes,
+        )
+        return super().evaluate(dataset, **kwargs)
+
+    def _as_texts(self, name, x, y):
+        """(sources, targets) when `x`/`y` hold texts, else None."""
+        if _is_text_dataset(x):
+            if y is not None:
+                raise ValueError(
+                    f"Received a dataset of (source, target) strings as {name} "
+                    "and a y: the dataset holds the targets. Pass y=None."
+                )
+            return _text_pairs(x)
+        if _is_text_list(x) and not isinstance(x, (str, bytes)):
+            targets = _texts("y", y)
+            sources = _texts(name, x)
+            if len(sources) != len(targets):
+                raise ValueError(
+                    "Source and target texts must pair up, but received "
+                    f"{len(sources)} sources and {len(targets)} targets."
+                )
+            return sources, targets
+        return None
+
+    # Decoding ----------------------------------------------------------------
+
+    def generate(self, source_ids, method="greedy", max_length=None, seed=None, **options):
+        """Generates target ids for source ids.
+
+        Args:
+            source_ids: int array `(batch, source_length)`, padded with the
+                padding id.
+            method: `"greedy"`, `"beam"` or `"sample"`.
+            max_length: int or None. Tokens generated at most, EOS
+                included (default: the model's maximum target length).
+            seed: int or None. Seed of `method="sample"` (None: a new
+                random seed every call).
+            **options: the sampler's options: `beam_size`, `length_penalty`,
+                `num_results`, `return_scores` for beam search;
+                `temperature`, `top_k`, `top_p` for sampling.
+
+        Returns:
+            int32 NumPy ids `(batch, max_length)` (no BOS; EOS, then padding,
+            after the text); beam search with `num_results` gives
+            `(batch, n, max_length)`, and with `return_scores=True` a pair
+            `(ids, scores)`.
+        """
+        decode = self._decoder("ids", method, max_length, False, options)
+        source_ids = np.asarray(source_ids)
+        if source_ids.dtype.kind not in "iu":
+            raise ValueError(
+                "Received an invalid value for argument source_ids, expected "
+                f"integer token ids. Received dtype {source_ids.dtype}."
+            )
+        outputs = decode(source_ids.astype("int32"), _seed_tensor(seed))
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+    def translate(
+        self,
+        texts,
+        method="greedy",
+        max_length=None,
+        batch_size=DEFAULT_TRANSLATE_BATCH_SIZE,
+        jit_compile=False,
+        seed=None,
+        **options,
+    ):
+        """Translates texts.
+
+        Args:
+            texts: list of str (a single str is refused: wrap it in a list).
+            method: `"greedy"`, `"beam"` or `"sample"`.
+            max_length: int or None. Tokens generated at most per text.
+            batch_size: int. Texts decoded at once.
+            jit_compile: bool. Decode as an XLA program with every batch
+                padded to `(batch_size, max_source_length)`: one compile,
+                then fixed shapes (what TPUs need, faster on GPUs).
+            seed: int or None. Seed of `method="sample"`; a given seed gives
+                the same translations every call.
+            **options: the sampler's options (see `generate`); for beam
+                search `num_results` and `return_scores` are not available
+                here (use `generate`).
+
+        Returns:
+            list of str, in the order of `texts`. An empty text translates
+            to `""`.
+
+        Raises:
+            ValueError: a text has more tokens than the model's maximum
+                source length (texts are never truncated), or bad options.
+        """
+        texts = _texts("texts", texts)
+        batch_size = validation.check_positive_int("batch_size", batch_size)
+        if not isinstance(jit_compile, bool):
+            raise ValueError(
+                "Received an invalid value for argument jit_compile, expected "
+                f"a bool. Received: jit_compile={jit_compile!r}"
+            )
+        for option in ("num_results", "return_scores"):
+            if options.get(option):
+                raise ValueError(
+                    f"translate returns one string per text; {option} is for "
+                    "generate(). Received: "
+                    f"{option}={options[option]!r}"
+                )
+        decode = self._decoder("texts", method, max_length, jit_compile, options)
+        seed_tensor = _seed_tensor(seed)
+        translations = []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            if jit_compile:
+                # Padding rows keep the batch size, hence the XLA program.
+                batch = batch + [""] * (batch_size - len(batch))
+            try:
+                outputs = decode(tf.constant(batch, tf.string), seed_tensor)
+            except tf.errors.InvalidArgumentError as error:
+                raise ValueError(
+                    f"Cannot translate texts {start}..{start + len(batch) - 1}: "
+                    f"{error.message}"
+                ) from None
+            translations.extend(
+                text.decode("utf-8") for text in outputs.numpy()[: len(texts) - start]
+            )
+        return translations
+
+    def _decoder(self, kind, method, max_length, jit_compile, options):
+        """The compiled decoding function of one setting, built once."""
+        sampler = decoding.get_sampler(method, **options)
+        if max_length is None:
+            max_length = self.max_target_length
+        max_length = validation.check_positive_int("max_length", max_length)
+        key = (kind, type(sampler).__name__, tuple(sorted(sampler.get_config().items())),
+               max_length, jit_compile)
+        if key in self._decoders.functions:
+            return self._decoders.functions[key]
+        special_ids = {
+            "bos_id": self.target_tokenizer.bos_id,
+            "eos_id": self.target_tokenizer.eos_id,
+        }
+
+        def decode(source_ids, seed):
+            return sampler(self, source_ids, max_length, seed=seed, **special_ids)
+
+        seed_spec = tf.TensorSpec([2], tf.int64, name="seed")
+        if kind == "ids":
+            function = tf.function(
+                decode,
+                input_signature=[tf.TensorSpec([None, None], tf.int32), seed_spec],
+                autograph=False,
+            )
+        else:
+            if jit_compile:
+                decode = tf.function(decode, jit_compile=True, autograph=False)
+            function = tf.function(
+                export.text_decoder(
+                    self,
+                    self.source_tokenizer,
+                    self.target_tokenizer,
+                    decode,
+                    pad_to_max_source_length=jit_compile,
+                ),
+                input_signature=[tf.TensorSpec([None], tf.string), seed_spec],
+                autograph=False,
+            )
+        self._decoders.functions[key] = function
+        return function
+
+    def attention_scores(self, texts, layer=-1, max_length=None):
+        """Cross-attention of one decoder block while translating greedily.
+
+        Args:
+            texts: list of non-empty str.
+            layer: int. Decoder block (negative counts from the last).
+            max_length: int or None. Tokens generated at most.
+
+        Returns:
+            list of `AttentionMap`, one per text: `source_tokens`,
+            `target_tokens` (the generated tokens, EOS included) and
+            `scores`, float32 `(num_heads, len(target_tokens),
+            len(source_tokens))`; row `t` is the step that produced target
+            token `t`.
+        """
+        from keras_transformer.models import transformer
+
+        texts = _texts("texts", texts)
+        parts = self.transformer_layers
+        num_layers = len(parts.decoder_blocks)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not (
+            -num_layers <= layer < num_layers
+        ):
+            raise ValueError(
+                "Received an invalid value for argument layer, expected a "
+                f"decoder block index in [-{num_layers}, {num_layers}). "
+                f"Received: layer={layer!r}"
+            )
+        maps = []
+        for text in texts:
+            source_ids = self.source_tokenizer.tokenize([text]).to_tensor().numpy()
+            if source_ids.shape[1] == 0:
+                raise ValueError(
+                    f"Cannot show attention for {text!r}: it has no tokens."
+                )
+            generated = [int(i) for i in self.generate(source_ids, max_length=max_length)[0]]
+            eos = self.target_tokenizer.eos_id
+            if eos in generated:
+                generated = generated[: generated.index(eos) + 1]
+            decoder_inputs = np.array([[self.target_tokenizer.bos_id] + generated[:-1]])
+            encoded, source_mask = transformer.encode(parts, source_ids, training=False)
+            _, scores = transformer.decode(
+                parts,
+                decoder_inputs,
+                encoded,
+                source_mask,
+                training=False,
+                return_attention_scores=True,
+            )
+            maps.append(
+                AttentionMap(
+                    source_tokens=_token_labels(self.source_tokenizer, source_ids[0]),
+                    target_tokens=_token_labels(self.target_tokenizer, generated),
+                    scores=np.asarray(
+                        keras.ops.convert_to_numpy(scores[layer]["cross_attention"])[0],
+                        dtype="float32",
+                    ),
+                )
+            )
+        return maps
+
+    # Saving and export --------------------------------------------------------
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "source_tokenizer": tokenizers.serialize_tokenizer(self.source_tokenizer),
+            "target_tokenizer": tokenizers.serialize_tokenizer(self.target_tokenizer),
+        }
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        """Saves to a `.keras` file, tokenizers included, atomically.
+
+        The file is written beside `filepath` and renamed over it once
+        complete, so a failure or a kill mid-write leaves any previous file
+        as it was. `keras.saving.load_model(filepath)` returns a Translator
+        that translates identically.
+
+        Args:
+            filepath: str or path ending in `.keras`; its folder must exist.
+            overwrite: bool. Whether to replace an existing file.
+            **kwargs: other `keras.Model.save` arguments.
+        """
+        path = os.path.abspath(os.fspath(filepath))
+        if not path.endswith(".keras"):
+            raise ValueError(
+                "Received an invalid value for argument filepath, expected a "
+                f"path ending in .keras. Received: filepath={filepath!r}"
+            )
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise ValueError(
+                f"Cannot save to {filepath!r}: the folder {directory!r} does not "
+                "exist. Create it first."
+            )
+        if os.path.exists(path) and not overwrite:
+            raise ValueError(
+                f"Cannot save to {filepath!r}: the file exists and "
+                "overwrite=False."
+            )
+        handle, temporary = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".keras"
+        )
+        os.close(handle)
+        try:
+            super().save(temporary, overwrite=True, **kwargs)
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+
+    def export(
+        self,
+        path,
+        version=None,
+        max_decode_length=None,
+        beam_size=4,
+        length_penalty=0.6,
+        jit_compile=False,
+    ):
+        """Exports a SavedModel for TensorFlow Serving into `path/<version>/`.
+
+        The export translates strings with TensorFlow alone (plus
+        `tensorflow_text` for SentencePiece tokenizers): `serving_default`
+        takes `{"texts": tf.string [batch]}` and returns
+        `{"translations": tf.string [batch]}`; `translate_beam` decodes with
+        beam search and `serve` maps ids to logits (see
+        `keras_transformer.export`). Written atomically; an existing version
+        is never overwritten.
+
+        Serve it with
+        `tensorflow_model_server --rest_api_port=8501 --model_name=translator
+        --model_base_path=/abs/path` and query
+        `POST /v1/models/translator:predict` with
+        `{"instances": ["a text", "another"]}`.
+
+        Args:
+            path: str. The model's base folder (holding version folders).
+            version: int or None. The version folder; None takes the next
+                integer after the largest existing one (1 for a new folder).
+            max_decode_length, beam_size, length_penalty, jit_compile: see
+                `keras_transformer.export.export_translator`.
+
+        Returns:
+            str, the version folder written.
+        """
+        base = os.fspath(path)
+        if os.path.exists(base) and not os.path.isdir(base):
+            raise ValueError(
+                f"Cannot export to {base!r}: it exists and is not a folder."
+            )
+        existing = (
+            [int(name) for name in os.listdir(base) if re.fullmatch(r"[0-9]+", name)]
+            if os.path.isdir(base)
+            else []
+        )
+        if version is None:
+            version = max(existing, default=0) + 1
+        validation.check_positive_int("version", version)
+        if version in existing:
+            raise ValueError(
+                f"Received version={version}, but {os.path.join(base, str(version))!r} "
+                "already exists; versions are never overwritten. Pass another "
+                "version or version=None for the next one."
+            )
+        target = os.path.join(base, str(version))
+        export.export_translator(
+            self,
+            self.source_tokenizer,
+            self.target_tokenizer,
+            target,
+            max_decode_length=max_decode_length,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            jit_compile=jit_compile,
+        )
+        return target
+
+
+class _DecoderCache:
+    """Compiled decoding functions by setting. A plain object, so Keras and
+    TensorFlow do not try to track (and save) the functions."""
+
+    def __init__(self):
+        self.functions = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMap:
+    """One text's cross-attention, from `Translator.attention_scores`."""
+
+    source_tokens: list
+    target_tokens: list
+    scores: np.ndarray
+
+
+def _token_labels(tokenizer, ids):
+    vocabulary = tokenizer.vocabulary
+    # A space token would be an invisible tick label.
+    return [vocabulary[int(i)].replace(" ", "\u2423") for i in ids]
+
+
+def _default_metrics(padding_id):
+    return [
+        metrics.MaskedAccuracy(padding_id=padding_id),
+        metrics.SequenceExactMatch(padding_id=padding_id),
+    ]
+
+
+def _pair(validation_data):
+    if _is_text_dataset(validation_data):
+        return validation_data, None
+    if isinstance(validation_data, (list, tuple)) and len(validation_data) == 2:
+        return validation_data
+    return validation_data, None
+
+
+def _seed_tensor(seed):
+    """The `(2,)` int64 seed of a call: drawn at random when None."""
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    validation.check_non_negative_int("seed", seed)
+    return tf.constant([seed, 0], tf.int64)
+
+
+def _policy_name(dtype):
+    if dtype is None:
+        return keras.config.dtype_policy().name
+    return getattr(dtype, "name", dtype)
+
+
+def _longest(tokenizer, texts):
+    lengths = tokenizer.tokenize(texts).row_lengths().numpy()
+    return max(1, int(lengths.max()))

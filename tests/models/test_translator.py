@@ -1,0 +1,483 @@
+"""keras_transformer.Translator: text in, text out, saved and exported."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run in TF")
+
+import keras_transformer  # noqa: E402
+from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
+from keras_transformer.models import transformer  # noqa: E402
+from keras_transformer.models.translator import Translator  # noqa: E402
+from tests.conftest import run_python  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the Translator's text pipeline and export are TensorFlow programs",
+)
+
+SOURCES = ["5 March 2021", "17 May 2020", "1 June 1999", "3 April 2000"]
+TARGETS = ["2021-03-05", "2020-05-17", "1999-06-01", "2000-04-03"]
+TINY = dict(
+    num_encoder_layers=1,
+    num_decoder_layers=2,
+    hidden_dim=16,
+    num_heads=2,
+    intermediate_dim=32,
+    dropout=0.0,
+)
+
+
+def make_translator(**config):
+    keras.utils.set_random_seed(3)
+    return Translator.from_texts(
+        SOURCES, TARGETS, tokenizer="character", **{**TINY, **config}
+    )
+
+
+@pytest.fixture(scope="module")
+def translator():
+    return make_translator()
+
+
+def source_ids_of(translator, texts):
+    return translator.source_tokenizer.tokenize(texts).to_tensor().numpy()
+
+
+def test_translator_is_exported_at_the_package_root_and_under_models():
+    assert keras_transformer.Translator is Translator
+    assert models.Translator is Translator
+
+
+def test_from_texts_trains_tokenizers_and_sizes_the_model_from_them(translator):
+    config = translator.config
+    assert config.source_vocabulary_size == translator.source_tokenizer.vocabulary_size
+    assert config.target_vocabulary_size == translator.target_tokenizer.vocabulary_size
+    # 1.5 times the longest training text (12 characters; 10 + BOS).
+    assert (config.max_source_length, config.max_target_length) == (18, 17)
+    assert config.hidden_dim == 16
+    assert isinstance(translator.transformer_layers, models.TransformerLayers)
+
+
+def test_from_texts_with_a_joint_vocabulary_shares_one_tokenizer_and_embedding():
+    joint = Translator.from_texts(
+        SOURCES, TARGETS, tokenizer="word", joint_vocabulary=True, **TINY
+    )
+    assert joint.source_tokenizer is joint.target_tokenizer
+    assert joint.config.share_embeddings
+    parts = joint.transformer_layers
+    assert parts.source_embedding is parts.target_embedding
+
+
+def test_from_texts_refuses_vocabulary_sizes_and_unpaired_texts():
+    with pytest.raises(ValueError, match="from_texts takes the vocabulary sizes"):
+        Translator.from_texts(
+            SOURCES, TARGETS, tokenizer="character", source_vocabulary_size=10
+        )
+    with pytest.raises(ValueError, match="4 sources and 3 targets"):
+        Translator.from_texts(SOURCES, TARGETS[:3], tokenizer="character")
+    with pytest.raises(ValueError, match="argument tokenizer, expected one of"):
+        Translator.from_texts(SOURCES, TARGETS, tokenizer="bytes")
+    with pytest.raises(ValueError, match="argument sources, expected a list of"):
+        Translator.from_texts("5 March 2021", TARGETS, tokenizer="character")
+
+
+def test_constructor_refuses_a_tokenizer_larger_than_the_model():
+    small = data.CharacterTokenizer.from_texts(["ab"])
+    large = data.CharacterTokenizer.from_texts(["abcdefghij"])
+    config = models.TransformerConfig(
+        source_vocabulary_size=small.vocabulary_size,
+        target_vocabulary_size=small.vocabulary_size,
+        **TINY,
+    )
+    with pytest.raises(ValueError, match="target_tokenizer with 14 tokens"):
+        Translator(config, small, large)
+    with pytest.raises(ValueError, match="argument source_tokenizer, expected a"):
+        Translator(config, None, small)
+
+
+def learning_rate_schedule(optimizer):
+    return keras.saving.deserialize_keras_object(optimizer.get_config()["learning_rate"])
+
+
+def test_compile_defaults_are_the_library_recipe(translator):
+    translator.compile()
+    assert isinstance(translator.loss, losses.MaskedSparseCategoricalCrossentropy)
+    assert translator.loss.label_smoothing == 0.1
+    assert isinstance(translator.optimizer, keras.optimizers.Adam)
+    assert translator.optimizer.beta_2 == 0.98
+    # Inverse-square-root decay after a linear warm-up peaking at 1e-3.
+    schedule = learning_rate_schedule(translator.optimizer)
+    peak = float(schedule(999))
+    np.testing.assert_allclose(peak, 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(3999)), 1e-3 * 0.5, rtol=1e-5)
+    assert float(schedule(499)) == pytest.approx(0.5e-3, rel=1e-5)
+    assert not translator.jit_compile
+
+
+def test_compile_with_total_steps_decays_to_zero_and_takes_keras_overrides():
+    translator = make_translator()
+    translator.compile(learning_rate=5e-3, warmup_steps=10, total_steps=100)
+    schedule = learning_rate_schedule(translator.optimizer)
+    assert float(schedule(10)) == pytest.approx(5e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+
+    translator.compile(optimizer="sgd", metrics=[metrics.MaskedAccuracy()])
+    assert isinstance(translator.optimizer, keras.optimizers.SGD)
+    with pytest.raises(ValueError, match="argument jit_compile, expected 'auto'"):
+        translator.compile(jit_compile="yes")
+
+
+def test_fit_on_texts_a_string_dataset_and_ids_trains_the_same_model():
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2, warmup_steps=1)
+    before = translator.evaluate(SOURCES, TARGETS, verbose=0, return_dict=True)
+
+    history = translator.fit(SOURCES, TARGETS, batch_size=2, epochs=3, verbose=0)
+    pairs = tf.data.Dataset.from_tensor_slices((SOURCES, TARGETS))
+    translator.fit(pairs, batch_size=4, epochs=1, verbose=0, validation_data=pairs)
+    ids = translator.make_dataset(SOURCES, TARGETS, batch_size=4, shuffle=False)
+    translator.fit(ids, epochs=1, verbose=0)
+
+    after = translator.evaluate(SOURCES, TARGETS, verbose=0, return_dict=True)
+    assert len(history.history["loss"]) == 3
+    assert after["loss"] < before["loss"]
+
+
+def test_fit_refuses_texts_without_targets_and_a_checkpoint_on_ids(tmp_path):
+    translator = make_translator()
+    translator.compile()
+    with pytest.raises(ValueError, match="argument y, expected a list of strings"):
+        translator.fit(SOURCES, None, epochs=1, verbose=0)
+    ids = translator.make_dataset(SOURCES, TARGETS, batch_size=4)
+    with pytest.raises(ValueError, match="checkpoint_dir works with texts"):
+        translator.fit(ids, checkpoint_dir=str(tmp_path), verbose=0)
+
+
+def test_fit_with_a_checkpoint_dir_resumes_where_it_stopped(tmp_path):
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2, warmup_steps=1)
+    checkpoints = str(tmp_path / "checkpoints")
+    translator.fit(
+        SOURCES, TARGETS, batch_size=2, epochs=2, checkpoint_dir=checkpoints, verbose=0
+    )
+    steps = int(translator.optimizer.iterations)
+    # Everything is done: running again only restores the final state.
+    translator.fit(
+        SOURCES, TARGETS, batch_size=2, epochs=2, checkpoint_dir=checkpoints, verbose=0
+    )
+    assert steps == 4
+    assert int(translator.optimizer.iterations) == steps
+
+
+def test_translate_equals_generate_then_detokenize_and_blanks_empty_texts(translator):
+    texts = ["5 March 2021", "", "1 May", "17 May 2020"]
+    ids = translator.generate(source_ids_of(translator, texts))
+    expected = [
+        text.decode("utf-8")
+        for text in translator.target_tokenizer.detokenize(ids).numpy()
+    ]
+    expected[1] = ""
+    assert translator.translate(texts) == expected
+    assert translator.translate(texts, batch_size=3) == expected
+
+
+def test_beam_of_one_and_sampling_from_the_top_token_are_greedy(translator):
+    texts = ["5 March 2021", "1 June 1999", "3 April"]
+    greedy = translator.translate(texts)
+    assert translator.translate(texts, method="beam", beam_size=1) == greedy
+    assert translator.translate(texts, method="sample", top_k=1, seed=5) == greedy
+
+
+def test_seeded_sampling_is_reproducible_and_the_seed_matters(translator):
+    texts = ["5 March 2021", "1 June 1999"] * 4
+    hot = dict(method="sample", temperature=3.0)
+    first = translator.translate(texts, seed=11, **hot)
+    assert translator.translate(texts, seed=11, **hot) == first
+    others = [translator.translate(texts, seed=seed, **hot) for seed in (12, 13)]
+    assert any(other != first for other in others)
+
+
+def test_the_decoding_function_is_traced_once_across_calls(monkeypatch):
+    translator = make_translator()
+    traces = []
+    original = decoding.GreedySampler.__call__
+
+    def counting(self, *args, **kwargs):
+        traces.append(1)  # Python runs here only while tracing.
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(decoding.GreedySampler, "__call__", counting)
+    for texts in (["5 March 2021"], ["1 May", "17 May 2020"], ["3 April 2000"] * 5):
+        translator.translate(texts)
+    assert len(traces) == 1
+    translator.translate(["1 May"], method="beam", beam_size=2)
+    translator.translate(["1 May"], method="beam", beam_size=2)
+    assert len(traces) == 1
+
+
+def test_translate_under_xla_matches_the_dynamic_path(translator):
+    texts = ["5 March 2021", "", "1 May", "17 May 2020", "3 April"]
+    assert translator.translate(texts, jit_compile=True, batch_size=2) == (
+        translator.translate(texts)
+    )
+
+
+def test_translate_refuses_a_text_longer_than_the_model_and_bad_options(translator):
+    with pytest.raises(ValueError, match="maximum source length of 18 tokens"):
+        translator.translate(["1 May", "x" * 19])
+    with pytest.raises(ValueError, match="argument texts, expected a list"):
+        translator.translate("5 March 2021")
+    with pytest.raises(ValueError, match="argument method, expected one of"):
+        translator.translate(["1 May"], method="nucleus")
+    with pytest.raises(ValueError, match="unknown option for method='greedy'"):
+        translator.translate(["1 May"], beam_size=4)
+    with pytest.raises(ValueError, match="num_results is for generate"):
+        translator.translate(["1 May"], method="beam", num_results=2)
+
+
+def test_generate_returns_the_n_best_beams_with_descending_scores(translator):
+    source_ids = source_ids_of(translator, ["5 March 2021", "1 June 1999"])
+    ids, scores = translator.generate(
+        source_ids, method="beam", beam_size=4, num_results=3, return_scores=True
+    )
+    best = translator.generate(source_ids, method="beam", beam_size=4)
+    assert ids.shape == (2, 3, translator.max_target_length)
+    np.testing.assert_array_equal(ids[:, 0], best)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def naive_sample(translator, source_ids, max_length, seed, sampler):
+    """Sampling by recomputing the whole prefix at every step (no cache),
+    with the uniform numbers the sampler draws at each step."""
+    from keras_transformer.layers.stateless_dropout import _FixedSeed
+
+    bos, eos = translator.target_tokenizer.bos_id, translator.target_tokenizer.eos_id
+    rows = []
+    for row in source_ids:
+        prefix = [bos]
+        generated = []
+        for index in range(max_length):
+            logits = translator(
+                {"source_ids": row[None], "target_ids": np.array([prefix])}
+            )
+            log_probs = np.array(keras.ops.log_softmax(logits[:, -1]), "float32")
+            log_probs[:, translator.padding_id] = decoding.IMPOSSIBLE_LOG_PROB
+            scaled = log_probs / sampler.temperature
+            kth = np.sort(scaled, axis=-1)[:, -sampler.top_k][:, None]
+            scaled = np.where(scaled < kth, decoding.IMPOSSIBLE_LOG_PROB, scaled)
+            step_seed = tf.constant([seed, index], tf.int64)
+            uniform = keras.random.uniform(
+                scaled.shape, minval=1e-20, maxval=1.0, seed=_FixedSeed(step_seed)
+            )
+            token = int(np.argmax(scaled - np.log(-np.log(np.asarray(uniform)))))
+            generated.append(token)
+            prefix.append(token)
+            if token == eos:
+                break
+        rows.append(generated + [translator.padding_id] * (max_length - len(generated)))
+    return np.array(rows)
+
+
+def test_cached_sampling_equals_recomputing_every_prefix(translator):
+    texts = ["5 March 2021", "1 June 1999"]
+    source_ids = source_ids_of(translator, texts)
+    options = dict(temperature=2.0, top_k=5)
+    sampled = [
+        translator.generate(source_ids[i : i + 1], method="sample", seed=21, **options)
+        for i in range(2)
+    ]
+    naive = [
+        naive_sample(
+            translator, source_ids[i : i + 1], translator.max_target_length, 21,
+            decoding.RandomSampler(**options),
+        )
+        for i in range(2)
+    ]
+    np.testing.assert_array_equal(np.concatenate(sampled), np.concatenate(naive))
+
+
+def test_attention_scores_are_distributions_over_the_source_tokens(translator):
+    (attention,) = translator.attention_scores(["1 May"], layer=1)
+    assert attention.source_tokens == ["1", "\u2423", "M", "a", "y"]
+    assert attention.target_tokens[-1] in ("[EOS]",) or len(
+        attention.target_tokens
+    ) == translator.max_target_length
+    assert attention.scores.shape == (2, len(attention.target_tokens), 5)
+    np.testing.assert_allclose(attention.scores.sum(axis=-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="argument layer, expected a decoder"):
+        translator.attention_scores(["1 May"], layer=2)
+
+
+def test_keras_file_round_trip_translates_identically_and_keeps_the_recipe(tmp_path):
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2, warmup_steps=1)
+    translator.fit(SOURCES, TARGETS, batch_size=2, epochs=1, verbose=0)
+    path = str(tmp_path / "dates.keras")
+    translator.save(path)
+
+    loaded = keras.saving.load_model(path, safe_mode=True)
+
+    assert isinstance(loaded, Translator)
+    assert loaded.config == translator.config
+    assert loaded.source_tokenizer.vocabulary == translator.source_tokenizer.vocabulary
+    texts = ["5 March 2021", "1 June 1999", "3 April"]
+    assert loaded.translate(texts) == translator.translate(texts)
+    assert loaded.translate(texts, method="beam") == translator.translate(
+        texts, method="beam"
+    )
+    assert isinstance(loaded.loss, losses.MaskedSparseCategoricalCrossentropy)
+    assert int(loaded.optimizer.iterations) == int(translator.optimizer.iterations)
+    loaded.fit(SOURCES, TARGETS, batch_size=2, epochs=1, verbose=0)
+
+
+def test_a_save_that_fails_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    translator = make_translator()
+    path = str(tmp_path / "model.keras")
+    translator.save(path)
+    before = open(path, "rb").read()
+
+    def failing(self, store):
+        raise OSError("disk full")
+
+    # Keras writes the config first, then each layer's variables.
+    monkeypatch.setattr(transformer.PaddingMask, "save_own_variables", failing)
+    with pytest.raises(OSError, match="disk full"):
+        translator.save(path)
+    monkeypatch.undo()
+
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["model.keras"]
+    assert isinstance(keras.saving.load_model(path), Translator)
+
+
+KILLED_MID_SAVE = r"""
+import os, sys, zipfile
+import keras
+path = sys.argv[1]
+model = keras.saving.load_model(path)
+from keras_transformer.models import transformer
+def die(self, store):
+    os._exit(9)  # as if killed after the config, before the weights
+transformer.PaddingMask.save_own_variables = die
+model.save(path)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_file_loadable(tmp_path):
+    translator = make_translator()
+    path = str(tmp_path / "model.keras")
+    translator.save(path)
+    before = open(path, "rb").read()
+
+    result = run_python("import keras_transformer\n" + KILLED_MID_SAVE, path)
+
+    assert result.returncode == 9, result.stderr[-2000:]
+    assert open(path, "rb").read() == before
+    assert keras.saving.load_model(path).translate(["1 May"]) == translator.translate(
+        ["1 May"]
+    )
+
+
+def test_save_refuses_a_missing_folder_and_a_wrong_suffix(tmp_path, translator):
+    with pytest.raises(ValueError, match="does not exist"):
+        translator.save(str(tmp_path / "missing" / "model.keras"))
+    with pytest.raises(ValueError, match="path ending in .keras"):
+        translator.save(str(tmp_path / "model.h5"))
+
+
+SERVE_WITH_TENSORFLOW_ONLY = r"""
+import json, sys
+import tensorflow as tf
+export = tf.saved_model.load(sys.argv[1])
+texts = tf.constant(json.loads(sys.argv[2]))
+result = {
+    "default": [t.decode() for t in
+                export.signatures["serving_default"](texts=texts)["translations"].numpy()],
+    "beam": [t.decode() for t in export.translate_beam(texts).numpy()],
+}
+print(json.dumps(result))
+assert not [m for m in sys.modules if m.startswith("keras_transformer")]
+"""
+
+
+def test_export_writes_numbered_versions_that_serve_with_tensorflow_alone(tmp_path):
+    translator = make_translator()
+    base = str(tmp_path / "serving" / "dates")
+    texts = ["5 March 2021", "1 June 1999", ""]
+
+    first = translator.export(base, beam_size=3)
+    second = translator.export(base, beam_size=3)
+
+    assert (first, second) == (os.path.join(base, "1"), os.path.join(base, "2"))
+    with pytest.raises(ValueError, match="versions are never overwritten"):
+        translator.export(base, version=2)
+    result = run_python(SERVE_WITH_TENSORFLOW_ONLY, second, json.dumps(texts))
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["default"] == translator.translate(texts)
+    assert served["beam"] == translator.translate(texts, method="beam", beam_size=3)
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show",
+         "--dir", second, "--tag_set", "serve", "--signature_def", "serving_default"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "dtype: DT_STRING" in cli.stdout
+    assert "shape: (-1)" in cli.stdout
+
+
+def test_a_translator_composed_from_the_librarys_blocks_decodes_saves_and_exports(
+    tmp_path,
+):
+    from keras_transformer import layers
+
+    source_tokenizer = data.CharacterTokenizer.from_texts(SOURCES)
+    target_tokenizer = data.CharacterTokenizer.from_texts(TARGETS)
+
+    def embedding(tokenizer, name):
+        return layers.TokenAndPositionEmbedding(
+            tokenizer.vocabulary_size, 16, 16, position_encoding="learned", name=name
+        )
+
+    keras.utils.set_random_seed(5)
+    composed = models.TransformerLayers(
+        source_embedding=embedding(source_tokenizer, "my_source_embedding"),
+        target_embedding=embedding(target_tokenizer, "my_target_embedding"),
+        embedding_dropout=keras.layers.Dropout(0.0, name="my_dropout"),
+        encoder_blocks=[layers.TransformerEncoderBlock(32, 2, name="my_encoder")],
+        encoder_norm=keras.layers.LayerNormalization(name="my_encoder_norm"),
+        decoder_blocks=[layers.TransformerDecoderBlock(32, 2, name="my_decoder")],
+        decoder_norm=keras.layers.LayerNormalization(name="my_decoder_norm"),
+        output_projection=keras.layers.Dense(target_tokenizer.vocabulary_size),
+        padding_mask=transformer.PaddingMask(0, name="my_mask"),
+        logits=keras.layers.Activation("linear", dtype="float32", name="my_logits"),
+    )
+    translator = Translator(
+        source_tokenizer=source_tokenizer,
+        target_tokenizer=target_tokenizer,
+        transformer_layers=composed,
+    )
+    texts = ["5 March 2021", "1 June 1999"]
+    greedy = translator.translate(texts)
+    assert translator.translate(texts, method="beam", beam_size=1) == greedy
+
+    path = str(tmp_path / "composed.keras")
+    translator.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.translate(texts) == greedy
+    assert loaded.config is None
+
+    export_dir = translator.export(str(tmp_path / "composed_export"))
+    served = tf.saved_model.load(export_dir)
+    translations = served.translate(tf.constant(texts)).numpy()
+    assert [text.decode() for text in translations] == greedy
