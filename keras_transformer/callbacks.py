@@ -1,0 +1,263 @@
+"""Keras callbacks of the training recipe for real corpora.
+
+`BleuEvaluation` scores translations of held-out texts with sacreBLEU during
+`fit` and logs the score into the epoch's `logs` (so `History`, TensorBoard
+and `EarlyStopping` see it); `CheckpointAveraging` keeps the weights of the
+last few epochs (or of snapshots every N steps) and leaves the model at their
+mean when training ends, as fairseq's `average_checkpoints.py` does with
+saved files; `average_weights` is that mean.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+from keras_transformer import evaluation
+from keras_transformer.validation import check_positive_int
+
+
+class BleuEvaluation(keras.callbacks.Callback):
+    """Logs corpus BLEU (sacreBLEU, 13a) of held-out translations.
+
+    Every `every_n_epochs` epochs (and after the last one), `decode_fn`
+    translates `sources` and the BLEU of the result against `references` is
+    written into the epoch's `logs` under `name`, where callbacks later in
+    the list (`History`, `ProgbarLogger`, `TensorBoard`, `EarlyStopping`,
+    `ModelCheckpoint(monitor=name)`) find it. As with Keras's
+    `validation_freq`, epochs without an evaluation have no such entry, so
+    `history.history[name]` has one value per evaluation; `scores` pairs
+    each with its epoch and the training time before it.
+
+    Args:
+        decode_fn: callable taking a list of str and returning a list of str
+            of the same length: the model's translations, e.g.
+            `lambda texts: translator.translate(texts, method="beam")`.
+        sources: list of str. Held-out source texts.
+        references: list of str. Their reference translations.
+        every_n_epochs: int. Epochs between evaluations.
+        lowercase: bool. Score case-insensitively (sacreBLEU `lowercase`).
+        name: str. Key of the score in `logs`.
+
+    Attributes:
+        scores: list of dicts `{"epoch", "bleu", "training_seconds",
+            "evaluation_seconds"}`, one per evaluation; `epoch` counts from
+            1 and `training_seconds` is the wall time spent in `fit` so far,
+            the evaluations excluded.
+
+    Example:
+
+    ```python
+    bleu = BleuEvaluation(
+        lambda texts: translator.translate(texts, method="beam"),
+        val_sources, val_targets, every_n_epochs=2,
+    )
+    history = translator.fit(..., callbacks=[bleu])
+    history.history["val_bleu"]
+    ```
+    """
+
+    def __init__(
+        self,
+        decode_fn,
+        sources,
+        references,
+        every_n_epochs=1,
+        lowercase=False,
+        name="val_bleu",
+    ):
+        super().__init__()
+        if not callable(decode_fn):
+            raise ValueError(
+                "Received an invalid value for argument decode_fn, expected a "
+                "callable from a list of texts to a list of translations. "
+                f"Received: decode_fn={decode_fn!r}"
+            )
+        for argument, texts in (("sources", sources), ("references", references)):
+            if isinstance(texts, (str, bytes)) or not all(
+                isinstance(text, str) for text in texts
+            ):
+                raise ValueError(
+                    f"Received an invalid value for argument {argument}, "
+                    "expected a list of strings. Received: "
+                    f"{argument}={texts!r}"[:300]
+                )
+        self.sources, self.references = list(sources), list(references)
+        if len(self.sources) != len(self.references):
+            raise ValueError(
+                "sources and references must pair up, but received "
+                f"{len(self.sources)} sources and {len(self.references)} "
+                "references."
+            )
+        if not self.sources:
+            raise ValueError(
+                "Received an invalid value for argument sources, expected at "
+                "least one text. Received: sources=[]"
+            )
+        self.decode_fn = decode_fn
+        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+        if not isinstance(lowercase, bool):
+            raise ValueError(
+                "Received an invalid value for argument lowercase, expected a "
+                f"bool. Received: lowercase={lowercase!r}"
+            )
+        self.lowercase = lowercase
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                "Received an invalid value for argument name, expected a "
+                f"non-empty str. Received: name={name!r}"
+            )
+        self.name = name
+        self.scores = []
+
+    def on_train_begin(self, logs=None):
+        self.scores = []
+        self._started = time.perf_counter()
+        self._evaluating_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        last_epoch = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every_n_epochs and epoch + 1 != last_epoch:
+            return
+        started = time.perf_counter()
+        training_seconds = started - self._started - self._evaluating_seconds
+        score = self.evaluate()
+        seconds = time.perf_counter() - started
+        self._evaluating_seconds += seconds
+        self.scores.append(
+            {
+                "epoch": epoch + 1,
+                "bleu": score,
+                "training_seconds": training_seconds,
+                "evaluation_seconds": seconds,
+            }
+        )
+        if logs is not None:
+            logs[self.name] = score
+
+    def evaluate(self):
+        """Translates `sources` now and returns their corpus BLEU (float)."""
+        hypotheses = list(self.decode_fn(list(self.sources)))
+        if len(hypotheses) != len(self.sources) or not all(
+            isinstance(text, str) for text in hypotheses
+        ):
+            raise ValueError(
+                f"decode_fn must return {len(self.sources)} strings, one per "
+                f"source text; it returned {len(hypotheses)} items: "
+                f"{hypotheses[:3]!r}..."
+            )
+        return float(
+            evaluation.corpus_bleu(
+                hypotheses, self.references, lowercase=self.lowercase
+            ).score
+        )
+
+
+def average_weights(weight_lists):
+    """The element-wise mean of several copies of a model's weights.
+
+    Args:
+        weight_lists: list of weight lists, each as `model.get_weights()`
+            returns it (the same shapes in the same order).
+
+    Returns:
+        A list of NumPy arrays: the mean of each floating-point weight,
+        accumulated in float64 and cast back to its dtype; integer and
+        boolean weights (counters, not parameters) are taken from the last
+        list unchanged.
+
+    Example:
+
+    ```python
+    snapshots = [model.get_weights() for model in models]
+    model.set_weights(average_weights(snapshots))
+    ```
+    """
+    if isinstance(weight_lists, np.ndarray) or not weight_lists:
+        raise ValueError(
+            "Received an invalid value for argument weight_lists, expected a "
+            "non-empty list of weight lists. Received: "
+            f"weight_lists={weight_lists!r}"[:300]
+        )
+    weight_lists = [[np.asarray(w) for w in weights] for weights in weight_lists]
+    reference = weight_lists[-1]
+    for index, weights in enumerate(weight_lists):
+        shapes = [w.shape for w in weights]
+        if shapes != [w.shape for w in reference]:
+            raise ValueError(
+                "Received an invalid value for argument weight_lists, expected "
+                "lists of equally shaped weights. Received: weight_lists"
+                f"[{index}] has shapes {shapes}, the last list "
+                f"{[w.shape for w in reference]}"
+            )
+    averaged = []
+    for position, last in enumerate(reference):
+        if np.issubdtype(last.dtype, np.floating):
+            total = np.zeros(last.shape, dtype="float64")
+            for weights in weight_lists:
+                total += weights[position]
+            averaged.append((total / len(weight_lists)).astype(last.dtype))
+        else:
+            averaged.append(last.copy())
+    return averaged
+
+
+class CheckpointAveraging(keras.callbacks.Callback):
+    """Leaves the model at the mean of its last `num_checkpoints` snapshots.
+
+    A snapshot of the weights is taken at the end of every epoch, or every
+    `every_n_steps` training steps when given; only the last
+    `num_checkpoints` are kept, in memory. When training ends the model's
+    weights are set to their mean (`average_weights`), which smooths out the
+    noise of the last updates: fairseq's recipe averages the last 10 epoch
+    checkpoints. Fewer snapshots than `num_checkpoints` (a short run) are
+    averaged as they are.
+
+    Snapshots every few steps suit short runs, where the weights of whole
+    epochs ago are much worse than the last ones.
+
+    Args:
+        num_checkpoints: int. Snapshots averaged.
+        every_n_steps: int or None. Steps between snapshots; None takes one
+            per epoch.
+
+    Attributes:
+        snapshots: the kept weight lists (NumPy), oldest first.
+
+    Example:
+
+    ```python
+    averaging = CheckpointAveraging(num_checkpoints=5)
+    model.fit(dataset, epochs=20, callbacks=[averaging])
+    # The model now holds the mean of the weights after epochs 16-20.
+    ```
+    """
+
+    def __init__(self, num_checkpoints=5, every_n_steps=None):
+        super().__init__()
+        self.num_checkpoints = check_positive_int("num_checkpoints", num_checkpoints)
+        self.every_n_steps = check_positive_int(
+            "every_n_steps", every_n_steps, allow_none=True
+        )
+        self.snapshots = []
+
+    def on_train_begin(self, logs=None):
+        self.snapshots = []
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self.every_n_steps and self._steps % self.every_n_steps == 0:
+            self._snapshot()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every_n_steps is None:
+            self._snapshot()
+
+    def on_train_end(self, logs=None):
+        if self.snapshots:
+            self.model.set_weights(average_weights(self.snapshots))
+
+    def _snapshot(self):
+        self.snapshots.append(self.model.get_weights())
+        del self.snapshots[: -self.num_checkpoints]

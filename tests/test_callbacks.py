@@ -1,0 +1,197 @@
+import keras
+import numpy as np
+import pytest
+import sacrebleu
+
+from keras_transformer import callbacks
+
+SOURCES = ["eins", "zwei", "drei", "vier"]
+REFERENCES = [
+    "the cat sat on the mat",
+    "a dog runs in the park",
+    "two men are playing football",
+    "the woman reads a book",
+]
+# What a translator might produce: some right, some partly, some wrong.
+HYPOTHESES = {
+    "eins": "the cat sat on the mat",
+    "zwei": "a dog runs in a park",
+    "drei": "Two men play football",
+    "vier": "nothing alike here",
+}
+
+
+def fake_translate(texts):
+    return [HYPOTHESES[text] for text in texts]
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    # Eagerly: a few steps, where tracing would cost more than running.
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", run_eagerly=True)
+    return model
+
+
+def fit(model, epochs, callback_list, steps=4):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8 * steps, 3)).astype("float32")
+    y = rng.standard_normal((8 * steps, 2)).astype("float32")
+    return model.fit(
+        x, y, batch_size=8, epochs=epochs, callbacks=callback_list, verbose=0
+    )
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Copies the weights after every step and every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_steps, self.after_epochs = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after_steps.append(self.model.get_weights())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_epochs.append(self.model.get_weights())
+
+
+def numpy_mean(weight_lists):
+    return [np.mean(np.stack(group), axis=0) for group in zip(*weight_lists)]
+
+
+def assert_weights_close(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7)
+
+
+def test_bleu_is_logged_into_history_every_n_epochs_and_after_the_last():
+    bleu = callbacks.BleuEvaluation(
+        fake_translate, SOURCES, REFERENCES, every_n_epochs=2
+    )
+    history = fit(tiny_model(), epochs=5, callback_list=[bleu])
+    expected = sacrebleu.corpus_bleu(fake_translate(SOURCES), [REFERENCES]).score
+    assert history.history["val_bleu"] == pytest.approx([expected] * 3)
+    assert 0 < expected < 100
+    assert [score["epoch"] for score in bleu.scores] == [2, 4, 5]
+    times = [score["training_seconds"] for score in bleu.scores]
+    assert times == sorted(times) and times[0] > 0
+
+
+def test_lowercased_bleu_ignores_case_under_its_own_name():
+    bleu = callbacks.BleuEvaluation(
+        fake_translate, SOURCES, REFERENCES, lowercase=True, name="val_bleu_lc"
+    )
+    history = fit(tiny_model(), epochs=1, callback_list=[bleu])
+    expected = sacrebleu.corpus_bleu(
+        fake_translate(SOURCES), [REFERENCES], lowercase=True
+    ).score
+    assert history.history["val_bleu_lc"] == pytest.approx([expected])
+    assert expected > sacrebleu.corpus_bleu(fake_translate(SOURCES), [REFERENCES]).score
+
+
+def test_bleu_of_a_perfect_decoder_is_100():
+    perfect = dict(zip(SOURCES, REFERENCES))
+    bleu = callbacks.BleuEvaluation(
+        lambda texts: [perfect[t] for t in texts], SOURCES, REFERENCES
+    )
+    assert bleu.evaluate() == pytest.approx(100.0)
+
+
+def test_a_decode_function_returning_the_wrong_count_is_reported():
+    bleu = callbacks.BleuEvaluation(lambda texts: texts[:-1], SOURCES, REFERENCES)
+    with pytest.raises(ValueError, match="must return 4 strings"):
+        bleu.evaluate()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"decode_fn": "translate"}, "argument decode_fn"),
+        ({"sources": "eins"}, "argument sources"),
+        ({"references": [1, 2, 3, 4]}, "argument references"),
+        ({"references": REFERENCES[:3]}, "4 sources and 3 references"),
+        ({"sources": [], "references": []}, "argument sources"),
+        ({"every_n_epochs": 0}, "argument every_n_epochs"),
+        ({"lowercase": 1}, "argument lowercase"),
+        ({"name": ""}, "argument name"),
+    ],
+)
+def test_bleu_evaluation_rejects_bad_arguments(kwargs, match):
+    arguments = {
+        "decode_fn": fake_translate,
+        "sources": SOURCES,
+        "references": REFERENCES,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=match):
+        callbacks.BleuEvaluation(**arguments)
+
+
+def test_average_weights_equals_the_numpy_mean(rng):
+    lists = [
+        [
+            rng.standard_normal((3, 4)).astype("float32"),
+            rng.standard_normal(4).astype("float16"),
+            np.array(step, dtype="int64"),
+        ]
+        for step in range(5)
+    ]
+    averaged = callbacks.average_weights(lists)
+    expected = numpy_mean([[w.astype("float64") for w in weights] for weights in lists])
+    np.testing.assert_allclose(averaged[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(averaged[1], expected[1], rtol=1e-3)
+    assert [w.dtype for w in averaged] == ["float32", "float16", "int64"]
+    # A counter is not averaged: the last value stands.
+    assert averaged[2] == 4
+
+
+@pytest.mark.parametrize(
+    "weight_lists, match",
+    [
+        ([], "non-empty list"),
+        ([[np.zeros(2)], [np.zeros(3)]], r"weight_lists\[0\] has shapes \[\(2,\)\]"),
+    ],
+)
+def test_average_weights_rejects_empty_and_mismatched_lists(weight_lists, match):
+    with pytest.raises(ValueError, match=match):
+        callbacks.average_weights(weight_lists)
+
+
+def test_averaging_leaves_the_mean_of_the_last_epochs():
+    recorder = WeightRecorder()
+    averaging = callbacks.CheckpointAveraging(num_checkpoints=3)
+    model = tiny_model()
+    fit(model, epochs=5, callback_list=[recorder, averaging])
+    assert len(averaging.snapshots) == 3
+    assert_weights_close(model.get_weights(), numpy_mean(recorder.after_epochs[-3:]))
+
+
+def test_averaging_every_n_steps_uses_the_last_snapshots_across_epochs():
+    recorder = WeightRecorder()
+    averaging = callbacks.CheckpointAveraging(num_checkpoints=4, every_n_steps=3)
+    model = tiny_model()
+    fit(model, epochs=3, callback_list=[recorder, averaging], steps=4)
+    # 12 steps: snapshots after steps 3, 6, 9 and 12.
+    expected = numpy_mean([recorder.after_steps[i - 1] for i in (3, 6, 9, 12)])
+    assert_weights_close(model.get_weights(), expected)
+
+
+def test_a_run_shorter_than_the_window_averages_what_it_has():
+    recorder = WeightRecorder()
+    model = tiny_model()
+    fit(model, 2, [recorder, callbacks.CheckpointAveraging(num_checkpoints=10)])
+    assert_weights_close(model.get_weights(), numpy_mean(recorder.after_epochs))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_checkpoints": 0}, "argument num_checkpoints"),
+        ({"every_n_steps": 0}, "argument every_n_steps"),
+        ({"every_n_steps": 2.5}, "argument every_n_steps"),
+    ],
+)
+def test_checkpoint_averaging_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        callbacks.CheckpointAveraging(**kwargs)
