@@ -299,7 +299,8 @@ def train_and_export(args, strategy, started):
     print(f"Translations by the reloaded export {export_dir}:")
     for source, text, reference in zip(examples, served, test_targets):
         text = text.decode("utf-8")
-        print(f"  {source!r} -> {text!r}  ({'ok' if text == reference else reference!r})")
+        verdict = "ok" if text == reference else f"reference: {reference!r}"
+        print(f"  {source!r} -> {text!r}  ({verdict})")
     if args.attention_plot and examples:
         (attention,) = translator.attention_scores(examples[:1], layer=args.attention_layer)
         plotting.plot_attention_map(attention, args.attention_head, args.attention_plot)

@@ -305,5 +305,52 @@ def test_bad_arguments_raise_value_errors(kwargs, message):
 
 def test_decoding_a_model_that_is_not_an_encoder_decoder_raises():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="not a keras_transformer encoder-decoder"):
+    with pytest.raises(ValueError, match="expected a keras_transformer Transformer"):
         decoding.greedy_decode(model, SOURCES, 4)
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("sample", {"temperature": 0}, "argument temperature, expected a positive"),
+        ("sample", {"top_k": 0}, "argument top_k, expected a positive integer"),
+        ("sample", {"top_p": 1.5}, r"argument top_p, expected a number in \(0, 1\]"),
+        ("sample", {"top_p": True}, r"argument top_p, expected a number in \(0, 1\]"),
+        ("beam", {"num_results": 5, "beam_size": 4}, "at most beam_size=4"),
+        ("beam", {"return_scores": "yes"}, "argument return_scores, expected a bool"),
+        ("greedy", {"beam_size": 2}, "unknown option for method='greedy'"),
+        ("nucleus", {}, "argument method, expected one of"),
+    ],
+)
+def test_samplers_refuse_bad_settings_at_construction(method, options, message):
+    with pytest.raises(ValueError, match=message):
+        decoding.get_sampler(method, **options)
+
+
+def test_sampling_draws_follow_the_temperature_scaled_distribution():
+    """Gumbel-max draws with a fixed seed per step have the softmax's
+    frequencies: compared with NumPy's probabilities over many rows."""
+    sampler = decoding.RandomSampler(temperature=2.0)
+    log_probs = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 20000, "float32"))
+    seed = keras.ops.convert_to_tensor(np.array([3, 0]), decoding._seed_dtype())
+    tokens = to_numpy(sampler._choose(keras.ops.convert_to_tensor(log_probs), 0, seed))
+    expected = np.exp(log_probs[0] / 2.0) / np.exp(log_probs[0] / 2.0).sum()
+    observed = np.bincount(tokens, minlength=4) / len(tokens)
+    # 5 binomial standard deviations.
+    tolerance = 5 * np.sqrt(expected * (1 - expected) / len(tokens))
+    assert np.all(np.abs(observed - expected) < tolerance), (observed, expected)
+
+
+def test_top_k_and_top_p_exclude_exactly_the_tokens_outside_them():
+    log_probs = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000, "float32"))
+    seed = keras.ops.convert_to_tensor(np.array([4, 0]), decoding._seed_dtype())
+    for sampler, allowed in (
+        (decoding.RandomSampler(top_k=2), {0, 1}),
+        # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: the nucleus is the first two tokens.
+        (decoding.RandomSampler(top_p=0.7), {0, 1}),
+        (decoding.RandomSampler(top_p=0.85), {0, 1, 2}),
+    ):
+        tokens = to_numpy(
+            sampler._choose(keras.ops.convert_to_tensor(log_probs), 0, seed)
+        )
+        assert set(tokens.tolist()) == allowed

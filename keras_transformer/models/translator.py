@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer import decoding, export, losses, metrics, schedules, validation
+from keras_transformer import decoding, distribute, export, losses, metrics
+from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 
@@ -382,13 +383,14 @@ class Translator(Transformer):
         seed=0,
         repeat=False,
         static_shapes=False,
-        pad_incomplete_batches=False,
+        tokens_per_batch=None,
     ):
         """Teacher-forcing batches from parallel texts, length-bucketed.
 
         Pairs longer than the model's limits are dropped (and counted in a
-        warning), never truncated. See
-        `keras_transformer.data.make_translation_dataset`.
+        warning), never truncated. With `tokens_per_batch`, batches hold
+        about that many tokens (padding included) instead of `batch_size`
+        pairs. See `keras_transformer.data.make_translation_dataset`.
 
         Returns:
             A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)`;
@@ -400,7 +402,8 @@ class Translator(Transformer):
             _texts("targets", targets),
             source_tokenizer=self.source_tokenizer,
             target_tokenizer=self.target_tokenizer,
-            batch_size=batch_size,
+            batch_size=None if tokens_per_batch else batch_size,
+            tokens_per_batch=tokens_per_batch,
             max_source_length=self.max_source_length,
             max_target_length=self.max_target_length,
             shuffle=shuffle,
@@ -410,12 +413,9 @@ class Translator(Transformer):
             drop_remainder=static_shapes and repeat,
             pad_incomplete_batches=static_shapes and not repeat,
         )
-        if repeat:
-            return dataset
-        # Length bucketing hides the number of batches from tf.data; counting
-        # them is one pass over the tokenized ids.
-        num_batches = dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
-        return dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+        # Under a multi-worker strategy each worker keeps its part of every
+        # global batch (an in-memory dataset has no files to shard by).
+        return distribute.shard_dataset(dataset)
 
     def fit(
         self,
@@ -427,6 +427,7 @@ class Translator(Transformer):
         shuffle=True,
         seed=0,
         static_shapes=False,
+        tokens_per_batch=None,
         checkpoint_dir=None,
         checkpoint_every=None,
         **kwargs,
@@ -450,6 +451,8 @@ class Translator(Transformer):
             seed: int. Shuffle seed.
             static_shapes: bool. Pad every batch to its length bucket's
                 upper bound (few shapes, for XLA on TPU/GPU).
+            tokens_per_batch: int or None. Batch by token count (texts
+                only) instead of `batch_size` pairs.
             checkpoint_dir: str or None. Checkpoint into this folder every
                 `checkpoint_every` steps (default: every epoch) and resume
                 from it when it holds a checkpoint
@@ -489,6 +492,7 @@ class Translator(Transformer):
                     batch_size=batch_size,
                     shuffle=False,
                     static_shapes=static_shapes,
+                    tokens_per_batch=tokens_per_batch,
                 )
 
         def make_training_dataset(repeat):
@@ -499,6 +503,7 @@ class Translator(Transformer):
                 seed=seed,
                 repeat=repeat,
                 static_shapes=static_shapes,
+                tokens_per_batch=tokens_per_batch,
             )
 
         if checkpoint_dir is None:
@@ -512,7 +517,7 @@ class Translator(Transformer):
             )
         from keras_transformer import checkpointing
 
-        steps_per_epoch = math.ceil(len(texts[0]) / batch_size)
+        steps_per_epoch = len(make_training_dataset(repeat=False))
         return checkpointing.fit_resumable(
             self,
             lambda: make_training_dataset(repeat=True),
