@@ -69,6 +69,7 @@ import tensorflow as tf
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator as keras_seed_generator
 
+from keras_transformer import distribute
 from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
@@ -298,11 +299,43 @@ def fit_resumable(
             f"{', '.join(f'{name}={fit_kwargs[name]!r}' for name in reserved)}"
         )
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    _remove_leftovers(directory)
+    strategy = model.distribute_strategy
+    writes = distribute.is_chief(strategy)
+    if writes:
+        os.makedirs(directory, exist_ok=True)
+        _remove_leftovers(directory)
+    with distribute.explain_lost_worker(
+        strategy, functools.partial(_resume_advice, directory)
+    ):
+        return _fit_resumable(
+            model,
+            make_dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            directory=directory,
+            per_epoch=per_epoch,
+            callbacks=callbacks,
+            saver=_CheckpointSaver(
+                directory, save_every_steps, steps_per_epoch, epochs, keep, writes
+            ),
+            fit_kwargs=fit_kwargs,
+        )
 
+
+def _fit_resumable(
+    model,
+    make_dataset,
+    *,
+    epochs,
+    steps_per_epoch,
+    directory,
+    per_epoch,
+    callbacks,
+    saver,
+    fit_kwargs,
+):
     checkpoint = latest_checkpoint(directory)
-    saver = _CheckpointSaver(directory, save_every_steps, steps_per_epoch, epochs, keep)
+    _check_workers_agree(model.distribute_strategy, directory, checkpoint)
     epoch, step_in_epoch = 0, 0
     if checkpoint is not None:
         if checkpoint.steps_per_epoch != steps_per_epoch:
@@ -355,8 +388,10 @@ def fit_resumable(
         )
         epoch, step_in_epoch = epoch + 1, 0
     if epoch < epochs and not model.stop_training:
+        remaining = batches(epoch, 0, epochs)
+        _build_metrics(model, remaining.element_spec)
         model.fit(
-            batches(epoch, 0, epochs),
+            remaining,
             epochs=epochs,
             initial_epoch=epoch,
             steps_per_epoch=steps_per_epoch,
@@ -366,14 +401,51 @@ def fit_resumable(
     return saver.full_history(model)
 
 
+def _check_workers_agree(strategy, directory, checkpoint):
+    """Makes sure every worker resumes from the same step (or all start)."""
+    step = -1 if checkpoint is None else checkpoint.step
+    steps = distribute.gather_from_workers(strategy, step)
+    if len(set(steps)) > 1:
+        found = ", ".join(
+            f"process {index}: {'none' if value < 0 else f'ckpt-{value}'}"
+            for index, value in enumerate(steps)
+        )
+        raise ValueError(
+            f"The workers found different checkpoints in {directory} ({found}). "
+            "Every worker reads the checkpoints the chief writes: on several "
+            "machines, put the directory on a file system they all see (GCS, "
+            "NFS)."
+        )
+
+
+def _resume_advice(directory):
+    with warnings.catch_warnings():
+        # latest_checkpoint already warned about damaged ones at the start.
+        warnings.simplefilter("ignore")
+        checkpoint = latest_checkpoint(directory)
+    if checkpoint is None:
+        return (
+            f"No checkpoint was completed in {directory} yet: starting every "
+            "worker again with the same command starts the training over."
+        )
+    return (
+        f"The last complete checkpoint is {checkpoint.path} (step "
+        f"{checkpoint.step}): start every worker again with the same command "
+        "to resume from it."
+    )
+
+
 def _build_metrics(model, element_spec):
-    """Creates the compiled metrics' variables, so they can be restored.
+    """Creates the compiled metrics' variables before `fit` starts.
 
     Keras creates them when it first traces the train step, after
     `on_epoch_begin`, where the totals of the epoch being resumed must go.
-    `_symbolic_build` (Keras-internal) is how Keras builds them up front
-    under a distribution strategy; it only needs shapes and dtypes, which a
-    `TensorSpec` has.
+    Under a strategy, Keras' `fit` would otherwise start an iteration of the
+    dataset only to build them, and with the model built the patched `fit`
+    (`distribute.patch_distributed_fit`) starts none: an extra iteration
+    moves a reshuffling dataset on to other orders. `_symbolic_build`
+    (Keras-internal) is how Keras builds them under a strategy; it only
+    needs shapes and dtypes, which a `TensorSpec` has.
     """
     with model.distribute_strategy.scope():
         model._symbolic_build(data_batch=element_spec)
@@ -391,9 +463,13 @@ def _checked(dataset):
 class _CheckpointSaver(keras.callbacks.Callback):
     """Tracks the position in training and writes checkpoints on schedule."""
 
-    def __init__(self, directory, save_every_steps, steps_per_epoch, epochs, keep):
+    def __init__(
+        self, directory, save_every_steps, steps_per_epoch, epochs, keep, writes
+    ):
         super().__init__()
         self.directory = directory
+        # False on the workers of a multi-worker run other than the chief.
+        self.writes = writes
         self.save_every_steps = save_every_steps
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = epochs * steps_per_epoch
@@ -483,13 +559,23 @@ class _CheckpointSaver(keras.callbacks.Callback):
             "metrics": model.metrics_variables,
             "global_seed_generator": _global_seed_generator_variables(),
         }
-        position = {
-            "step": self._step,
-            "epoch": self._epoch,
-            "step_in_epoch": self._step_in_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
+        # Every worker reads the values: reading a metric total sums it over
+        # all replicas, a collective that needs every worker.
+        arrays = {
+            f"{group}/{index}": variable.numpy()
+            for group, variables in groups.items()
+            for index, variable in enumerate(variables)
         }
-        _write_checkpoint(self.directory, groups, position, self._history, self.keep)
+        if self.writes:
+            position = {
+                "step": self._step,
+                "epoch": self._epoch,
+                "step_in_epoch": self._step_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch,
+            }
+            _write_checkpoint(
+                self.directory, groups, arrays, position, self._history, self.keep
+            )
         self._saved_step = self._step
 
 
@@ -533,16 +619,12 @@ def _assign_group(checkpoint, group, variables):
         variable.assign(checkpoint._arrays[f"{group}/{index}"])
 
 
-def _write_checkpoint(directory, groups, position, history, keep):
+def _write_checkpoint(directory, groups, arrays, position, history, keep):
     step = position["step"]
     staging = os.path.join(directory, f".tmp-ckpt-{step}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-    arrays = {
-        f"{group}/{index}": variable.numpy()
-        for group, variables in groups.items()
-        for index, variable in enumerate(variables)
-    }
+    arrays = dict(arrays)
     algorithm, keys, numpy_position, has_gauss, cached_gaussian = np.random.get_state()
     arrays["numpy_random/keys"] = keys
     state_path = os.path.join(staging, STATE_FILE)

@@ -37,7 +37,12 @@ fail:
      of type AddN must have the same size and shape`.
    The patch builds from the first replica's local batch
    (`strategy.experimental_local_results`): the per-replica shapes the
-   model sees, no communication.
+   model sees, no communication. And it draws no batch at all once the
+   model, its compiled loss and metrics are built (Keras draws one on every
+   `fit` call and discards it): each draw starts an iteration of the
+   dataset, which moves a reshuffling dataset on to its next orders, so a
+   `fit` resumed from a checkpoint would read other batches than the run it
+   continues.
 2. `reduce_per_replica` averages each step's logs (loss, metrics: scalars
    per replica) with `strategy.reduce("MEAN", v, axis=0)` in multi-worker
    mode, which fails on a scalar (`ValueError: Invalid reduction dimension 0
@@ -50,19 +55,45 @@ Verified on Keras 3.15.1 with TensorFlow 2.21.0. Remove the patch once
 Keras no longer reduces the data batch nor the logs with `axis=0`
 (keras#20585); until then `patch_distributed_fit` reads Keras' source and
 leaves alone, with a warning, a function in which the failing call is gone.
+
+A multi-worker run starts and ends together, and stops together when a
+worker is lost:
+
+- `make_strategy("multi-worker")` sets the heartbeat timeout of
+  TensorFlow's coordination service (run by the chief, or worker 0): a
+  worker whose process dies is noticed at once by the next collective step
+  (its connections are reset); one that vanishes silently (a host that loses
+  power or its network) is declared dead after `heartbeat_timeout_seconds`
+  without heartbeats, and every other worker's collectives are aborted.
+- `explain_lost_worker` turns the errors that follow (`UnavailableError`,
+  `DeadlineExceededError`, ...) into a `WorkerLostError` that says what
+  happened and what to do; `checkpointing.fit_resumable` uses it to name the
+  checkpoint the rerun will resume from.
+- `finish(strategy)`, the last call of a multi-worker program, waits for
+  every worker, then lets the chief exit last. Without it, a worker that
+  exits while the others still run looks like a crashed one: the chief logs
+  `BaseCollectiveExecutor::StartAbort UNAVAILABLE ... The tasks have
+  crashed` once the heartbeat timeout passes, and a worker that outlives the
+  chief logs `Failed to send RPC to coordination service`.
 """
 
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 
 import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.eager import context as _tf_context
 
 from keras_transformer import validation
 
@@ -75,8 +106,39 @@ _TF_CONFIG_EXAMPLE = (
     '"task": {"type": "worker", "index": 0}}'
 )
 
+# TensorFlow's default is 10 s, and a worker heartbeats every half of it.
+# `finish` needs the chief to outlive the other workers by less than
+# timeout - interval (the chief's own exit takes 3-5 s on a busy machine), so
+# 30 s leaves a wide margin; a worker that dies outright is noticed at once
+# anyway, through its reset connections.
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 30
+# Every worker must reach `finish`: the slowest may still be evaluating or
+# exporting. A worker lost meanwhile fails the barrier at once.
+DEFAULT_FINISH_TIMEOUT_SECONDS = 3600
+# How long the chief waits in `finish` for the other processes to end.
+_EXIT_WAIT_SECONDS = 120
+_EXIT_POLL_SECONDS = 0.1
+# What TensorFlow raises in a collective or coordination call once a peer is
+# gone: reset connections, heartbeat timeouts, aborted collectives.
+_LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+_finish_calls = itertools.count()
 
-def make_strategy(name="default", tpu=None):
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped, so this one stops too."""
+
+
+def make_strategy(
+    name="default",
+    tpu=None,
+    *,
+    heartbeat_timeout_seconds=DEFAULT_HEARTBEAT_TIMEOUT_SECONDS,
+):
     """Builds the `tf.distribute.Strategy` called `name`.
 
     - `"default"`: the default strategy (one device, no distribution).
@@ -101,6 +163,11 @@ def make_strategy(name="default", tpu=None):
         tpu: str or None. For `"tpu"` and `"auto"`: the TPU name, its
             `grpc://` address, or `"local"` on a TPU VM. None reads the
             `TPU_NAME` environment variable (or the Cloud metadata).
+        heartbeat_timeout_seconds: int. For `"multi-worker"`: seconds
+            without a heartbeat after which a worker counts as lost and every
+            other worker stops (TensorFlow's coordination service; default
+            30). A worker whose process ends is noticed sooner, by the next
+            collective step.
 
     Returns:
         A `tf.distribute.Strategy`.
@@ -110,13 +177,16 @@ def make_strategy(name="default", tpu=None):
             (`"multi-worker"`), or no reachable TPU (`"tpu"`).
     """
     validation.check_choice("name", name, STRATEGY_NAMES)
-    strategy = _new_strategy(name, tpu)
+    validation.check_positive_int(
+        "heartbeat_timeout_seconds", heartbeat_timeout_seconds
+    )
+    strategy = _new_strategy(name, tpu, heartbeat_timeout_seconds)
     if strategy is not tf.distribute.get_strategy():
         patch_distributed_fit()
     return strategy
 
 
-def _new_strategy(name, tpu):
+def _new_strategy(name, tpu, heartbeat_timeout_seconds):
     if name == "auto":
         resolver = _find_tpu(tpu)
         if resolver is not None:
@@ -130,7 +200,7 @@ def _new_strategy(name, tpu):
         return tf.distribute.MirroredStrategy()
     if name == "multi-worker":
         check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy(heartbeat_timeout_seconds)
     resolver = _find_tpu(tpu)
     if resolver is None:
         raise ValueError(
@@ -158,6 +228,38 @@ def _tpu_strategy(resolver):
             f"Could not initialise the TPU system at {resolver.master()!r}: {error}"
         ) from error
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _multi_worker_strategy(heartbeat_timeout_seconds):
+    """`MultiWorkerMirroredStrategy` with the heartbeat timeout set.
+
+    The strategy configures TensorFlow's coordination service only when
+    nothing has yet, with TensorFlow's defaults; this configures it first,
+    as the strategy would (a standalone service on the chief, or worker 0,
+    coordinating the chief and worker tasks), plus the timeout.
+    """
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster_spec = resolver.cluster_spec()
+    runtime = _tf_context.context()
+    coordinated = resolver.task_type in _COORDINATED_JOBS
+    if runtime.coordination_service is None and coordinated:
+        runtime.configure_coordination_service(
+            service_type="standalone",
+            service_leader=multi_worker_util.coordination_leader(cluster_spec),
+            heartbeat_timeout_in_ms=heartbeat_timeout_seconds * 1000,
+            coordinated_jobs=[
+                coordination_config_pb2.CoordinatedJob(
+                    name=job, num_tasks=cluster_spec.num_tasks(job)
+                )
+                for job in _COORDINATED_JOBS
+                if job in cluster_spec.jobs
+            ],
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+
+# The task types that train (and that TensorFlow's strategy coordinates).
+_COORDINATED_JOBS = ("chief", "worker")
 
 
 def check_tf_config():
@@ -297,6 +399,157 @@ def chief_output_dir(path, strategy):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def is_multi_worker(strategy):
+    """Whether `strategy` trains in several processes (workers, a chief)."""
+    return _num_tasks(strategy) > 1
+
+
+def _num_tasks(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+        return 1
+    jobs = resolver.cluster_spec().as_dict()
+    return sum(len(jobs.get(job, ())) for job in _COORDINATED_JOBS)
+
+
+def gather_from_workers(strategy, number):
+    """Returns the integer `number` of every process of the run, on each.
+
+    A collective (an all-gather): under a multi-worker strategy every worker
+    must call it at the same point. On a single process it returns
+    `[number]`.
+    """
+    if not is_multi_worker(strategy):
+        return [int(number)]
+    local = tf.constant([int(number)], tf.int64)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda _: local
+    )
+    replicas = strategy.gather(per_replica, axis=0).numpy().tolist()
+    # One entry per replica; a worker's replicas are side by side.
+    return replicas[:: len(replicas) // _num_tasks(strategy)]
+
+
+@contextlib.contextmanager
+def explain_lost_worker(strategy, advice=None):
+    """Turns TensorFlow's errors after a worker is lost into `WorkerLostError`.
+
+    Under a multi-worker strategy, when another worker dies, TensorFlow
+    aborts this worker's collectives with an `UnavailableError` ("Connection
+    reset by peer", "The tasks have crashed"), a `DeadlineExceededError` or
+    an `AbortedError`. Inside this context they become a `WorkerLostError`
+    that says so and what to do (`advice`); the original error is chained.
+    With any other strategy, or any other error, nothing changes.
+
+    Args:
+        strategy: a `tf.distribute.Strategy`.
+        advice: str, or a function returning one (called only on failure),
+            appended to the message.
+
+    Example:
+
+    ```python
+    with distribute.explain_lost_worker(strategy, "Rerun every worker."):
+        model.fit(dataset, epochs=10, steps_per_epoch=100)
+    ```
+    """
+    try:
+        yield
+    except _LOST_WORKER_ERRORS as error:
+        if not is_multi_worker(strategy):
+            raise
+        advice = advice() if callable(advice) else advice
+        reported = str(error).strip().splitlines()
+        raise WorkerLostError(
+            f"{_task_name(strategy)} stops: another worker of the multi-worker "
+            "run was lost (killed, crashed, preempted or unreachable), and "
+            "every training step needs all of them. "
+            + (f"{advice} " if advice else "")
+            + f"TensorFlow reported {type(error).__name__}: "
+            + (reported[-1] if reported else "")
+        ) from error
+
+
+def finish(strategy, timeout_seconds=DEFAULT_FINISH_TIMEOUT_SECONDS):
+    """Ends a multi-worker run cleanly: call it last, on every worker.
+
+    Waits until every worker has called it (a barrier of TensorFlow's
+    coordination service), then, on the chief, until the other workers'
+    processes have ended. The chief runs the coordination service: a worker
+    that outlives it loses its heartbeat connection and logs an error, and
+    one that ends long before it looks crashed to it. Does nothing under
+    single-process strategies.
+
+    Args:
+        strategy: the `tf.distribute.Strategy` of the run.
+        timeout_seconds: int. How long to wait for the slowest worker to
+            arrive (default one hour).
+
+    Raises:
+        WorkerLostError: a worker was lost before it arrived.
+
+    Example:
+
+    ```python
+    strategy = distribute.make_strategy("multi-worker")
+    ...  # build, train, export (the chief's files only)
+    distribute.finish(strategy)
+    ```
+    """
+    validation.check_positive_int("timeout_seconds", timeout_seconds)
+    if not is_multi_worker(strategy):
+        return
+    with explain_lost_worker(strategy, "Training itself had finished."):
+        _tf_context.context().wait_at_barrier(
+            f"keras_transformer_finish_{next(_finish_calls)}",
+            timeout_seconds * 1000,
+        )
+    if is_chief(strategy):
+        _wait_until_ended(_other_task_addresses(strategy))
+
+
+def _task_name(strategy):
+    resolver = strategy.cluster_resolver
+    return f"Task {resolver.task_type} {resolver.task_id}"
+
+
+def _other_task_addresses(strategy):
+    resolver = strategy.cluster_resolver
+    jobs = resolver.cluster_spec().as_dict()
+    return [
+        address
+        for job in _COORDINATED_JOBS
+        for index, address in enumerate(jobs.get(job, ()))
+        if (job, index) != (resolver.task_type, resolver.task_id)
+    ]
+
+
+def _wait_until_ended(addresses):
+    """Waits until no process listens at any of the `host:port` addresses."""
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
+    while addresses and time.monotonic() < deadline:
+        addresses = [address for address in addresses if _listening(address)]
+        if addresses:
+            time.sleep(_EXIT_POLL_SECONDS)
+    if addresses:
+        warnings.warn(
+            f"keras_transformer.distribute.finish: the workers at {addresses} "
+            f"still run {_EXIT_WAIT_SECONDS} s after the run finished; call "
+            "finish() last on every worker, or they log coordination errors "
+            "once the chief has exited.",
+            stacklevel=3,
+        )
+
+
+def _listening(address):
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def patch_distributed_fit():
     """Fixes Keras 3 `fit`/`evaluate` under tf.distribute strategies.
 
@@ -336,6 +589,8 @@ def _build_from_local_batch(original):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is None or self._distribute_strategy is None:
             return original(self, iterator=iterator, data_batch=data_batch)
+        if not _needs_a_batch_to_build(self):
+            return original(self)
         strategy = self._distribute_strategy
         for _, _, distributed_iterator in iterator:
             data_batch = tf.nest.map_structure(
@@ -346,6 +601,15 @@ def _build_from_local_batch(original):
         return original(self, data_batch=data_batch)
 
     return _maybe_symbolic_build
+
+
+def _needs_a_batch_to_build(model):
+    """Whether Keras' `_symbolic_build` would read a batch (its own test)."""
+    return (
+        not all(layer.built for layer in model._flatten_layers())
+        or (model._compile_metrics is not None and not model._compile_metrics.built)
+        or (model._compile_loss is not None and not model._compile_loss.built)
+    )
 
 
 def _mean_across_replicas(original):

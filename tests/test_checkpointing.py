@@ -3,8 +3,10 @@
 The slow tests run this file as a child process (`python -m
 tests.test_checkpointing ...`) that trains a tiny Transformer with dropout
 under op determinism, killed with SIGKILL at chosen steps (once halfway
-through writing a checkpoint) and restarted until done. The fast tests train
-a small dense model in-process to check fallback, atomicity and errors.
+through writing a checkpoint) and restarted until done; with `--multi-worker`
+the child is one worker of a two-worker localhost cluster, and one worker
+(the other one, then the chief) is killed. The fast tests train a small dense
+model in-process to check fallback, atomicity and errors.
 """
 
 import argparse
@@ -16,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import types
 import warnings
 
 import keras
@@ -23,12 +27,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer import checkpointing, losses, metrics, models
+from keras_transformer import checkpointing, distribute, losses, metrics, models
 from tests.conftest import load_script
+from tests.test_distribute import (
+    error_lines,
+    localhost_cluster,
+    run_processes,
+    worker_env,
+)
 
 REPOSITORY = pathlib.Path(__file__).parents[1]
-# A child imports TensorFlow, builds, traces and trains for 18 steps (~10 s).
-CHILD_TIMEOUT = 120
+# A child imports TensorFlow, builds, traces and trains for 18 steps: ~10 s
+# alone, ~120 s measured with the 2 cores shared by 12 busy processes. Only a
+# guard against a hang.
+CHILD_TIMEOUT = 300
 SEED = 11
 EPOCHS = 3
 STEPS_PER_EPOCH = 6
@@ -106,6 +118,8 @@ class AtStep(keras.callbacks.Callback):
 
 
 def kill_this_process():
+    # When, for the test that measures how soon the other workers stop.
+    print(f"killed at {time.time()!r}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -159,6 +173,72 @@ def final_state(model):
     }
 
 
+def count_checkpoint_writes():
+    """Counts this process's `_write_checkpoint` calls; returns the list."""
+    write_checkpoint = checkpointing._write_checkpoint
+    writes = []
+
+    def counted(directory, *args):
+        writes.append(directory)
+        write_checkpoint(directory, *args)
+
+    checkpointing._write_checkpoint = counted
+    return writes
+
+
+def train_on_cluster(args, callbacks):
+    """Trains `dense_model` as one worker of the `TF_CONFIG` cluster.
+
+    A dense model and no validation: every worker traces its functions on
+    the shared cores, and what is under test is the checkpointing, which
+    sees only variables (the dropout's seed state included).
+    """
+    strategy = distribute.make_strategy("multi-worker")
+    writes = count_checkpoint_writes()
+    with strategy.scope():
+        model = dense_model()
+
+    def make_dataset():
+        # A global batch of 4: 2 examples per worker; 3 batches a pass.
+        return distribute.shard_dataset(
+            dense_pairs()
+            .shuffle(12, seed=SEED, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(4)
+        )
+
+    options = dict(
+        epochs=EPOCHS,
+        steps_per_epoch=STEPS_PER_EPOCH,
+        callbacks=[StartedAt(), *callbacks],
+        verbose=0,
+    )
+    history = checkpointing.fit_resumable(
+        model,
+        make_dataset,
+        directory=args.directory,
+        save_every_steps=SAVE_EVERY_STEPS,
+        **options,
+    )
+    from tensorflow.python.eager import context
+
+    facts = {
+        "checkpoint_writes": len(writes),
+        "heartbeat_timeout_ms": (
+            context.context().coordination_service.heartbeat_timeout_in_ms
+        ),
+    }
+    return model, history.history, facts, strategy
+
+
+class StartedAt(keras.callbacks.Callback):
+    """Prints the step training starts from (after any restore)."""
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        print(f"training from step {step}", flush=True)
+
+
 def child_main(argv):
     parser = argparse.ArgumentParser()
     parser.add_argument("--directory", required=True)
@@ -170,6 +250,17 @@ def child_main(argv):
         action="store_true",
         help="plain model.fit, no checkpoints (the reference)",
     )
+    parser.add_argument(
+        "--multi-worker",
+        action="store_true",
+        help="one worker of the TF_CONFIG cluster; finish() at the end",
+    )
+    parser.add_argument(
+        "--finish-after",
+        type=float,
+        default=0.0,
+        help="seconds to wait between training and finish()",
+    )
     args = parser.parse_args(argv)
     tf.config.experimental.enable_op_determinism()
     callbacks = []
@@ -177,10 +268,19 @@ def child_main(argv):
         callbacks.append(AtStep(args.kill_at_step, kill_this_process))
     if args.kill_during_save:
         die_during_save(args.kill_during_save)
-    model, history = train(args.directory, callbacks, args.uninterrupted_fit)
+    if args.multi_worker:
+        model, history, facts, strategy = train_on_cluster(args, callbacks)
+    else:
+        model, history = train(args.directory, callbacks, args.uninterrupted_fit)
+        facts, strategy = {}, None
     np.savez(args.output, **final_state(model))
     with open(args.output + ".history.json", "w") as file:
         json.dump(history, file)
+    with open(args.output + ".facts.json", "w") as file:
+        json.dump(facts, file)
+    if strategy is not None:
+        time.sleep(args.finish_after)
+        distribute.finish(strategy)
 
 
 # --- running children -------------------------------------------------------
@@ -324,6 +424,184 @@ def test_final_checkpoint_records_the_whole_history(killed_runs):
     checkpoint = checkpointing.latest_checkpoint(killed_runs["root"] / "checkpoints")
     assert (checkpoint.step, checkpoint.epoch, checkpoint.step_in_epoch) == (18, 3, 0)
     assert checkpoint.history == killed_runs["reference"][1]
+
+
+# --- two workers, one killed at a time ----------------------------------------
+
+# A worker killed on localhost resets its connections, so the others fail at
+# their next collective, within a step; then Python and TensorFlow shut down
+# (2-5 s measured on 2 busy cores). Generous, but bounded: a hang fails.
+LOST_WORKER_EXIT_S = 60
+
+
+def cluster_commands(hosts, directory, outputs, extra_flags):
+    """(command, env) of each worker; `extra_flags[index]`: its own flags."""
+    return [
+        (
+            [
+                sys.executable,
+                "-m",
+                "tests.test_checkpointing",
+                "--multi-worker",
+                "--directory",
+                str(directory),
+                "--output",
+                str(output),
+                *map(str, flags),
+            ],
+            worker_env(hosts, index),
+        )
+        for index, (output, flags) in enumerate(zip(outputs, extra_flags, strict=True))
+    ]
+
+
+def killed_at(output):
+    """When the worker whose `output` this is killed itself (`time.time()`)."""
+    return float(output.split("killed at ")[1].split()[0])
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory):
+    """Two workers: an uninterrupted run, and a run killed twice.
+
+    Both are `fit_resumable` on a stream reshuffled on every pass: the
+    uninterrupted one into a directory of its own. Saves fall at steps 4, 8,
+    12, 16 and 18, as in `killed_runs`. Worker 1
+    is killed at step 6: both resume from step 4, mid-epoch 0. The chief
+    (worker 0) is killed at step 10: both resume from step 8, mid-epoch 1,
+    and run to the end. Every launch reruns the same commands on the same
+    ports. In the uninterrupted run the chief finishes 3 s before worker 1.
+    """
+    root = tmp_path_factory.mktemp("cluster_runs")
+    hosts = localhost_cluster(2)
+    directory = root / "checkpoints"
+    outputs = [root / f"worker_{index}.npz" for index in range(2)]
+    reference_outputs = [root / f"reference_{index}.npz" for index in range(2)]
+    runs = types.SimpleNamespace(directory=directory, outputs=outputs)
+    runs.reference = run_processes(
+        cluster_commands(
+            hosts, root / "reference", reference_outputs, [[], ["--finish-after", 3]]
+        )
+    )
+    runs.reference_results = [load_result(output) for output in reference_outputs]
+    runs.worker_killed = run_processes(
+        cluster_commands(hosts, directory, outputs, [[], ["--kill-at-step", 6]])
+    )
+    runs.after_worker_killed = visible_checkpoints(directory)
+    runs.chief_killed = run_processes(
+        cluster_commands(hosts, directory, outputs, [["--kill-at-step", 10], []])
+    )
+    runs.after_chief_killed = visible_checkpoints(directory)
+    runs.resumed = run_processes(cluster_commands(hosts, directory, outputs, [[], []]))
+    runs.results = [load_result(output) for output in outputs]
+    runs.facts = [
+        json.loads(pathlib.Path(f"{output}.facts.json").read_text())
+        for output in outputs
+    ]
+    runs.final_folders = sorted(os.listdir(directory))
+    yield runs
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_lost_worker_stopped_everyone(launch, victim, resume_step, directory):
+    killed, survivor = launch[victim], launch[1 - victim]
+    assert killed.returncode == -signal.SIGKILL, killed.output
+    assert survivor.returncode == 1, survivor.output
+    assert "WorkerLostError: Task worker " in survivor.output
+    assert (
+        f"The last complete checkpoint is {directory / f'ckpt-{resume_step}'} "
+        f"(step {resume_step}): start every worker again with the same command"
+        in survivor.output
+    ), survivor.output
+    exit_seconds = survivor.ended_at - killed_at(killed.output)
+    assert exit_seconds < LOST_WORKER_EXIT_S, f"exited {exit_seconds:.1f} s after"
+
+
+@pytest.mark.slow
+def test_killing_a_worker_mid_epoch_stops_the_other_with_the_checkpoint_to_resume(
+    cluster_runs,
+):
+    assert cluster_runs.after_worker_killed == ["ckpt-4"]
+    assert_lost_worker_stopped_everyone(
+        cluster_runs.worker_killed, 1, 4, cluster_runs.directory
+    )
+
+
+@pytest.mark.slow
+def test_killing_the_chief_mid_epoch_stops_the_other_worker_too(cluster_runs):
+    # The chief wrote ckpt-8 before it died; worker 1 names it.
+    assert cluster_runs.after_chief_killed == ["ckpt-4", "ckpt-8"]
+    assert_lost_worker_stopped_everyone(
+        cluster_runs.chief_killed, 0, 8, cluster_runs.directory
+    )
+
+
+@pytest.mark.slow
+def test_every_worker_resumes_from_the_chiefs_last_checkpoint(cluster_runs):
+    for launch, step in [(cluster_runs.chief_killed, 4), (cluster_runs.resumed, 8)]:
+        for run in launch:
+            # The first fit finishes the epoch the checkpoint is in.
+            assert f"training from step {step}\n" in run.output, run.output
+
+
+@pytest.mark.slow
+def test_two_workers_killed_and_resumed_end_bit_identical_to_an_uninterrupted_run(
+    cluster_runs,
+):
+    assert [run.returncode for run in cluster_runs.resumed] == [0, 0]
+    for (state, history), (reference_state, reference_history) in zip(
+        cluster_runs.results, cluster_runs.reference_results, strict=True
+    ):
+        assert state.keys() == reference_state.keys()
+        different = [
+            name
+            for name in state
+            if not np.array_equal(state[name], reference_state[name])
+        ]
+        assert not different, f"differ from the uninterrupted run: {different}"
+        # On restore each worker's replica gets half of a metric total, so
+        # the resumed epoch's average is summed in another order: measured
+        # 1 float32 ulp apart (3.8987960815 vs 3.8987963200).
+        assert history.keys() == reference_history.keys()
+        for name, values in history.items():
+            np.testing.assert_allclose(values, reference_history[name], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_only_the_chief_writes_checkpoints(cluster_runs):
+    # The final run wrote 12, 16 and 18 and kept the two newest.
+    assert [facts["checkpoint_writes"] for facts in cluster_runs.facts] == [3, 0]
+    assert cluster_runs.final_folders == ["ckpt-16", "ckpt-18"]
+
+
+@pytest.mark.slow
+def test_two_worker_runs_that_finish_apart_log_no_error(cluster_runs):
+    for run in cluster_runs.reference + cluster_runs.resumed:
+        assert run.returncode == 0, run.output
+        assert error_lines(run.output) == [], run.output
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_sets_the_heartbeat_timeout(cluster_runs):
+    expected = distribute.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS * 1000
+    assert [facts["heartbeat_timeout_ms"] for facts in cluster_runs.facts] == [
+        expected,
+        expected,
+    ]
+
+
+def test_workers_that_see_different_checkpoints_are_refused(
+    checkpoints, monkeypatch
+):
+    monkeypatch.setattr(
+        distribute, "gather_from_workers", lambda strategy, step: [6, -1]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"different checkpoints in .*\(process 0: ckpt-6, process 1: "
+        r"none\).*a file system they all see",
+    ):
+        fit_dense(checkpoints)
 
 
 # --- in-process tests on a small dense model ---------------------------------

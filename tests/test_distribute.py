@@ -14,13 +14,17 @@ replicas' gradients is the single-device gradient of the global batch: the
 weights agree up to float32 summation order.
 """
 
+import collections
 import contextlib
 import json
 import os
+import pathlib
 import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 import types
 
@@ -30,6 +34,7 @@ import tensorflow as tf
 
 from keras_transformer import distribute
 
+REPOSITORY = pathlib.Path(__file__).parents[1]
 # Workers start TensorFlow and meet over gRPC: generous, but bounded.
 TIMEOUT_S = 180
 # Per-replica gradients are summed by an all-reduce in a different order
@@ -145,30 +150,83 @@ def free_ports(count):
             sock.close()
 
 
-def run_processes(commands_and_envs):
-    """Runs the commands concurrently; returns [(returncode, output)]."""
-    processes = []
+def localhost_cluster(size):
+    """`host:port` addresses of `size` workers on free loopback ports."""
+    return [f"127.0.0.1:{port}" for port in free_ports(size)]
+
+
+def worker_env(hosts, index, **extra):
+    """The environment of worker `index` of the cluster `hosts`."""
+    tf_config = {
+        "cluster": {"worker": hosts},
+        "task": {"type": "worker", "index": index},
+    }
+    return subprocess_env(TF_CONFIG=json.dumps(tf_config), **extra)
+
+
+# What a process that ends by itself or by a signal leaves behind; `ended_at`
+# (`time.time()`, to 50 ms) is None for one killed at the timeout.
+Finished = collections.namedtuple("Finished", "returncode output ended_at")
+
+
+def run_processes(commands_and_envs, timeout=TIMEOUT_S):
+    """Runs the commands concurrently from the repository root.
+
+    Every process still running after `timeout` seconds is killed, and all
+    are reaped whatever happens. Returns one `Finished` per command.
+    """
+    processes, logs = [], []
+    ended = [None] * len(commands_and_envs)
     try:
         for command, env in commands_and_envs:
+            # A file, not a pipe: nobody reads a pipe while waiting for many.
+            logs.append(tempfile.TemporaryFile("w+"))
             processes.append(
                 subprocess.Popen(
                     command,
+                    cwd=REPOSITORY,
                     env=env,
-                    stdout=subprocess.PIPE,
+                    stdout=logs[-1],
                     stderr=subprocess.STDOUT,
                     text=True,
                 )
             )
-        results = []
-        for process in processes:
-            output, _ = process.communicate(timeout=TIMEOUT_S)
-            results.append((process.returncode, output))
-        return results
+        deadline = time.monotonic() + timeout
+        while None in ended and time.monotonic() < deadline:
+            for index, process in enumerate(processes):
+                if ended[index] is None and process.poll() is not None:
+                    ended[index] = time.time()
+            time.sleep(0.05)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=TIMEOUT_S)
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+    return [
+        Finished(process.returncode, output, end)
+        for process, output, end in zip(processes, outputs, ended, strict=True)
+    ]
+
+
+# Error-level lines: TensorFlow's C++ logs (`E0000 00:00:...`) and Python's
+# logging ("ERROR:absl:..."). A CUDA build of TensorFlow on a machine without
+# a GPU driver logs one at start-up that says only that; it is not ours.
+ERROR_LINE = re.compile(r"^(E\d{4} |ERROR:)", re.MULTILINE)
+NO_GPU_DRIVER = re.compile(r"^E\d{4} .*failed call to cuInit.*$\n?", re.MULTILINE)
+
+
+def error_lines(output):
+    """The error-level log lines of `output`, except the no-GPU-driver one."""
+    return [
+        line
+        for line in NO_GPU_DRIVER.sub("", output).splitlines()
+        if ERROR_LINE.match(line)
+    ]
 
 
 def worker_command(mode, initial_path, output_path):
@@ -180,8 +238,8 @@ def mirrored_run(reference, tmp_path_factory):
     """`worker_main("mirrored", ...)` on 2 virtual CPUs: (weights, arrays)."""
     output_path = tmp_path_factory.mktemp("mirrored") / "run.npz"
     command = worker_command("mirrored", reference.initial_path, output_path)
-    [(code, output)] = run_processes([(command, subprocess_env())])
-    assert code == 0, output
+    [run] = run_processes([(command, subprocess_env())])
+    assert run.returncode == 0, run.output
     return load_run(output_path)
 
 
@@ -189,23 +247,29 @@ def mirrored_run(reference, tmp_path_factory):
 def two_worker_runs(reference, tmp_path_factory):
     """`worker_main("multi-worker", ...)` on a 2-worker localhost cluster.
 
-    Returns one (weights, arrays) per worker.
+    Returns one (weights, arrays, output) per worker.
     """
     directory = tmp_path_factory.mktemp("cluster")
-    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    runs = []
-    for index in range(2):
-        tf_config = {
-            "cluster": {"worker": hosts},
-            "task": {"type": "worker", "index": index},
-        }
-        command = worker_command(
-            "multi-worker", reference.initial_path, directory / f"worker_{index}.npz"
-        )
-        runs.append((command, subprocess_env(TF_CONFIG=json.dumps(tf_config))))
-    for code, output in run_processes(runs):
-        assert code == 0, output
-    return [load_run(directory / f"worker_{index}.npz") for index in range(2)]
+    hosts = localhost_cluster(2)
+    runs = run_processes(
+        [
+            (
+                worker_command(
+                    "multi-worker",
+                    reference.initial_path,
+                    directory / f"worker_{index}.npz",
+                ),
+                worker_env(hosts, index),
+            )
+            for index in range(2)
+        ]
+    )
+    for run in runs:
+        assert run.returncode == 0, run.output
+    return [
+        (*load_run(directory / f"worker_{index}.npz"), run.output)
+        for index, run in enumerate(runs)
+    ]
 
 
 def assert_weights_close(weights, expected):
@@ -239,7 +303,7 @@ def test_mirrored_evaluates_a_batch_that_splits_unevenly(reference, mirrored_run
 
 @pytest.mark.slow
 def test_two_workers_train_identically_and_like_one_device(reference, two_worker_runs):
-    (weights_0, arrays_0), (weights_1, arrays_1) = two_worker_runs
+    (weights_0, arrays_0, _), (weights_1, arrays_1, _) = two_worker_runs
     # One all-reduce gives every worker the same bits.
     for first, second in zip(weights_0, weights_1):
         np.testing.assert_array_equal(first, second)
@@ -251,8 +315,14 @@ def test_two_workers_train_identically_and_like_one_device(reference, two_worker
 
 
 @pytest.mark.slow
+def test_successful_two_worker_run_logs_no_error_on_either_worker(two_worker_runs):
+    for _, _, output in two_worker_runs:
+        assert error_lines(output) == [], output
+
+
+@pytest.mark.slow
 def test_multi_worker_fit_fails_without_each_half_of_the_patch(two_worker_runs):
-    for _, arrays in two_worker_runs:
+    for _, arrays, _ in two_worker_runs:
         unpatched, logs_unpatched = (str(error) for error in arrays["errors"])
         assert re.search(
             r"in _maybe_symbolic_build\n[\s\S]*ValueError: Attempt to convert a "
@@ -373,6 +443,56 @@ def test_single_process_strategies_are_chief(tmp_path):
         assert path == str(tmp_path)
 
 
+def test_multi_worker_means_several_processes():
+    for task_type, task_id, cluster, _ in CLUSTER_MEMBERS:
+        assert distribute.is_multi_worker(cluster_member(task_type, task_id, cluster))
+    assert not distribute.is_multi_worker(
+        cluster_member("worker", 0, {"worker": ["a:1"]})
+    )
+    assert not distribute.is_multi_worker(tf.distribute.get_strategy())
+    assert distribute.gather_from_workers(tf.distribute.get_strategy(), 7) == [7]
+
+
+LOST = tf.errors.UnavailableError(
+    None, None, "Collective ops is aborted by: Connection reset by peer"
+)
+
+
+def test_a_lost_worker_becomes_an_error_that_says_what_to_do():
+    strategy = cluster_member("worker", 1, {"worker": ["a:1", "b:1"]})
+    with pytest.raises(distribute.WorkerLostError) as raised:
+        with distribute.explain_lost_worker(strategy, lambda: "Rerun them all."):
+            raise LOST
+    assert str(raised.value) == (
+        "Task worker 1 stops: another worker of the multi-worker run was lost "
+        "(killed, crashed, preempted or unreachable), and every training step "
+        "needs all of them. Rerun them all. TensorFlow reported "
+        "UnavailableError: Collective ops is aborted by: Connection reset by peer"
+    )
+    assert raised.value.__cause__ is LOST
+
+
+def test_other_errors_and_single_process_runs_keep_their_errors():
+    worker = cluster_member("worker", 1, {"worker": ["a:1", "b:1"]})
+    with pytest.raises(ValueError, match="not a lost worker"):
+        with distribute.explain_lost_worker(worker, "unused"):
+            raise ValueError("not a lost worker")
+    with pytest.raises(tf.errors.UnavailableError):
+        with distribute.explain_lost_worker(tf.distribute.get_strategy(), "unused"):
+            raise LOST
+
+
+def test_finish_does_nothing_on_one_process():
+    assert distribute.finish(tf.distribute.get_strategy()) is None
+    with pytest.raises(ValueError, match="Received: timeout_seconds=0"):
+        distribute.finish(tf.distribute.get_strategy(), timeout_seconds=0)
+
+
+def test_make_strategy_rejects_a_heartbeat_timeout_that_is_not_positive():
+    with pytest.raises(ValueError, match="Received: heartbeat_timeout_seconds=0"):
+        distribute.make_strategy("multi-worker", heartbeat_timeout_seconds=0)
+
+
 def test_train_script_sends_a_workers_outputs_to_scratch_space(tmp_path):
     # Imported here: this file also runs as a worker script, where the tests
     # package is not importable.
@@ -484,6 +604,7 @@ def worker_main(mode, initial_path, output_path):
     if strategy.num_replicas_in_sync != 2:
         raise SystemExit(f"{strategy.num_replicas_in_sync} replicas, expected 2")
     save_run(output_path, model.get_weights(), losses=losses, **arrays)
+    distribute.finish(strategy)
 
 
 if __name__ == "__main__":
