@@ -17,9 +17,32 @@ def test_readme_python_examples_run_in_order_and_print_what_they_claim(capsys):
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
+    assert "True True" in printed
     assert "(1, 3, 1000)" in printed
     # q and v in one encoder self-attention, one decoder self- and cross-attention.
     assert "6 projections adapted; 3072 trainable parameters" in printed
+
+
+def test_readme_quickstart_export_serves_the_same_strings_in_a_fresh_process(
+    capsys,
+):
+    import json
+
+    from tests.conftest import run_python
+
+    namespace = {}
+    exec(compile(_python_blocks()[0], str(README), "exec"), namespace)
+    code = (
+        "import json, sys\n"
+        "import tensorflow as tf\n"
+        "export = tf.saved_model.load(sys.argv[1])\n"
+        "texts = tf.constant(json.loads(sys.argv[2]))\n"
+        "print(json.dumps([t.decode() for t in export.translate(texts).numpy()]))\n"
+        "assert not [m for m in sys.modules if m.startswith('keras_transformer')]\n"
+    )
+    result = run_python(code, namespace["export_dir"], json.dumps(namespace["texts"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == namespace["greedy"]
 
 
 def test_ci_runs_exactly_the_readme_test_commands():
