@@ -37,6 +37,7 @@ import keras
 from keras import ops
 
 from keras_transformer import validation
+from keras_transformer.layers import _token_ids
 from keras_transformer.layers.stateless_dropout import _FixedSeed
 from keras_transformer.models import transformer
 
@@ -465,13 +466,15 @@ def get_sampler(method="greedy", **options):
         "beam": BeamSampler,
         "sample": RandomSampler,
     }[method]
-    try:
-        return sampler_class(**options)
-    except TypeError as error:
+    known = _argument_names(sampler_class)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"takes {sorted(known)}" if known else "takes no options"
         raise ValueError(
-            f"Received an unknown option for method={method!r}: {error}. "
-            f"{sampler_class.__name__} takes {sorted(_argument_names(sampler_class))}."
-        ) from None
+            f"Received an unknown option for method={method!r}: {unknown}. "
+            f"{sampler_class.__name__} {takes}."
+        )
+    return sampler_class(**options)
 
 
 def greedy_decode(model, source_ids, max_length, bos_id=2, eos_id=3):
@@ -556,6 +559,8 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
             "Expected source_ids of shape (batch_size, source_length), but "
             f"received shape {tuple(source_ids.shape)}."
         )
+    # Before the int32 cast, which would wrap an int64 id around.
+    _token_ids.check_values("source_ids", source_ids, parts.source_vocabulary_size)
     return parts, ops.cast(source_ids, "int32")
 
 
@@ -619,8 +624,12 @@ def _gather_beams(values, beam_indices):
 def _argument_names(cls):
     import inspect
 
+    # GreedySampler inherits `object.__init__(*args, **kwargs)`: no options.
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [
-        name for name in inspect.signature(cls.__init__).parameters if name != "self"
+        name
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and parameter.kind in named
     ]
 
 

@@ -135,16 +135,23 @@ def export_translator(
             f"Cannot export to {final_dir!r}: it exists and is not a folder."
         )
 
-    archive = _build_archive(
-        model,
-        parts,
-        source_tokenizer,
-        target_tokenizer,
-        max_decode_length=max_decode_length,
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        jit_compile=jit_compile,
-    )
+    # The folder the export is staged in is made first: a parent that is a
+    # file or cannot be written fails here, before any endpoint is traced.
+    workspace = _make_workspace(final_dir)
+    try:
+        archive = _build_archive(
+            model,
+            parts,
+            source_tokenizer,
+            target_tokenizer,
+            max_decode_length=max_decode_length,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            jit_compile=jit_compile,
+        )
+    except BaseException:
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
     metadata = {
         "keras_transformer_version": keras_transformer.__version__,
         "endpoints": list(ENDPOINTS),
@@ -158,13 +165,6 @@ def export_translator(
         "target_tokenizer": _tokenizer_record(target_tokenizer),
     }
 
-    parent = os.path.dirname(final_dir)
-    os.makedirs(parent, exist_ok=True)
-    # Everything in progress lives in one hidden folder beside export_dir, on
-    # the same file system, so moving the export into place is a rename.
-    workspace = tempfile.mkdtemp(
-        dir=parent, prefix=f".{os.path.basename(final_dir)}.export-"
-    )
     staging = os.path.join(workspace, "new")
     previous = os.path.join(workspace, "old")
     try:
@@ -391,6 +391,23 @@ def _assert_fits(ids, max_length, argument, side):
             f"{side} length of {max_length} tokens."
         ),
     )
+
+
+def _make_workspace(final_dir):
+    """A hidden folder beside `final_dir` (same file system: moving the
+    export into place is a rename); `ValueError` naming the parent when it
+    cannot be made."""
+    parent = os.path.dirname(final_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(
+            dir=parent, prefix=f".{os.path.basename(final_dir)}.export-"
+        )
+    except OSError as error:
+        raise ValueError(
+            f"Cannot export to {final_dir!r}: its parent folder {parent!r} "
+            f"cannot be created or written ({error.strerror or error})."
+        ) from error
 
 
 def _write_metadata(export_dir, metadata):

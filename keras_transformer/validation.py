@@ -51,8 +51,10 @@ def check_positive_float(name, value, allow_none=False):
     return float(value)
 
 
-def check_rate(name, value):
+def check_rate(name, value, allow_none=False):
     """Raises `ValueError` unless `value` is a probability in [0, 1)."""
+    if value is None and allow_none:
+        return value
     if (
         not isinstance(value, numbers.Real)
         or isinstance(value, bool)
@@ -60,6 +62,28 @@ def check_rate(name, value):
     ):
         raise _invalid(name, "a float in the range [0, 1)", value)
     return float(value)
+
+
+def check_bool(name, value):
+    """Raises `ValueError` unless `value` is a bool (NumPy bools included).
+
+    Strict on purpose: `bool("False")` is True, so a string or a number that
+    merely converts to a bool would silently switch a feature on.
+    """
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in (
+        "bool",
+        "bool_",
+    )
+    if isinstance(value, bool) or numpy_bool:
+        return bool(value)
+    raise _invalid(name, "a bool (True or False)", value)
+
+
+def check_string(name, value):
+    """Raises `ValueError` unless `value` is a non-empty `str`."""
+    if not isinstance(value, str) or not value:
+        raise _invalid(name, "a non-empty string", value)
+    return value
 
 
 def check_choice(name, value, choices):
@@ -78,6 +102,20 @@ def check_divisible(name, value, divisor_name, divisor):
             f"multiple of {divisor_name}={divisor}. Received: {name}={value}"
         )
     return value
+
+
+def check_required_keys(name, record, required):
+    """Raises `ValueError` naming every key of `required` missing from `record`."""
+    if not isinstance(record, dict):
+        raise _invalid(name, "a dict", record)
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise ValueError(
+            f"Received an invalid value for argument {name}, expected a dict "
+            f"with the required fields {missing}, which are missing. "
+            f"Received: {name}={record!r}"
+        )
+    return record
 
 
 def check_rank(layer_name, argument, shape, expected_ranks):

@@ -70,7 +70,7 @@ class TransformerBlockBase(keras.layers.Layer):
             "norm_placement", norm_placement, NORM_PLACEMENTS
         )
         self.norm_type = norm_type
-        self.use_rotary = bool(use_rotary)
+        self.use_rotary = validation.check_bool("use_rotary", use_rotary)
         self.position_bias = position_bias
         self.deepnorm_alpha = validation.check_positive_float(
             "deepnorm_alpha", deepnorm_alpha
@@ -91,7 +91,7 @@ class TransformerBlockBase(keras.layers.Layer):
             )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.remat = bool(remat)
+        self.remat = validation.check_bool("remat", remat)
 
     def _scaled_initializer(self):
         """DeepNorm scales the value, output and feed-forward kernels by beta."""

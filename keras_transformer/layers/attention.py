@@ -22,8 +22,24 @@ POSITION_BIASES = (None, "alibi", "relative")
 # Masked logits are set to this finite value rather than -inf: a row whose
 # keys are all masked then softmaxes to uniform weights instead of NaN, and
 # exp(MASKED_LOGIT - max) underflows to exactly 0 in float32 for every other
-# row, so masked keys contribute nothing.
-MASKED_LOGIT = -1e9
+# row, so masked keys contribute nothing. Unmasked logits are first clipped
+# to +-LOGIT_LIMIT, far above MASKED_LOGIT: finite but huge activations whose
+# dot product overflows to +-inf then stay finite (inf - inf in the softmax
+# would be NaN), and a masked key can never outweigh an unmasked one.
+LOGIT_LIMIT = 1e30
+MASKED_LOGIT = -3e38
+
+
+# Vectors whose largest entry exceeds this are divided by it before the dot
+# product; smaller ones (every trained model's) are left bit-for-bit as is.
+HUGE_ACTIVATION = 2.0**40
+
+
+def _shrink_huge(vectors):
+    """`(scale, vectors / scale)` with scale 1 unless a vector is huge."""
+    largest = ops.max(ops.abs(vectors), axis=-1, keepdims=True)
+    scale = ops.where(largest > HUGE_ACTIVATION, largest, ops.ones_like(largest))
+    return scale, vectors / scale
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -194,11 +210,17 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.num_key_value_heads,
             )
         self.dropout = validation.check_rate("dropout", dropout)
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.check_bool("use_bias", use_bias)
         self.output_dim = validation.check_positive_int(
             "output_dim", output_dim, allow_none=True
         )
-        self.use_rotary = bool(use_rotary)
+        self.use_rotary = validation.check_bool("use_rotary", use_rotary)
+        if self.use_rotary and self.key_dim is not None and self.key_dim % 2:
+            raise ValueError(
+                "Received an invalid value for argument key_dim, expected an "
+                "even number with use_rotary=True (rotary embeddings rotate "
+                f"pairs of features). Received: key_dim={self.key_dim}"
+            )
         self.rotary_max_wavelength = validation.check_positive_float(
             "rotary_max_wavelength", rotary_max_wavelength
         )
@@ -211,7 +233,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.relative_max_distance = validation.check_positive_int(
             "relative_max_distance", relative_max_distance
         )
-        self.relative_bidirectional = bool(relative_bidirectional)
+        self.relative_bidirectional = validation.check_bool(
+            "relative_bidirectional", relative_bidirectional
+        )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.value_kernel_initializer = keras.initializers.get(
             value_kernel_initializer or kernel_initializer
@@ -533,20 +557,33 @@ class MultiHeadAttention(keras.layers.Layer):
         # Logits in float32: a float16 dot product can overflow, and the
         # softmax needs float32 precision to stay normalised.
         scaled_query = ops.cast(query_heads, "float32") * (self._key_dim**-0.5)
+        query_scale, scaled_query = _shrink_huge(scaled_query)
+        key_scale, key_heads = _shrink_huge(ops.cast(key_heads, "float32"))
         grouped_query = ops.reshape(
             scaled_query,
             (batch_size, query_length, self._num_kv_heads, groups, self._key_dim),
         )
-        logits = ops.einsum(
-            "bqngd,bnkd->bngqk", grouped_query, ops.cast(key_heads, "float32")
+        logits = ops.einsum("bqngd,bnkd->bngqk", grouped_query, key_heads)
+        # Scale back one factor at a time: each product of finite numbers is
+        # finite or +-inf, never NaN (which inf - inf inside the dot would be).
+        query_scale = ops.reshape(
+            query_scale, (batch_size, query_length, self._num_kv_heads, groups)
         )
+        logits = logits * ops.transpose(query_scale, (0, 2, 3, 1))[..., None]
+        logits = logits * key_scale[:, :, None, None, :, 0]
         logits = ops.reshape(
             logits, (batch_size, self.num_heads, query_length, key_length)
         )
         if bias is not None:
             logits = logits + bias
+        logits = ops.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT)
         if mask is not None:
             logits = ops.where(mask, logits, MASKED_LOGIT)
+            # A weight of 0 times a NaN or inf value is NaN: zero the values
+            # of keys no query may see (padding), so non-finite numbers there
+            # cannot leak into the unmasked rows.
+            visible = ops.any(mask, axis=(1, 2))[:, None, :, None]
+            value_heads = ops.where(visible, value_heads, ops.zeros_like(value_heads))
         probabilities = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
         weights = seeded_dropout(
             self.attention_dropout, probabilities, training=training, seed=dropout_seed

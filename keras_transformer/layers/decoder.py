@@ -117,7 +117,9 @@ class TransformerDecoderBlock(TransformerBlockBase):
         self, intermediate_dim, num_heads, use_cross_attention=True, **kwargs
     ):
         super().__init__(intermediate_dim, num_heads, **kwargs)
-        self.use_cross_attention = bool(use_cross_attention)
+        self.use_cross_attention = validation.check_bool(
+            "use_cross_attention", use_cross_attention
+        )
         self.self_attention = self._attention(
             "self_attention",
             use_rotary=self.use_rotary,

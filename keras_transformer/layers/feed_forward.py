@@ -105,7 +105,7 @@ class FeedForward(keras.layers.Layer):
             self.activation = _keras_activation(activation)
             self._activation_config = keras.activations.serialize(self.activation)
         self.dropout = validation.check_rate("dropout", dropout)
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.check_bool("use_bias", use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.output_kernel_initializer = (
             None

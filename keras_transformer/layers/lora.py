@@ -158,7 +158,7 @@ class LoRADense(keras.layers.Layer):
         super().__init__(**kwargs)
         self.units = validation.check_positive_int("units", units)
         self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.check_bool("use_bias", use_bias)
         self.kernel_initializer = _own_copy(kernel_initializer)
         self.bias_initializer = _own_copy(bias_initializer)
         if rank is None:

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_transformer import validation
+from keras_transformer.layers import _token_ids
 from keras_transformer.layers.position_encoding import SinusoidalPositionEncoding
 
 
@@ -194,8 +195,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.sequence_length = validation.check_positive_int(
             "sequence_length", sequence_length, allow_none=True
         )
-        self.mask_zero = bool(mask_zero)
-        self.scale_embedding = bool(scale_embedding)
+        self.mask_zero = validation.check_bool("mask_zero", mask_zero)
+        self.scale_embedding = validation.check_bool(
+            "scale_embedding", scale_embedding
+        )
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
 
         self.token_embedding = keras.layers.Embedding(
@@ -243,12 +246,26 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 f"(batch_size, length), but received shape {inputs.shape}. "
                 "Pass reverse=True to map hidden states to logits."
             )
+        _token_ids.check_dtype("inputs", inputs, layer_name=self.name)
         _check_fits(self.name, inputs.shape[-1], start_index, self.sequence_length)
-        embedded = self.token_embedding(inputs)
-        if self.scale_embedding:
-            embedded = embedded * ops.cast(
-                math.sqrt(self.embedding_dim), embedded.dtype
+        known = _token_ids.check_values(
+            "inputs", inputs, self.vocabulary_size, layer_name=self.name
+        )
+        scale = math.sqrt(self.embedding_dim) if self.scale_embedding else 1.0
+        scale = ops.cast(scale, self.compute_dtype)
+        if not known:
+            # Compiled graph: the id check folds into the scale (see _token_ids).
+            inputs, factor = _token_ids.check_in_graph(
+                "inputs",
+                inputs,
+                self.vocabulary_size,
+                self.compute_dtype,
+                layer_name=self.name,
             )
+            scale = scale * factor
+        embedded = self.token_embedding(inputs)
+        if self.scale_embedding or not known:
+            embedded = embedded * scale
         if self.position_embedding is None:
             return embedded
         return embedded + self.position_embedding(embedded, start_index=start_index)

@@ -210,7 +210,7 @@ class RelativePositionBias(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_heads = validation.check_positive_int("num_heads", num_heads)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = validation.check_bool("bidirectional", bidirectional)
         self.num_buckets = validation.check_positive_int("num_buckets", num_buckets)
         if self.bidirectional and (num_buckets < 4 or num_buckets % 2):
             raise ValueError(

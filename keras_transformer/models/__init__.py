@@ -9,6 +9,7 @@ installed, so that `keras.saving.load_model` finds the class after
 
 import importlib.util
 
+from keras_transformer.models.loading import load_model
 from keras_transformer.models.transformer import (
     PaddingMask,
     Transformer,

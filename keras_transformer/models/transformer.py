@@ -16,9 +16,28 @@ import keras
 
 from keras_transformer import layers
 from keras_transformer import validation
+from keras_transformer.layers import _token_ids
 from keras_transformer.layers.dropout import Dropout
+from keras_transformer.layers.feed_forward import GATED_ACTIVATIONS
+from keras_transformer.layers.residual import NORM_PLACEMENTS, NORM_TYPES
 
 POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
+
+
+def _check_activation(activation):
+    """A config stores the activation by name, so it must be a known name."""
+    if isinstance(activation, str) and activation in GATED_ACTIVATIONS:
+        return
+    try:
+        valid = isinstance(activation, str) and keras.activations.get(activation)
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            "Received an invalid value for argument activation, expected "
+            "'geglu', 'swiglu' or the name of a Keras activation (such as "
+            f"'relu', 'gelu', 'silu'). Received: activation={activation!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +102,9 @@ class TransformerConfig:
     remat: bool = False
 
     def __post_init__(self):
+        # Every field is checked here, at construction, so a bad value is
+        # reported under its own name rather than deep in `build_transformer`
+        # (or under a Keras argument name such as `rate`).
         for name in (
             "source_vocabulary_size",
             "target_vocabulary_size",
@@ -94,11 +116,32 @@ class TransformerConfig:
             "max_source_length",
             "max_target_length",
         ):
-            validation.check_positive_int(name, getattr(self, name))
+            self._set(name, validation.check_positive_int(name, getattr(self, name)))
+        self._set(
+            "num_key_value_heads",
+            validation.check_positive_int(
+                "num_key_value_heads", self.num_key_value_heads, allow_none=True
+            ),
+        )
+        self._set("padding_id", validation.check_non_negative_int("padding_id", self.padding_id))
+        self._set("dropout", validation.check_rate("dropout", self.dropout))
+        for name in ("attention_dropout", "feed_forward_dropout"):
+            self._set(
+                name, validation.check_rate(name, getattr(self, name), allow_none=True)
+            )
+        self._set(
+            "layer_norm_epsilon",
+            validation.check_positive_float("layer_norm_epsilon", self.layer_norm_epsilon),
+        )
         validation.check_choice(
             "position_encoding", self.position_encoding, POSITION_ENCODINGS
         )
-        validation.check_non_negative_int("padding_id", self.padding_id)
+        validation.check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        validation.check_choice("norm_type", self.norm_type, NORM_TYPES)
+        _check_activation(self.activation)
+        for name in ("share_embeddings", "tie_output_projection", "remat"):
+            self._set(name, validation.check_bool(name, getattr(self, name)))
+        self._check_heads()
         if (
             self.share_embeddings
             and self.source_vocabulary_size != self.target_vocabulary_size
@@ -119,11 +162,41 @@ class TransformerConfig:
                 f"padding_id={self.padding_id}"
             )
 
+    def _set(self, name, value):
+        # Frozen dataclass: store the normalised value (a NumPy int becomes a
+        # Python int) so `to_json` and equality see plain Python values.
+        object.__setattr__(self, name, value)
+
+    def _check_heads(self):
+        validation.check_divisible("hidden_dim", self.hidden_dim, "num_heads", self.num_heads)
+        if self.num_key_value_heads is not None:
+            validation.check_divisible(
+                "num_heads",
+                self.num_heads,
+                "num_key_value_heads",
+                self.num_key_value_heads,
+            )
+        head_dim = self.hidden_dim // self.num_heads
+        if self.position_encoding == "rotary" and head_dim % 2:
+            raise ValueError(
+                "Received an invalid value for argument hidden_dim, expected "
+                "hidden_dim / num_heads to be even with "
+                "position_encoding='rotary' (rotary embeddings rotate pairs of "
+                f"features). Received: hidden_dim={self.hidden_dim}, "
+                f"num_heads={self.num_heads} (head size {head_dim})"
+            )
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, config):
+        required = [
+            field.name
+            for field in dataclasses.fields(cls)
+            if field.default is dataclasses.MISSING
+        ]
+        validation.check_required_keys("config", config, required)
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
@@ -550,6 +623,15 @@ class Transformer(keras.Model):
         self.config = config
         self.transformer_layers = parts
         self._layers_dtype = dtype
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        # The functional graph casts its inputs to int32, which would turn
+        # float ids such as 1.7 into 1; refuse them before that cast.
+        if isinstance(inputs, dict):
+            for name in ("source_ids", "target_ids"):
+                if name in inputs:
+                    _token_ids.check_dtype(name, inputs[name])
+        return super().call(inputs, training=training, mask=mask, **kwargs)
 
     @property
     def padding_id(self):

@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras_transformer import decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
+from keras_transformer.layers import _token_ids
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 
 TOKENIZERS = ("character", "word", "sentencepiece")
@@ -593,6 +594,10 @@ class Translator(Transformer):
                 "Received an invalid value for argument source_ids, expected "
                 f"integer token ids. Received dtype {source_ids.dtype}."
             )
+        # Checked before the int32 cast, which would wrap an int64 id around.
+        _token_ids.check_values(
+            "source_ids", source_ids, self.transformer_layers.source_vocabulary_size
+        )
         outputs = decode(source_ids.astype("int32"), _seed_tensor(seed))
         return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
 
