@@ -1,4 +1,4 @@
-"""Train the date-task Transformer on a Colab TPU, the way XLA on TPUs needs it.
+"""Train the date-task Translator on a Colab TPU, the way XLA on TPUs needs it.
 
 In Colab choose Runtime > Change runtime type > TPU, then run in a cell:
 
@@ -13,27 +13,30 @@ install tensorflow-tpu==<version> -f
 https://storage.googleapis.com/libtpu-tf-releases/index.html`), restart the
 runtime and run the script again.
 
-What it does, compared with `scripts/train.py`:
+The model and its training are `keras_transformer.recipes.DATE_TASK`, as in
+`scripts/train.py`; what differs is what TPUs need:
 
 - Strategy: `keras_transformer.distribute.make_strategy("tpu", tpu=...)`
   (`--tpu local` on a TPU VM runtime such as Colab's). Without a TPU it says
   so and trains with the default strategy on the CPU or GPU, so the same
   script runs anywhere; `--smoke` makes it a one-minute CPU check.
-- Static shapes: batches are padded to their length bucket's upper boundary;
-  training drops each bucket's incomplete batch and the held-out set fills
-  it with padding rows, so XLA compiles one program per bucket instead of
-  one per batch shape. The global batch is split evenly over the replicas.
+- Static shapes (`Translator.fit(..., static_shapes=True)`): every batch is
+  padded to its length bucket's upper bound and incomplete batches are
+  filled with padding rows, so XLA compiles one program per bucket instead
+  of one per batch shape. The global batch is split evenly over the
+  replicas.
 - `mixed_bfloat16` (the TPU matrix units compute in bfloat16; variables,
   logits, softmax, normalisation statistics and the loss stay float32),
   `jit_compile=True`, and `steps_per_execution` so the host launches many
   steps at a time.
 - Decoding and export run on the host: the trained weights are copied into
-  a float32 model built outside the strategy, greedy decoding runs as one
-  XLA program over batches of a fixed shape, and the SavedModel
-  (`keras_transformer.export`) is written from that copy.
+  a float32 Translator built outside the strategy, which translates as one
+  XLA program over batches of a fixed shape (`translate(...,
+  jit_compile=True)`) and writes the SavedModel version folder.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -43,41 +46,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import data, distribute, export  # noqa: E402
-from keras_transformer import losses, metrics, models  # noqa: E402
-from keras_transformer import schedules, training  # noqa: E402
+from keras_transformer import data, distribute, evaluation, recipes  # noqa: E402
+from keras_transformer.models import Translator  # noqa: E402
 
-# Full run: the date task of scripts/train.py. Smoke run: a tiny model that
-# checks the plumbing in about a minute on a CPU.
-SETTINGS = {
-    "full": {
-        "num_train": 20000,
-        "num_test": 1000,
-        "layers": 2,
-        "hidden_dim": 64,
-        "heads": 4,
-        "ffn_dim": 256,
-        "epochs": 8,
-        "batch_size": 128,
-        "warmup_steps": 300,
-        "steps_per_execution": 32,
-    },
-    "smoke": {
-        "num_train": 256,
-        "num_test": 16,
-        "layers": 1,
+# Smoke run: a tiny model that checks the plumbing in about a minute on a CPU.
+SMOKE_RECIPE = dataclasses.replace(
+    recipes.DATE_TASK,
+    model={
+        **recipes.DATE_TASK.model,
+        "num_encoder_layers": 1,
+        "num_decoder_layers": 1,
         "hidden_dim": 16,
-        "heads": 2,
-        "ffn_dim": 32,
-        "epochs": 1,
-        "batch_size": 32,
-        "warmup_steps": 2,
-        "steps_per_execution": 4,
+        "num_heads": 2,
+        "intermediate_dim": 32,
     },
-}
-# Length buckets of the date task (sources have 8 to 29 characters, decoder
-# sequences 11): three programs to compile.
-BUCKET_BOUNDARIES = [16, 24]
+    warmup_steps=2,
+    epochs=1,
+    batch_size=32,
+)
+# (training pairs, held-out pairs, steps per host launch)
+FULL_SIZES = (20000, 1000, 32)
+SMOKE_SIZES = (256, 16, 4)
 DATE_TASK_TARGET = 0.99
 
 
@@ -98,28 +87,35 @@ def parse_args(argv=None):
         default="mixed_bfloat16",
         help="(default %(default)s; TPUs have no float16)",
     )
-    parser.add_argument("--epochs", type=int, help="override the epochs")
+    parser.add_argument("--epochs", type=positive_int, help="(default: the recipe's)")
     parser.add_argument(
         "--batch-size",
-        type=int,
-        help="global batch, split over the replicas (default 128; smoke 32)",
+        type=positive_int,
+        help="global batch, split over the replicas (default: the recipe's; "
+        "the learning-rate schedule was tuned for its number of steps)",
     )
     parser.add_argument("--seed", type=int, default=0, help="(default 0)")
     parser.add_argument(
         "--output-dir",
         default=os.path.join("saved_models", "dates_tpu"),
-        help="where the SavedModel goes (default %(default)s)",
+        help="SavedModel base folder; each run adds a version folder "
+        "(default %(default)s)",
     )
     args = parser.parse_args(argv)
-    settings = dict(SETTINGS["smoke" if args.smoke else "full"])
-    for name in ("epochs", "batch_size"):
-        value = getattr(args, name)
-        if value is not None:
-            if value < 1:
-                parser.error(f"--{name.replace('_', '-')} must be positive")
-            settings[name] = value
-    args.settings = settings
+    args.recipe = SMOKE_RECIPE if args.smoke else recipes.DATE_TASK
+    args.num_train, args.num_test, args.steps_per_execution = (
+        SMOKE_SIZES if args.smoke else FULL_SIZES
+    )
+    args.epochs = args.epochs or args.recipe.epochs
+    args.batch_size = args.batch_size or args.recipe.batch_size
     return args
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def tpu_or_default_strategy(tpu):
@@ -140,115 +136,74 @@ def tpu_or_default_strategy(tpu):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
-    settings = args.settings
+    recipe = args.recipe
     keras.utils.set_random_seed(args.seed)
     strategy = tpu_or_default_strategy(args.tpu)
     replicas = strategy.num_replicas_in_sync
     # Every replica gets the same number of examples.
-    batch_size = -(-settings["batch_size"] // replicas) * replicas
-
-    train, test = data.date_task_splits(
-        settings["num_train"], settings["num_test"], seed=args.seed
-    )
+    batch_size = -(-args.batch_size // replicas) * replicas
+    train, test = data.date_task_splits(args.num_train, args.num_test, seed=args.seed)
     train_sources, train_targets = map(list, zip(*train))
     test_sources, test_targets = map(list, zip(*test))
-    tokenizers = tuple(
-        data.CharacterTokenizer.from_texts(texts)
-        for texts in (train_sources, train_targets)
-    )
-    max_source_length = max(
-        int(tokenizers[0].tokenize(texts).row_lengths().numpy().max())
-        for texts in (train_sources, test_sources)
-    )
-    # The decoder reads [BOS] + target.
-    max_target_length = 1 + max(
-        int(tokenizers[1].tokenize(texts).row_lengths().numpy().max())
-        for texts in (train_targets, test_targets)
-    )
-    options = {
-        "source_tokenizer": tokenizers[0],
-        "target_tokenizer": tokenizers[1],
-        "batch_size": batch_size,
-        "max_source_length": max_source_length,
-        "max_target_length": max_target_length,
-        "bucket_boundaries": BUCKET_BOUNDARIES,
-        "pad_to_bucket_boundary": True,
-    }
-    train_dataset = data.make_translation_dataset(
-        train_sources,
-        train_targets,
-        seed=args.seed,
-        repeat=True,
-        drop_remainder=True,
-        **options,
-    )
-    test_dataset = data.make_translation_dataset(
-        test_sources,
-        test_targets,
-        shuffle=False,
-        pad_incomplete_batches=True,
-        **options,
-    ).cache()
-    num_test_batches = sum(1 for _ in test_dataset)
-    test_dataset = test_dataset.apply(
-        tf.data.experimental.assert_cardinality(num_test_batches)
-    )
 
-    config = models.TransformerConfig(
-        source_vocabulary_size=tokenizers[0].vocabulary_size,
-        target_vocabulary_size=tokenizers[1].vocabulary_size,
-        num_encoder_layers=settings["layers"],
-        num_decoder_layers=settings["layers"],
-        hidden_dim=settings["hidden_dim"],
-        num_heads=settings["heads"],
-        intermediate_dim=settings["ffn_dim"],
-        max_source_length=max_source_length,
-        max_target_length=max_target_length,
-    )
-    steps_per_epoch = len(train_sources) // batch_size
+    steps_per_epoch = -(-len(train_sources) // batch_size)
     with strategy.scope():
-        model = models.build_transformer(config, dtype=args.precision, name="dates_tpu")
-        model.compile(
-            optimizer=schedules.transformer_optimizer(
-                settings["hidden_dim"], warmup_steps=settings["warmup_steps"]
-            ),
-            loss=losses.MaskedSparseCategoricalCrossentropy(),
-            metrics=[metrics.MaskedAccuracy(), metrics.SequenceExactMatch()],
+        translator = Translator.from_texts(
+            train_sources,
+            train_targets,
+            tokenizer=recipe.tokenizer,
+            vocabulary_size=recipe.vocabulary_size,
+            joint_vocabulary=recipe.joint_vocabulary,
+            dtype=args.precision,
+            name="dates_tpu",
+            **recipe.model,
+        )
+        translator.compile(
+            learning_rate=recipe.learning_rate,
+            warmup_steps=recipe.warmup_steps,
+            total_steps=args.epochs * steps_per_epoch,
+            label_smoothing=recipe.label_smoothing,
             jit_compile=True,
-            steps_per_execution=min(settings["steps_per_execution"], steps_per_epoch),
+            steps_per_execution=min(args.steps_per_execution, steps_per_epoch),
         )
     print(
         f"{len(train_sources)} training and {len(test_sources)} held-out "
         f"pairs; global batch {batch_size} over {replicas} replica(s); "
-        f"{settings['epochs']} epoch(s) of {steps_per_epoch} steps; "
+        f"{args.epochs} epoch(s) of about {steps_per_epoch} steps; "
         f"{args.precision}; XLA on. Accuracies during training are "
         "teacher-forced."
     )
     fit_started = time.perf_counter()
-    model.fit(
-        train_dataset,
-        epochs=settings["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        validation_data=test_dataset,
-        shuffle=False,
+    translator.fit(
+        train_sources,
+        train_targets,
+        batch_size=batch_size,
+        epochs=args.epochs,
+        validation_data=(test_sources, test_targets),
+        seed=args.seed,
+        static_shapes=True,
         verbose=2,
     )
     fit_seconds = time.perf_counter() - fit_started
 
-    host_model = models.build_transformer(config, name="dates")
-    host_model.set_weights(model.get_weights())
-    hypotheses = training.translate_texts(
-        host_model, *tokenizers, test_sources, max_target_length, jit_compile=True
+    # Built outside the strategy: a float32 copy on the host.
+    host = Translator(
+        translator.config,
+        translator.source_tokenizer,
+        translator.target_tokenizer,
+        name="dates",
     )
-    match = training.exact_match(hypotheses, test_targets)
+    host.set_weights(translator.get_weights())
+    hypotheses = host.translate(test_sources, jit_compile=True)
+    match = evaluation.exact_match(hypotheses, test_targets)
     for source, hypothesis, reference in list(
         zip(test_sources, hypotheses, test_targets)
     )[:3]:
         verdict = "ok" if hypothesis == reference else f"reference: {reference!r}"
         print(f"  {source!r} -> {hypothesis!r}  ({verdict})")
-    export.export_translator(host_model, *tokenizers, args.output_dir)
+    export_dir = host.export(args.output_dir)
 
-    print(f"Export: {args.output_dir}")
+    print(f"Export: {export_dir}")
     print(f"held-out exact match (greedy): {match}")
     if match.rate < DATE_TASK_TARGET and not args.smoke:
         print(
