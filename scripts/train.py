@@ -243,7 +243,10 @@ def main(argv=None):
     batch_size = recipe_value(args, "batch_size")
     args.global_batch_size = distribute.global_batch_size(batch_size, strategy)
     with chief_writes_outputs(args, strategy):
-        return train_and_export(args, strategy, started)
+        code = train_and_export(args, strategy, started)
+    # Every worker waits for the others, so none logs a coordination error.
+    distribute.finish(strategy)
+    return code
 
 
 def train_and_export(args, strategy, started):

@@ -28,7 +28,6 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import checkpointing, distribute, losses, metrics, models
-from tests.conftest import load_script
 from tests.test_distribute import (
     error_lines,
     localhost_cluster,
@@ -895,29 +894,6 @@ def test_uncompiled_model_is_refused(tmp_path):
             directory=tmp_path,
             save_every_steps=1,
         )
-
-
-@pytest.mark.parametrize(
-    "flags, checkpoints",
-    [([], ["ckpt-3", "ckpt-6"]), (["--checkpoint-every", "2"], ["ckpt-4", "ckpt-6"])],
-    ids=["every epoch by default", "every 2 steps"],
-)
-def test_train_script_checkpoints_and_resumes_with_checkpoint_dir(
-    tmp_path, flags, checkpoints
-):
-    train = load_script("train")
-    args = train.parse_args(["--checkpoint-dir", str(tmp_path), *flags])
-    options = {"epochs": 2, "steps_per_epoch": 3, "verbose": 0}
-    trained = dense_model()
-    train.fit_with_checkpoints(args, trained, None, dense_data, **options)
-    assert visible_checkpoints(tmp_path) == checkpoints
-    keras.backend.clear_session()
-    restored = dense_model(seed=99)
-    history = train.fit_with_checkpoints(
-        args, restored, None, dense_data, callbacks=[interrupt_at(7)], **options
-    )
-    assert all(map(np.array_equal, weights_of(restored), weights_of(trained)))
-    assert history.epoch == [0, 1]
 
 
 def test_missing_directory_has_no_checkpoint(tmp_path):

@@ -43,6 +43,8 @@ def date_run(tmp_path_factory):
         "--attention-plot", root / "attention.png",
         "--attention-layer", "0",
         "--attention-head", "1",
+        "--checkpoint-dir", root / "checkpoints",
+        "--checkpoint-every", "4",
     )  # fmt: skip
     assert code == 0
     return root, stdout
@@ -56,6 +58,16 @@ def test_tensorboard_event_files_are_written_for_training_and_held_out(date_run)
             str(root / "logs" / "tiny" / "tensorboard" / "*" / split / "events.out.*")
         )
         assert events, f"no {split} event file"
+
+
+@pytest.mark.slow
+def test_checkpoint_flags_reach_the_translators_fit(date_run):
+    root, _ = date_run
+    steps = sorted(
+        int(path.name.split("-")[1]) for path in (root / "checkpoints").glob("ckpt-*")
+    )
+    # Every 4 steps, and the final state; the two newest are kept.
+    assert len(steps) == 2 and steps[0] % 4 == 0 and steps[1] > steps[0], steps
 
 
 @pytest.mark.slow
