@@ -83,6 +83,7 @@ import inspect
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -459,15 +460,30 @@ def explain_lost_worker(strategy, advice=None):
         if not is_multi_worker(strategy):
             raise
         advice = advice() if callable(advice) else advice
-        reported = str(error).strip().splitlines()
         raise WorkerLostError(
             f"{_task_name(strategy)} stops: another worker of the multi-worker "
             "run was lost (killed, crashed, preempted or unreachable), and "
             "every training step needs all of them. "
             + (f"{advice} " if advice else "")
-            + f"TensorFlow reported {type(error).__name__}: "
-            + (reported[-1] if reported else "")
+            + f"TensorFlow reported {type(error).__name__}: {_cause_line(error)}"
         ) from error
+
+
+# Words of the line that says why, in TensorFlow's many-line messages (the
+# rest is tracebacks of the graph, op names and "Restart your program").
+_CAUSE_WORDS = re.compile(
+    r"aborted by|heartbeat|connect|coordination service|deadline", re.IGNORECASE
+)
+
+
+def _cause_line(error):
+    lines = [
+        re.sub(r"^\{\{[^}]*\}\}\s*", "", line).strip()
+        for line in str(error.message).splitlines()
+    ]
+    lines = [line for line in lines if line]
+    causes = [line for line in lines if _CAUSE_WORDS.search(line)]
+    return (causes or lines or [""])[0]
 
 
 def finish(strategy, timeout_seconds=DEFAULT_FINISH_TIMEOUT_SECONDS):

@@ -427,10 +427,11 @@ def test_final_checkpoint_records_the_whole_history(killed_runs):
 
 # --- two workers, one killed at a time ----------------------------------------
 
-# A worker killed on localhost resets its connections, so the others fail at
-# their next collective, within a step; then Python and TensorFlow shut down
-# (2-5 s measured on 2 busy cores). Generous, but bounded: a hang fails.
-LOST_WORKER_EXIT_S = 60
+# The others' next collective fails when the killed worker's connections
+# reset, or at the latest after the 30 s heartbeat timeout; then Python and
+# TensorFlow shut down (up to 8 s). Measured 14-28 s with the 2 cores shared
+# by 13 busy processes. Generous, but bounded: a hang fails.
+LOST_WORKER_EXIT_S = 90
 
 
 def cluster_commands(hosts, directory, outputs, extra_flags):

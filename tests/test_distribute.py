@@ -472,6 +472,26 @@ def test_a_lost_worker_becomes_an_error_that_says_what_to_do():
     assert raised.value.__cause__ is LOST
 
 
+def test_a_lost_worker_error_quotes_the_line_that_says_why():
+    strategy = cluster_member("worker", 0, {"worker": ["a:1", "b:1"]})
+    graph_error = tf.errors.UnavailableError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node adam/CollectiveReduceV2\n"
+        '  File "train.py", line 1\n'
+        ':UNKNOWN:Error received from peer {grpc_message:"recvmsg:Connection '
+        'reset by peer", grpc_status:14}\n'
+        "\t [[{{node adam/CollectiveReduceV2}}]] [Op:__inference_step_1011]",
+    )
+    with pytest.raises(distribute.WorkerLostError) as raised:
+        with distribute.explain_lost_worker(strategy):
+            raise graph_error
+    assert str(raised.value).endswith(
+        'UnavailableError: :UNKNOWN:Error received from peer {grpc_message:"'
+        'recvmsg:Connection reset by peer", grpc_status:14}'
+    )
+
+
 def test_other_errors_and_single_process_runs_keep_their_errors():
     worker = cluster_member("worker", 1, {"worker": ["a:1", "b:1"]})
     with pytest.raises(ValueError, match="not a lost worker"):
