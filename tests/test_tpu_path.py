@@ -1,5 +1,6 @@
-"""The TPU path, checked without a TPU: static batch shapes, XLA training on
-them, the fixed-shape greedy decoding loop under XLA, the XLA switch of
+"""The TPU path, checked without a TPU: static batch shapes, a Translator
+trained under XLA on them, its weights handed to a host copy that decodes
+with fixed shapes under XLA, the XLA switch of
 `scripts/train.py`, and `scripts/colab_tpu.py` as a CPU smoke run."""
 
 import os
@@ -11,13 +12,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer import data, decoding, losses, metrics, models
+from keras_transformer import data, decoding, losses, metrics
+from keras_transformer.models import Translator
 from tests.conftest import SCRIPTS, load_script, random_floats, to_numpy
 
 BATCH_SIZE = 8
 BOUNDARIES = [16]
 MAX_SOURCE_LENGTH = 30
 MAX_TARGET_LENGTH = 11
+# make_translation_dataset's default: equal-width length buckets.
+DEFAULT_NUM_BUCKETS = 8
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +124,17 @@ def test_incomplete_batches_are_either_dropped_or_filled(pairs, tokenizers):
         )
 
 
-def tiny_model(tokenizers):
-    config = models.TransformerConfig(
-        source_vocabulary_size=tokenizers[0].vocabulary_size,
-        target_vocabulary_size=tokenizers[1].vocabulary_size,
+@pytest.fixture(scope="module")
+def xla_training(pairs):
+    """A tiny Translator trained on texts under XLA with static shapes and
+    several steps per execution, as scripts/colab_tpu.py trains on a TPU,
+    long enough for its translations to depend on the source; its history.
+    (Float32: XLA compiles bfloat16 slowly on CPUs; the colab smoke run
+    below covers mixed_bfloat16.)"""
+    keras.utils.set_random_seed(0)
+    translator = Translator.from_texts(
+        *pairs,
+        tokenizer="character",
         num_encoder_layers=1,
         num_decoder_layers=1,
         hidden_dim=16,
@@ -132,58 +143,69 @@ def tiny_model(tokenizers):
         max_source_length=MAX_SOURCE_LENGTH,
         max_target_length=MAX_TARGET_LENGTH,
     )
-    return models.build_transformer(config)
+    translator.compile(
+        optimizer=keras.optimizers.Adam(1e-2), jit_compile=True, steps_per_execution=4
+    )
+    history = translator.fit(
+        *pairs, batch_size=BATCH_SIZE, epochs=4, static_shapes=True, verbose=0
+    )
+    return translator, history.history
+
+
+def test_a_translator_trains_under_xla_on_full_batches_of_few_shapes(
+    pairs, xla_training
+):
+    translator, history = xla_training
+    # Keras would quietly fall back to no XLA for a model it cannot compile.
+    assert translator.jit_compile is True
+    assert np.all(np.isfinite(history["loss"]))
+    # The batches fit made: repeating ones drop the remainder, finite ones
+    # fill it with padding rows (held-out pairs are all kept).
+    for repeat in (True, False):
+        dataset = translator.make_dataset(
+            *pairs, batch_size=BATCH_SIZE, repeat=repeat, static_shapes=True
+        )
+        shapes = batch_shapes(dataset.take(20))
+        assert {shape[0] for shape in shapes} == {BATCH_SIZE}
+        assert len(set(shapes)) <= DEFAULT_NUM_BUCKETS
+    held_out_rows = sum(
+        int(np.any(to_numpy(labels) != data.PAD_ID, axis=1).sum())
+        for _, labels in dataset
+    )
+    assert held_out_rows == len(pairs[0])
 
 
 @pytest.fixture(scope="module")
-def xla_training(pairs, tokenizers):
-    """A tiny model trained under XLA on static shapes, long enough for its
-    translations to depend on the source; the shapes it saw; its history."""
-    keras.utils.set_random_seed(0)
-    dataset = make_dataset(
-        pairs,
-        tokenizers,
-        shuffle=True,
-        repeat=True,
-        pad_to_bucket_boundary=True,
-        drop_remainder=True,
+def host_copy(xla_training):
+    """The copy, built outside any strategy, that colab_tpu.py decodes and
+    exports with."""
+    translator = xla_training[0]
+    host = Translator(
+        translator.config, translator.source_tokenizer, translator.target_tokenizer
     )
-    steps = 40
-    model = tiny_model(tokenizers)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
-        loss=losses.MaskedSparseCategoricalCrossentropy(),
-        jit_compile=True,
-    )
-    history = model.fit(
-        dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0
-    )
-    # Seeded: a second pass yields the batches fit saw, in the same order.
-    return model, batch_shapes(dataset.take(steps)), history.history
+    host.set_weights(translator.get_weights())
+    return host
 
 
-def test_a_tiny_model_trains_under_xla_on_a_handful_of_static_shapes(xla_training):
-    model, shapes, history = xla_training
-    # Keras would quietly fall back to no XLA for a model it cannot compile.
-    assert model.jit_compile is True
-    assert np.isfinite(history["loss"][0])
-    assert set(shapes) <= BUCKET_SHAPES
+def test_the_host_copy_holds_the_trained_weights(xla_training, host_copy):
+    assert xla_training[0].weights and host_copy is not xla_training[0]
+    for trained, copied in zip(xla_training[0].weights, host_copy.weights):
+        np.testing.assert_array_equal(to_numpy(trained), to_numpy(copied))
 
 
-def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(
-    tokenizers, xla_training
-):
-    model = xla_training[0]
-    texts = ["5 March 2021", "the 1st of May, 1999", "12/24/1970"]
-    ragged = tokenizers[0].tokenize(texts)
+TEXTS = ["5 March 2021", "the 1st of May, 1999", "12/24/1970"]
+
+
+def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(host_copy):
+    ragged = host_copy.source_tokenizer.tokenize(TEXTS)
     max_length = MAX_TARGET_LENGTH
     decode = tf.function(
-        lambda source_ids: decoding.greedy_decode(model, source_ids, max_length),
+        lambda source_ids: decoding.greedy_decode(host_copy, source_ids, max_length),
         jit_compile=True,
         autograph=False,
     )
 
-    eager = decoding.greedy_decode(model, ragged.to_tensor(), max_length)
+    eager = decoding.greedy_decode(host_copy, ragged.to_tensor(), max_length)
     fixed = decode(ragged.to_tensor(shape=[4, MAX_SOURCE_LENGTH]))
     again = decode(ragged[::-1].to_tensor(shape=[4, MAX_SOURCE_LENGTH]))
 
@@ -195,48 +217,36 @@ def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(
     assert decode.experimental_get_tracing_count() == 1
 
 
+def test_the_host_copy_translates_the_same_under_xla_in_fixed_size_batches(
+    host_copy,
+):
+    texts = TEXTS * 3
+    dynamic = host_copy.translate(texts)
+    # Batches of 4: the last one is padded with empty texts to keep the shape.
+    assert host_copy.translate(texts, jit_compile=True, batch_size=4) == dynamic
+    assert len(set(dynamic)) > 1
+
+
 @pytest.mark.parametrize(
     "arguments, setting, xla",
     [
         ([], "auto", False),
         # On this CPU: XLA only pays on a TPU, or on GPUs with static shapes.
         (["--static-shapes"], "auto", False),
-        (["--jit-compile"], "on", True),
-        (["--jit-compile", "off", "--static-shapes"], "off", False),
-        (["--no-xla", "--static-shapes"], "off", False),
         (["--jit-compile", "on"], "on", True),
+        (["--jit-compile", "off", "--static-shapes"], "off", False),
     ],
 )
-def test_train_script_turns_xla_off_on_a_cpu_unless_asked(arguments, setting, xla):
-    train = load_script("train")
-    args = train.parse_args(arguments)
-    assert args.jit_compile == setting
-    strategy = tf.distribute.get_strategy()
-    assert (
-        train.resolve_jit_compile(args.jit_compile, strategy, args.static_shapes) is xla
-    )
-
-
-def test_train_script_static_shapes_give_full_batches_in_a_handful_of_shapes(
-    pairs, tokenizers
+def test_train_script_turns_xla_off_on_a_cpu_unless_asked(
+    pairs, arguments, setting, xla
 ):
     train = load_script("train")
-    args = train.parse_args(["--static-shapes", "--batch-size", str(BATCH_SIZE)])
-    train.setup_distribution(args)
-    train_set, test_set = train.make_datasets(
-        args, (*pairs, *pairs), tokenizers, (MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH)
-    )
-
-    shapes = batch_shapes(train_set.take(20)) + batch_shapes(test_set)
-
-    assert {shape[0] for shape in shapes} == {BATCH_SIZE}
-    # At most one shape per bucket of train.py's default bucketing (8 buckets).
-    assert len(set(shapes)) <= 8
-    held_out_rows = sum(
-        int(np.any(to_numpy(labels) != data.PAD_ID, axis=1).sum())
-        for _, labels in test_set
-    )
-    assert held_out_rows == len(pairs[0])
+    args = train.parse_args(arguments + ["--batch-size", str(BATCH_SIZE)])
+    assert args.jit_compile == setting
+    strategy = tf.distribute.get_strategy()
+    args.global_batch_size = BATCH_SIZE
+    translator = train.make_translator(args, *pairs, strategy)
+    assert translator.jit_compile is xla
 
 
 @pytest.mark.slow
@@ -260,5 +270,7 @@ def test_colab_script_smoke_run_falls_back_to_the_default_strategy_on_cpu(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "No TPU" in result.stdout
     assert "Training with the default strategy" in result.stdout
+    assert "XLA on" in result.stdout
     assert "held-out exact match (greedy):" in result.stdout
-    assert (export_dir / "saved_model.pb").is_file()
+    # The first version folder of a new export base.
+    assert (export_dir / "1" / "saved_model.pb").is_file()
