@@ -209,7 +209,17 @@ def make_translator(args, train_sources, train_targets, strategy):
             name=args.name,
             **{**args.recipe.model, **config},
         )
-        steps_per_epoch = -(-len(train_sources) // args.global_batch_size)
+        # Length buckets end in partial batches: count them, so the learning
+        # rate reaches 0 exactly at the last step.
+        steps_per_epoch = len(
+            translator.make_dataset(
+                train_sources,
+                train_targets,
+                batch_size=args.global_batch_size,
+                shuffle=False,
+                static_shapes=args.static_shapes,
+            )
+        )
         jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
         translator.compile(
             learning_rate=recipe_value(args, "learning_rate"),
