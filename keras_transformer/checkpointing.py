@@ -10,7 +10,9 @@ run that was never interrupted.
 
 Keras' own `BackupAndRestore` cannot do this: it restores only the epoch
 number, not the step, the data position or the dropout random state, and it
-overwrites its backup in place.
+overwrites its backup in place; under a multi-worker strategy (Keras 3.15)
+every worker writes the same files, and a lost worker surfaces as
+TensorFlow's `UnavailableError`.
 
 A checkpoint holds:
 
@@ -42,15 +44,30 @@ Not saved: the state of other callbacks (`EarlyStopping`'s patience,
 (`tf.random.uniform` with a global seed), whose hidden op counters cannot be
 read. One process writes a directory at a time.
 
-Under a `tf.distribute` strategy, Keras' `fit` draws a batch before training
-(to build the model) and then iterates the dataset again; with a dataset that
-reshuffles on every iteration this advances its shuffle by an amount that
-depends on the step resumed from, so the resumed run reads another (equally
-random) order. For exact resumption there, use `per_epoch=True` with
-`shuffle(..., seed=seed + epoch, reshuffle_each_iteration=False)`: measured
-on `MirroredStrategy` over two CPUs, the weights then come out bit-identical
-(the resumed epoch's logged averages to within the last bit, as metric totals
-are split across replicas on restore).
+Under a `tf.distribute` strategy the same holds, reshuffling datasets
+included: `fit_resumable` builds the model's metrics before each `fit`, so
+the patched `fit` (`distribute.patch_distributed_fit`) does not start an
+iteration of the dataset only to learn its shapes, as Keras' own does. (A
+plain `model.fit` under a strategy therefore reads a reshuffling dataset
+from its second iteration, `fit_resumable` from its first.) What is not bit
+for bit: the logged averages of an epoch resumed halfway, to about one
+float32 ulp, as the restored metric totals are split among the replicas.
+
+Under `MultiWorkerMirroredStrategy` (tested with two workers, one of them
+killed mid-epoch, then the chief):
+
+- the chief (`distribute.is_chief`) alone writes checkpoints, as above; the
+  other workers read every variable too (reading a metric total is a
+  collective that needs them all) and write nothing;
+- every worker reads the chief's folders, so on several machines the
+  directory must be on a file system they all see (GCS, NFS), as Keras'
+  `BackupAndRestore` requires; the workers check that they found the same
+  checkpoint, and refuse to start otherwise;
+- each worker resumes on its own shard of the same batches (shard the
+  dataset by data, `distribute.shard_dataset`);
+- when a worker is lost, the others raise `distribute.WorkerLostError`
+  naming the last complete checkpoint; rerunning every worker's command
+  resumes from it. End the program with `distribute.finish(strategy)`.
 """
 
 import dataclasses
@@ -256,7 +273,11 @@ def fit_resumable(
     Raises:
         ValueError: an invalid argument; a checkpoint written with another
             `steps_per_epoch`; a model whose variables do not match the
-            checkpoint's.
+            checkpoint's; workers of a multi-worker run that found different
+            checkpoints.
+        keras_transformer.distribute.WorkerLostError: another worker of a
+            multi-worker run was lost; the message names the checkpoint
+            that rerunning every worker resumes from.
 
     Example:
 
