@@ -60,8 +60,9 @@ killed mid-epoch, then the chief):
   other workers read every variable too (reading a metric total is a
   collective that needs them all) and write nothing;
 - every worker reads the chief's folders, so on several machines the
-  directory must be on a file system they all see (GCS, NFS), as Keras'
-  `BackupAndRestore` requires; the workers check that they found the same
+  directory must be on a file system they all mount (NFS, say; not a
+  `gs://` URL: the atomic write is a POSIX rename), as Keras'
+  `BackupAndRestore` also needs a shared directory; the workers check that they found the same
   checkpoint, and refuse to start otherwise;
 - each worker resumes on its own shard of the same batches (shard the
   dataset by data, `distribute.shard_dataset`);
@@ -434,8 +435,8 @@ def _check_workers_agree(strategy, directory, checkpoint):
         raise ValueError(
             f"The workers found different checkpoints in {directory} ({found}). "
             "Every worker reads the checkpoints the chief writes: on several "
-            "machines, put the directory on a file system they all see (GCS, "
-            "NFS)."
+            "machines, put the directory on a file system they all mount "
+            "(NFS, say)."
         )
 
 

@@ -599,7 +599,7 @@ def test_workers_that_see_different_checkpoints_are_refused(
     with pytest.raises(
         ValueError,
         match=r"different checkpoints in .*\(process 0: ckpt-6, process 1: "
-        r"none\).*a file system they all see",
+        r"none\).*a file system they all mount",
     ):
         fit_dense(checkpoints)
 
