@@ -252,10 +252,13 @@ def main(argv=None):
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)
     batch_size = recipe_value(args, "batch_size")
     args.global_batch_size = distribute.global_batch_size(batch_size, strategy)
-    with chief_writes_outputs(args, strategy):
-        code = train_and_export(args, strategy, started)
-    # Every worker waits for the others, so none logs a coordination error.
-    distribute.finish(strategy)
+    try:
+        with chief_writes_outputs(args, strategy):
+            code = train_and_export(args, strategy, started)
+        # Every worker waits for the others, so none logs a coordination error.
+        distribute.finish(strategy)
+    except distribute.WorkerLostError as error:
+        raise SystemExit(f"error: {error}") from None
     return code
 
 

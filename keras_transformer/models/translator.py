@@ -508,14 +508,19 @@ class Translator(Transformer):
             )
 
         if checkpoint_dir is None:
-            return super().fit(
-                make_training_dataset(repeat=False),
-                epochs=epochs,
-                validation_data=validation_data,
-                # The dataset shuffles itself.
-                shuffle=False,
-                **kwargs,
-            )
+            # Under a multi-worker strategy a lost worker becomes an error
+            # that says what to do, not TensorFlow's raw UnavailableError.
+            with distribute.explain_lost_worker(
+                self.distribute_strategy, "Rerun every worker."
+            ):
+                return super().fit(
+                    make_training_dataset(repeat=False),
+                    epochs=epochs,
+                    validation_data=validation_data,
+                    # The dataset shuffles itself.
+                    shuffle=False,
+                    **kwargs,
+                )
         from keras_transformer import checkpointing
 
         steps_per_epoch = len(make_training_dataset(repeat=False))
