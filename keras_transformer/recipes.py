@@ -1,26 +1,41 @@
 """Training recipes: everything besides the data that makes a good run.
 
 A `Recipe` names the tokenizer, the model's `TransformerConfig` fields, the
-optimizer schedule, the batches, the length of training and the decoding
-used for the final scores. `scripts/train.py` takes `DATE_TASK` for the
-built-in date task and `CORPUS` for a real parallel corpus; its flags
-override single fields, and `Translator.from_texts` / `Translator.compile` /
-`Translator.fit` take the same values from Python:
+optimizer schedule, the batches, the length of training, what is evaluated
+and averaged during it, and the decoding used for the final scores.
+`scripts/train.py` takes `DATE_TASK` for the built-in date task and `CORPUS`
+for a real parallel corpus; its flags override single fields, and
+`Translator.from_texts` / `Translator.compile` / `Translator.fit` take the
+same values from Python:
 
 ```python
 recipe = recipes.CORPUS
 translator = Translator.from_texts(
     sources, targets, tokenizer=recipe.tokenizer,
     vocabulary_size=recipe.vocabulary_size,
-    joint_vocabulary=recipe.joint_vocabulary, **recipe.model)
+    joint_vocabulary=recipe.joint_vocabulary,  # also shares the embeddings
+    tokenizer_options=dict(recipe.tokenizer_options), **recipe.model)
+dataset = translator.make_dataset(
+    sources, targets, tokens_per_batch=recipe.tokens_per_batch)
 translator.compile(learning_rate=recipe.learning_rate,
                    warmup_steps=recipe.warmup_steps,
+                   total_steps=recipe.epochs * len(dataset),
                    label_smoothing=recipe.label_smoothing)
+translator.fit(sources, targets, epochs=recipe.epochs,
+               tokens_per_batch=recipe.tokens_per_batch,
+               callbacks=recipe.callbacks(translator.translate,
+                                          valid_sources, valid_targets))
+translator.translate(test_sources, **recipe.translate_options())
 ```
 """
 
 import dataclasses
 import types
+import typing
+
+from keras_transformer import decoding, validation
+
+TOKENIZERS = ("character", "word", "sentencepiece")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +44,8 @@ class Recipe:
 
     Args:
         tokenizer: `"character"`, `"word"` or `"sentencepiece"`.
-        vocabulary_size: int or None. Per tokenizer (or of the joint one).
+        vocabulary_size: int or None. Per tokenizer (or of the joint one);
+            None leaves character and word vocabularies uncapped.
         joint_vocabulary: bool. One tokenizer and embedding for both sides.
         model: mapping of `TransformerConfig` fields (not the vocabulary
             sizes, which come from the tokenizers).
@@ -38,32 +54,139 @@ class Recipe:
         label_smoothing: float.
         epochs: int. Passes over the training pairs; the learning rate
             decays to 0 at the end of the last (cosine).
-        batch_size: int. Pairs per batch and replica.
+        batch_size: int or None. Pairs per batch and replica, when
+            batches are not sized by `tokens_per_batch`.
+        tokenizer_options: mapping of further `from_texts` arguments of the
+            tokenizer (e.g. SentencePiece's `model_type`).
+        tokens_per_batch: int or None. Batch by token count instead
+            (`make_translation_dataset(tokens_per_batch=...)`); takes
+            precedence over `batch_size`.
+        bucket_width: int or None. Width of the length buckets (see
+            `bucket_boundaries`); None keeps the pipeline's 8 equal buckets.
+        checkpoints_averaged: int. Weight snapshots averaged at the end of
+            training (`CheckpointAveraging`); 1 keeps the last weights.
+        average_every_n_steps: int or None. Steps between those snapshots;
+            None takes one per epoch.
+        bleu_every_n_epochs: int or None. Validation BLEU during training
+            (`BleuEvaluation`, greedy); None skips it.
         beam_size: int. Beams of the final scores; 1 is greedy.
         length_penalty: float. GNMT length-penalty exponent of beam search.
     """
 
     tokenizer: str
-    vocabulary_size: object
+    vocabulary_size: typing.Optional[int]
     joint_vocabulary: bool
     model: types.MappingProxyType
     learning_rate: float
     warmup_steps: int
     label_smoothing: float
     epochs: int
-    batch_size: int
+    batch_size: typing.Optional[int]
+    tokenizer_options: types.MappingProxyType = dataclasses.field(default_factory=dict)
+    tokens_per_batch: typing.Optional[int] = None
+    bucket_width: typing.Optional[int] = None
+    checkpoints_averaged: int = 1
+    average_every_n_steps: typing.Optional[int] = None
+    bleu_every_n_epochs: typing.Optional[int] = None
     beam_size: int = 1
     length_penalty: float = 0.6
 
     def __post_init__(self):
-        object.__setattr__(self, "model", types.MappingProxyType(dict(self.model)))
+        # Frozen mappings, so a shared recipe cannot be changed in place.
+        for field in ("model", "tokenizer_options"):
+            object.__setattr__(
+                self, field, types.MappingProxyType(dict(getattr(self, field)))
+            )
+        validation.check_choice("tokenizer", self.tokenizer, TOKENIZERS)
+        validation.check_positive_int(
+            "vocabulary_size", self.vocabulary_size, allow_none=True
+        )
+        validation.check_positive_float("learning_rate", self.learning_rate)
+        validation.check_non_negative_int("warmup_steps", self.warmup_steps)
+        validation.check_rate("label_smoothing", self.label_smoothing)
+        validation.check_positive_int("epochs", self.epochs)
+        validation.check_positive_int("batch_size", self.batch_size, allow_none=True)
+        validation.check_positive_int(
+            "tokens_per_batch", self.tokens_per_batch, allow_none=True
+        )
+        if self.batch_size is None and self.tokens_per_batch is None:
+            raise ValueError(
+                "A recipe needs batch_size or tokens_per_batch; both are None."
+            )
+        validation.check_positive_int("bucket_width", self.bucket_width, allow_none=True)
+        validation.check_positive_int("checkpoints_averaged", self.checkpoints_averaged)
+        validation.check_positive_int(
+            "average_every_n_steps", self.average_every_n_steps, allow_none=True
+        )
+        validation.check_positive_int(
+            "bleu_every_n_epochs", self.bleu_every_n_epochs, allow_none=True
+        )
+        validation.check_positive_int("beam_size", self.beam_size)
+        decoding.check_length_penalty(self.length_penalty)
+
+    def bucket_boundaries(self, longest):
+        """Length-bucket boundaries for sequences of up to `longest` tokens.
+
+        Buckets `bucket_width` wide, so a batch is padded by less than that;
+        None (no `bucket_width`) lets the pipeline choose.
+        """
+        validation.check_positive_int("longest", longest)
+        if self.bucket_width is None:
+            return None
+        return list(range(1 + self.bucket_width, longest + 1, self.bucket_width))
+
+    def translate_options(self):
+        """Keyword arguments of `Translator.translate` for the final scores."""
+        if self.beam_size == 1:
+            return {"method": "greedy"}
+        return {
+            "method": "beam",
+            "beam_size": self.beam_size,
+            "length_penalty": self.length_penalty,
+        }
+
+    def callbacks(self, decode_fn, valid_sources=None, valid_targets=None):
+        """The recipe's training callbacks.
+
+        Args:
+            decode_fn: callable from a list of texts to their translations
+                (e.g. `translator.translate`), for the validation BLEU.
+            valid_sources: list of str or None. Held-out sources.
+            valid_targets: list of str or None. Their references.
+
+        Returns:
+            A list: `BleuEvaluation` every `bleu_every_n_epochs` epochs when
+            held-out texts are given, then `CheckpointAveraging` when more
+            than one checkpoint is averaged (after the evaluation, which
+            thus scores the current weights).
+        """
+        from keras_transformer import callbacks
+
+        result = []
+        if self.bleu_every_n_epochs and valid_sources:
+            result.append(
+                callbacks.BleuEvaluation(
+                    decode_fn,
+                    valid_sources,
+                    valid_targets,
+                    every_n_epochs=self.bleu_every_n_epochs,
+                )
+            )
+        if self.checkpoints_averaged > 1:
+            result.append(
+                callbacks.CheckpointAveraging(
+                    self.checkpoints_averaged, every_n_steps=self.average_every_n_steps
+                )
+            )
+        return result
 
 
 # The date task: 20k generated pairs, exact match >= 99% in ~80 s on 2 CPU
-# cores. Characters are the natural unit of dates; a small model suffices,
-# and dropout or label smoothing only slow down learning a deterministic
-# mapping. Cosine decay to 0 settles the weights at the end of a short run
-# (the inverse square root left exact match swinging 94-100%).
+# cores (the defaults scripts/train.py had before recipes existed). Characters
+# are the natural unit of dates; a small model suffices, and dropout or label
+# smoothing only slow down learning a deterministic mapping. Cosine decay to
+# 0 settles the weights at the end of a short run (the inverse square root
+# left exact match swinging 94-100%).
 DATE_TASK = Recipe(
     tokenizer="character",
     vocabulary_size=None,
@@ -83,24 +206,47 @@ DATE_TASK = Recipe(
     batch_size=64,
 )
 
-# Real corpora (tuned on Multi30k's validation set, meant for any corpus of
-# 10k-1M pairs): fairseq's transformer_tiny shape with subword units.
+# Real corpora: fairseq's transformer_tiny shape with joint subword units,
+# sized for about half an hour on 2 CPU cores (see docs/quality.md for what
+# it reaches on Multi30k; chosen on Multi30k's validation set, meant for any
+# corpus of 10k-1M pairs).
 CORPUS = Recipe(
     tokenizer="sentencepiece",
-    vocabulary_size=8000,
+    # Joint unigram model: one vocabulary for both languages lets names and
+    # numbers be copied, and shares the embeddings. On a CPU the output
+    # softmax dominates a d-128 model's step (8000 pieces: about half the
+    # step time; 4000: a third), and halving the vocabulary lengthens
+    # sentences by only ~10%.
+    vocabulary_size=4000,
     joint_vocabulary=True,
+    tokenizer_options={"model_type": "unigram", "character_coverage": 1.0},
     model={
         "num_encoder_layers": 4,
         "num_decoder_layers": 4,
         "hidden_dim": 128,
         "num_heads": 4,
         "intermediate_dim": 256,
+        # fairseq's value for this shape on 30k pairs; the model overfits
+        # within a few epochs without it.
         "dropout": 0.3,
     },
+    # Pre-norm blocks train stably at fairseq's peak rate.
     learning_rate=5e-3,
-    warmup_steps=1000,
+    warmup_steps=500,
     label_smoothing=0.1,
-    epochs=20,
+    epochs=6,
+    # For callers that batch by pairs: about 2048 tokens of Multi30k.
     batch_size=64,
+    # Small batches give more updates per CPU second, which short runs need
+    # more than large-batch efficiency.
+    tokens_per_batch=2048,
+    # Batches padded by less than 4 tokens: padding costs CPU time.
+    bucket_width=4,
+    # The tail of the cosine decay, averaged (fairseq averages the last 10
+    # epochs of 60; a run of a few epochs averages within the last one).
+    checkpoints_averaged=5,
+    average_every_n_steps=100,
+    bleu_every_n_epochs=1,
     beam_size=5,
+    length_penalty=0.6,
 )

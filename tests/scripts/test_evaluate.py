@@ -1,0 +1,177 @@
+"""scripts/evaluate.py: scores, the runs file, the quality page and its plot.
+
+The model is an untrained tiny Translator: these tests check the plumbing
+(scores equal sacreBLEU's on the model's own translations), not quality.
+"""
+
+import contextlib
+import io
+import json
+
+import pytest
+import sacrebleu
+
+from keras_transformer.models import Translator
+from tests.conftest import is_png, load_script
+
+SOURCES = [
+    "a small brown dog runs in the park",
+    "two men walk across the street",
+    "the red car stands in front of the house",
+    "a woman reads a book in the garden",
+] * 3
+TARGETS = [
+    "ein kleiner brauner Hund läuft im Park",
+    "zwei Männer gehen über die Straße",
+    "das rote Auto steht vor dem Haus",
+    "eine Frau liest ein Buch im Garten",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    translator = Translator.from_texts(
+        SOURCES,
+        TARGETS,
+        tokenizer="character",
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        max_source_length=48,
+        max_target_length=48,
+    )
+    path = root / "tiny.keras"
+    translator.save(path)
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "test.en").write_text("\n".join(SOURCES[:4]) + "\n")
+    (tmp_path / "test.de").write_text("\n".join(TARGETS[:4]) + "\n")
+    record = {
+        "name": "tiny-run",
+        "corpus": "four toy pairs",
+        "command": "python train.py --tiny",
+        "training_seconds": 75.0,
+        "cpu_seconds": 140.0,
+        "val_bleu": [
+            {"epoch": 1, "bleu": 1.5, "training_seconds": 30.0},
+            {"epoch": 2, "bleu": 3.0, "training_seconds": 60.0},
+        ],
+    }
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    return tmp_path
+
+
+def evaluate(model_path, files, *extra, module=None):
+    arguments = [
+        "--model", model_path,
+        "--source", files / "test.en",
+        "--target", files / "test.de",
+        "--results", files / "docs" / "runs.json",
+        "--output", files / "docs" / "quality.md",
+        "--plot", files / "docs" / "quality_bleu.png",
+        "--beam-size", "2",
+        *extra,
+    ]  # fmt: skip
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        module = module or load_script("evaluate")
+        code = module.main([str(argument) for argument in arguments])
+    assert code == 0
+    with open(files / "docs" / "runs.json", encoding="utf-8") as file:
+        return json.load(file), (files / "docs" / "quality.md").read_text()
+
+
+# Stand-in translations, some right and some wrong, so the scores are
+# neither 0 nor 100.
+GREEDY = [
+    "ein kleiner brauner Hund läuft im Park",
+    "zwei Männer laufen auf der Straße",
+    "das Auto steht vor dem Haus",
+    "Eine Frau liest im Garten",
+]
+BEAM = [
+    "ein kleiner Hund rennt im Park",
+    "zwei Männer gehen über die Straße",
+    "das rote Auto steht vor dem Haus",
+    "eine Frau liest ein Buch",
+]
+
+
+@pytest.fixture
+def stand_in():
+    """The script with a stand-in model: no Translator, no decoding."""
+    module = load_script("evaluate")
+
+    def load_translate(path, beam_size, length_penalty):
+        def translate(texts, beam):
+            assert texts == SOURCES[:4] and beam in (None, beam_size)
+            return BEAM if beam else GREEDY
+
+        return translate, 1234, beam_size
+
+    module.load_translate = load_translate
+    return module
+
+
+def test_scores_are_sacrebleu_bleu_and_chrf_of_the_translations(stand_in, files):
+    (run,), _ = evaluate("model.keras", files, module=stand_in)
+    for decoding, hypotheses in (("greedy", GREEDY), ("beam", BEAM)):
+        scores = run["test"][decoding]
+        references = [TARGETS[:4]]
+        assert scores["bleu_cased"] == pytest.approx(
+            sacrebleu.corpus_bleu(hypotheses, references).score
+        )
+        assert scores["bleu_lowercased"] == pytest.approx(
+            sacrebleu.corpus_bleu(hypotheses, references, lowercase=True).score
+        )
+        assert scores["chrf"] == pytest.approx(
+            sacrebleu.corpus_chrf(hypotheses, references).score
+        )
+        assert 0 < scores["bleu_cased"] < 100
+    assert run["name"] == "model" and run["test_size"] == 4
+    assert run["parameters"] == 1234 and run["beam_size"] == 2
+
+
+def test_the_page_lists_the_run_its_record_and_the_anchors(stand_in, files):
+    _, page = evaluate(
+        "model.keras", files, "--run-record", files / "run.json", module=stand_in
+    )
+    assert "| tiny-run | greedy |" in page and "| tiny-run | beam 2 |" in page
+    for text in (
+        "`python train.py --tiny`",
+        "four toy pairs",
+        "1 min 15 s",  # Training wall time.
+        "2 min 20 s",  # CPU time.
+        "1,234",  # Parameters.
+        "fairseq `transformer_tiny`",
+        "41.0",
+        "35.8",
+        "quality_bleu.png",
+    ):
+        assert text in page
+    assert is_png(files / "docs" / "quality_bleu.png")
+
+
+def test_runs_accumulate_and_a_run_of_the_same_name_is_replaced(stand_in, files):
+    for name in ("first", "second", "first"):
+        runs, page = evaluate("m.keras", files, "--name", name, module=stand_in)
+    assert [run["name"] for run in runs] == ["second", "first"]
+    assert "## first" in page and "## second" in page
+
+
+@pytest.mark.slow
+def test_a_keras_translator_file_is_scored_on_its_own_translations(
+    model_path, files
+):
+    (run,), _ = evaluate(model_path, files)
+    translate = load_script("evaluate").load_translate(str(model_path), 2, 0.6)[0]
+    for decoding, beam in (("greedy", None), ("beam", 2)):
+        expected = sacrebleu.corpus_chrf(translate(SOURCES[:4], beam), [TARGETS[:4]])
+        assert run["test"][decoding]["chrf"] == pytest.approx(expected.score)
+    assert run["name"] == "tiny" and run["parameters"] > 0

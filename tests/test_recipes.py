@@ -1,0 +1,106 @@
+import dataclasses
+
+import pytest
+
+from keras_transformer import callbacks, recipes
+from keras_transformer.models import TransformerConfig
+
+
+def test_the_date_task_recipe_keeps_the_train_script_defaults():
+    recipe = recipes.DATE_TASK
+    assert (recipe.tokenizer, recipe.vocabulary_size, recipe.joint_vocabulary) == (
+        "character",
+        None,
+        False,
+    )
+    assert dict(recipe.model) == {
+        "num_encoder_layers": 2,
+        "num_decoder_layers": 2,
+        "hidden_dim": 64,
+        "num_heads": 4,
+        "intermediate_dim": 256,
+        "dropout": 0.0,
+    }
+    assert (recipe.batch_size, recipe.epochs, recipe.learning_rate) == (64, 5, 5e-3)
+    assert (recipe.warmup_steps, recipe.label_smoothing) == (300, 0.0)
+    assert recipe.tokens_per_batch is None and recipe.checkpoints_averaged == 1
+    assert recipe.callbacks(lambda texts: texts, ["a"], ["a"]) == []
+    assert recipe.translate_options() == {"method": "greedy"}
+
+
+@pytest.mark.parametrize("recipe", [recipes.DATE_TASK, recipes.CORPUS])
+def test_model_fields_build_a_transformer_config(recipe):
+    config = TransformerConfig(
+        source_vocabulary_size=100, target_vocabulary_size=100, **recipe.model
+    )
+    for field, value in recipe.model.items():
+        assert getattr(config, field) == value
+
+
+def test_the_corpus_recipe_batches_by_tokens_and_averages_checkpoints():
+    recipe = recipes.CORPUS
+    assert recipe.tokenizer == "sentencepiece" and recipe.joint_vocabulary
+    assert recipe.tokens_per_batch
+    assert recipe.checkpoints_averaged > 1 and recipe.label_smoothing == 0.1
+    assert recipe.translate_options() == {
+        "method": "beam",
+        "beam_size": recipe.beam_size,
+        "length_penalty": recipe.length_penalty,
+    }
+
+
+def test_callbacks_evaluate_bleu_then_average():
+    recipe = recipes.CORPUS
+
+    def decode(texts):
+        return texts
+
+    bleu, averaging = recipe.callbacks(decode, ["ein Hund"], ["a dog"])
+    assert isinstance(bleu, callbacks.BleuEvaluation)
+    assert bleu.decode_fn is decode
+    assert bleu.every_n_epochs == recipe.bleu_every_n_epochs
+    assert isinstance(averaging, callbacks.CheckpointAveraging)
+    assert averaging.num_checkpoints == recipe.checkpoints_averaged
+    assert averaging.every_n_steps == recipe.average_every_n_steps
+    # Without held-out texts there is nothing to score.
+    (only,) = recipe.callbacks(decode)
+    assert isinstance(only, callbacks.CheckpointAveraging)
+
+
+def test_bucket_boundaries_are_bucket_width_apart():
+    recipe = dataclasses.replace(recipes.CORPUS, bucket_width=4)
+    assert recipe.bucket_boundaries(14) == [5, 9, 13]
+    assert recipes.DATE_TASK.bucket_boundaries(14) is None
+
+
+def test_recipes_are_frozen_down_to_their_mappings():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipes.CORPUS.epochs = 1
+    with pytest.raises(TypeError):
+        recipes.CORPUS.model["dropout"] = 0.5
+    with pytest.raises(TypeError):
+        recipes.CORPUS.tokenizer_options["model_type"] = "bpe"
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"tokenizer": "bytes"}, "argument tokenizer"),
+        ({"vocabulary_size": 0}, "argument vocabulary_size"),
+        ({"learning_rate": 0.0}, "argument learning_rate"),
+        ({"warmup_steps": -1}, "argument warmup_steps"),
+        ({"label_smoothing": 1.0}, "argument label_smoothing"),
+        ({"epochs": 0}, "argument epochs"),
+        ({"tokens_per_batch": 0}, "argument tokens_per_batch"),
+        ({"tokens_per_batch": None, "batch_size": None}, "batch_size or tokens"),
+        ({"bucket_width": 0}, "argument bucket_width"),
+        ({"checkpoints_averaged": 0}, "argument checkpoints_averaged"),
+        ({"average_every_n_steps": 0}, "argument average_every_n_steps"),
+        ({"bleu_every_n_epochs": 0}, "argument bleu_every_n_epochs"),
+        ({"beam_size": 0}, "argument beam_size"),
+        ({"length_penalty": -1.0}, "argument length_penalty"),
+    ],
+)
+def test_bad_recipe_values_are_refused_naming_the_field(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(recipes.CORPUS, **changes)
