@@ -69,6 +69,120 @@ def to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 
 
+# Backends: the same test files run on TensorFlow, JAX and PyTorch
+# (`KERAS_BACKEND=jax python -m pytest tests/layers tests/models`).
+
+BACKEND = keras.backend.backend()
+
+
+def only_on(*backends, reason):
+    """Marks a test that runs only on the named Keras backends, saying why."""
+    return pytest.mark.skipif(
+        BACKEND not in backends, reason=f"{BACKEND} backend: {reason}"
+    )
+
+
+# PyTorch runs eagerly: torch.compile takes minutes per test, so the tests of
+# what a compiled program does run on the other two backends.
+compiled_backends = only_on(
+    "tensorflow", "jax", reason="no compiled program (PyTorch runs eagerly)"
+)
+
+
+def compile_function(function):
+    """`function` compiled as one XLA program, as a decoding loop would be.
+
+    `tf.function(jit_compile=True)` on TensorFlow, `jax.jit` on JAX (mark
+    the test `compiled_backends`). The function must not assign Keras
+    variables (a jitted JAX function cannot). Its Python body runs once per
+    trace on both, so a counter in it counts traces.
+    """
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(function)
+    raise NotImplementedError(f"No compiled functions on the {BACKEND} backend.")
+
+
+def value_and_gradients(function, variables, inputs=(), compiled=False):
+    """Gradients of `function(*inputs)` with the backend's own autodiff.
+
+    `tf.GradientTape` on TensorFlow, `jax.value_and_grad` over the variables'
+    values (a `keras.StatelessScope`, so variable updates inside the call,
+    such as dropout seeds, are dropped) on JAX, `torch.autograd.grad` on
+    PyTorch.
+
+    Args:
+        function: takes the tensors of `inputs`; returns a scalar loss or a
+            tuple `(loss, aux)` of a scalar loss and any other outputs.
+        variables: Keras variables to differentiate, e.g.
+            `layer.trainable_variables`.
+        inputs: arrays to pass to `function` and differentiate.
+        compiled: trace the whole computation into one program
+            (`tf.function`, `jax.jit`); ignored on PyTorch.
+
+    Returns:
+        `(aux, gradients)`: `aux` as `function` returned it (None when it
+        returned a loss alone) and one gradient per variable then per input,
+        zeros where the loss does not depend on it.
+    """
+    variables = list(variables)
+
+    def split(result):
+        return result if isinstance(result, tuple) else (result, None)
+
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def compute(*tensors):
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                loss, aux = split(function(*tensors))
+            targets = [*variables, *tensors]
+            gradients = tape.gradient(
+                loss, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return aux, gradients
+
+        tensors = [tf.convert_to_tensor(value) for value in inputs]
+        return (tf.function(compute) if compiled else compute)(*tensors)
+    if BACKEND == "jax":
+        import jax
+
+        def pure(values, tensors):
+            mapping = list(zip(variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return split(function(*tensors))
+
+        gradient_fn = jax.value_and_grad(pure, argnums=(0, 1), has_aux=True)
+        if compiled:
+            gradient_fn = jax.jit(gradient_fn)
+        tensors = tuple(ops.convert_to_tensor(value) for value in inputs)
+        (_, aux), (variable_grads, input_grads) = gradient_fn(
+            [variable.value for variable in variables], tensors
+        )
+        return aux, [*variable_grads, *input_grads]
+    if BACKEND == "torch":
+        import torch
+
+        tensors = [
+            ops.convert_to_tensor(value).detach().requires_grad_()
+            for value in inputs
+        ]
+        loss, aux = split(function(*tensors))
+        targets = [variable.value for variable in variables] + tensors
+        gradients = torch.autograd.grad(loss, targets, allow_unused=True)
+        return aux, [
+            torch.zeros_like(target) if gradient is None else gradient
+            for gradient, target in zip(gradients, targets)
+        ]
+    raise NotImplementedError(f"No gradients on the {BACKEND} backend.")
+
+
 def _as_call(input_data):
     """Splits test inputs into positional and keyword call arguments."""
     if isinstance(input_data, dict):

@@ -3,6 +3,8 @@
 import ast
 import pathlib
 
+import pytest
+
 import keras_transformer
 from keras_transformer import layers
 
@@ -14,20 +16,36 @@ def test_version_is_a_release_string():
     assert all(part.isdigit() for part in (major, minor, patch))
 
 
-def test_layers_never_import_tensorflow_so_every_keras_backend_works():
+def _is_tensorflow_backend_check(node):
+    return isinstance(node, ast.If) and ast.unparse(node.test) in (
+        "keras.backend.backend() == 'tensorflow'",
+        "backend.backend() == 'tensorflow'",
+    )
+
+
+def _unguarded_imports(node, guarded=False):
+    """(line, module) of every import outside a TensorFlow-backend branch."""
+    if isinstance(node, ast.Import) and not guarded:
+        yield from ((node.lineno, alias.name) for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and not guarded:
+        yield node.lineno, node.module or ""
+    if _is_tensorflow_backend_check(node):
+        for child in node.body:
+            yield from _unguarded_imports(child, guarded=True)
+        for child in node.orelse:
+            yield from _unguarded_imports(child, guarded)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _unguarded_imports(child, guarded)
+
+
+def test_layers_import_tensorflow_only_on_its_backend_so_every_backend_works():
     offenders = []
     for source in sorted(LAYERS_DIR.rglob("*.py")):
         tree = ast.parse(source.read_text(), filename=str(source))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                if name.split(".")[0] in ("tensorflow", "tf_keras"):
-                    offenders.append(f"{source.name}:{node.lineno} imports {name}")
+        for line, name in _unguarded_imports(tree):
+            if name.split(".")[0] in ("tensorflow", "tf_keras"):
+                offenders.append(f"{source.name}:{line} imports {name}")
     assert offenders == []
 
 
@@ -39,3 +57,15 @@ def test_every_public_layer_is_registered_for_serialization():
         if isinstance(obj, type) and issubclass(obj, keras.layers.Layer):
             registered = keras.saving.get_registered_name(obj)
             assert registered == f"keras_transformer>{name}", registered
+
+
+def test_modules_load_on_first_attribute_access_and_are_listed():
+    for name in ("checkpointing", "data", "decoding", "distribute", "export"):
+        assert name in dir(keras_transformer)
+        module = getattr(keras_transformer, name)
+        assert module.__name__ == f"keras_transformer.{name}"
+
+
+def test_an_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'layer'"):
+        keras_transformer.layer

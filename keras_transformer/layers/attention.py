@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 from keras_transformer import validation
-from keras_transformer.layers import masks
+from keras_transformer.layers import _static, masks
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.lora import LoRADense
 from keras_transformer.layers.relative_position_bias import (
@@ -424,9 +424,13 @@ class MultiHeadAttention(keras.layers.Layer):
                 "Create it with `layer.initial_cache(batch_size, max_length)` "
                 "or `layer.compute_key_value_cache(value)`."
             )
-        max_length = shapes[0][2]
+        # Known values only: a traced index, or a placeholder length of
+        # shape inference, cannot be checked here.
+        max_length = _static.known_length(shapes[0][2])
+        new_length = _static.known_length(new_length)
+        cache_update_index = _static.known_int(cache_update_index)
         if (
-            isinstance(cache_update_index, int)
+            cache_update_index is not None
             and max_length is not None
             and new_length is not None
             and cache_update_index + new_length > max_length

@@ -45,6 +45,9 @@ def dropout(inputs, rate, noise_shape=None, seed=None):
         with probability `rate` rounded to a multiple of 1/2048, otherwise
         divided by one minus that rounded rate.
     """
+    # A NumPy array times a backend scalar is NumPy's operation, which fails
+    # on PyTorch: work on a backend tensor from here on.
+    inputs = ops.convert_to_tensor(inputs)
     grid_rate = _grid_rate(rate)
     features = inputs.shape[-1] if len(inputs.shape) else None
     if noise_shape is not None or grid_rate is None or features is None:

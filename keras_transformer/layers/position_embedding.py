@@ -1,12 +1,12 @@
 """Learned position embeddings and the token + position input embedding."""
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
 from keras_transformer import validation
+from keras_transformer.layers import _static
 from keras_transformer.layers import _token_ids
 from keras_transformer.layers.position_encoding import SinusoidalPositionEncoding
 
@@ -14,18 +14,24 @@ from keras_transformer.layers.position_encoding import SinusoidalPositionEncodin
 def _check_fits(layer_name, length, start_index, sequence_length):
     """Raises when positions `[start_index, start_index + length)` overflow.
 
-    Only static values can be checked here: `length=None` or a tensor
-    `start_index` is left to the run-time slice.
+    Checks what is known before the layer runs: a real static length (not
+    `None`, a JAX symbolic dimension or a shape-inference placeholder) and a
+    Python int or eager tensor `start_index`. A `start_index` traced by
+    `tf.function` or `jax.jit` is unknown here; the call then marks rows
+    past the table as NaN (see `PositionEmbedding`).
     """
-    if sequence_length is None or length is None:
+    if sequence_length is None:
         return
-    if not isinstance(start_index, numbers.Integral):
-        start_index = 0
-    if start_index < 0:
+    start_index = _static.known_int(start_index)
+    if start_index is not None and start_index < 0:
         raise ValueError(
             f"Layer {layer_name} received a negative start_index. Received: "
             f"start_index={start_index}"
         )
+    length = _static.known_length(length)
+    if length is None:
+        return
+    start_index = start_index or 0
     if start_index + length > sequence_length:
         raise ValueError(
             f"Layer {layer_name} received positions up to "
@@ -41,13 +47,14 @@ class PositionEmbedding(keras.layers.Layer):
 
     Holds a trainable table of shape `(sequence_length, d)` and returns its
     rows `[start_index, start_index + length)` broadcast to the shape of
-    `inputs`, so it is added with `inputs + layer(inputs)`. Inputs longer than
-    `sequence_length` raise a `ValueError` instead of being truncated: at
-    build time for a static length, and at call time when a static length
-    plus an integer `start_index` overflows. A dynamic length or a tensor
-    `start_index` is sliced with `keras.ops.slice`; on TensorFlow an
-    out-of-range slice fails at run time, but JAX's `dynamic_slice` clamps the
-    start, so keep `start_index + length <= sequence_length` there.
+    `inputs`, so it is added with `inputs + layer(inputs)`. Positions past
+    the table are never clipped to its last row. They raise a `ValueError`
+    on every backend when they are known before the call runs: a static
+    length at build time, and at call time a static length with an int or
+    eager-tensor `start_index`. Inside a compiled function (`tf.function`,
+    `jax.jit`) a tensor `start_index` has no value yet and a compiled JAX or
+    XLA program cannot raise: the rows past the table come out as NaN there
+    (and TensorFlow without XLA fails at run time).
 
     Args:
         sequence_length: int. Maximum number of positions.
@@ -90,15 +97,29 @@ class PositionEmbedding(keras.layers.Layer):
             initializer=self.initializer,
         )
 
-    # No `compute_output_shape`: symbolic calls then trace `call`, so its
-    # overflow check also runs for a static `start_index` on Keras tensors.
     def call(self, inputs, start_index=0):
-        length = inputs.shape[-2]
-        _check_fits(self.name, length, start_index, self.sequence_length)
-        if length is None:
-            length = ops.shape(inputs)[-2]
-        rows = ops.slice(self.embeddings, (start_index, 0), (length, inputs.shape[-1]))
+        _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
+        positions = ops.arange(ops.shape(inputs)[-2], dtype="int32") + ops.cast(
+            start_index, "int32"
+        )
+        # A gather, not a slice: its output has `length` rows whatever the
+        # values, where JAX's dynamic slice would shift the window back
+        # inside the table. Reading the variable as a tensor first is what
+        # JAX accepts.
+        rows = ops.take(ops.convert_to_tensor(self.embeddings), positions, axis=0)
+        # Rows past the table are NaN on every backend (gathers differ:
+        # JAX fills NaN, XLA clamps, TensorFlow on GPU returns zeros).
+        inside = ops.logical_and(positions >= 0, positions < self.sequence_length)
+        rows = ops.where(ops.expand_dims(inside, -1), rows, float("nan"))
         return ops.broadcast_to(ops.cast(rows, self.compute_dtype), ops.shape(inputs))
+
+    # Symbolic calls infer the shape here instead of tracing `call` with a
+    # placeholder length (an int such as 83 on PyTorch) that would fail the
+    # overflow check; a real static length and an int start_index are
+    # checked here.
+    def compute_output_spec(self, inputs, start_index=0):
+        _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -237,9 +258,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_embedding.build(batch_and_length + (self.embedding_dim,))
         self.built = True
 
-    def call(self, inputs, start_index=0, reverse=False):
-        if reverse:
-            return self._logits(inputs)
+    def _check_token_ids(self, inputs, start_index):
         if len(inputs.shape) != 2:
             raise ValueError(
                 f"Layer {self.name} expected token ids of shape "
@@ -248,6 +267,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             )
         _token_ids.check_dtype("inputs", inputs, layer_name=self.name)
         _check_fits(self.name, inputs.shape[-1], start_index, self.sequence_length)
+
+    def call(self, inputs, start_index=0, reverse=False):
+        if reverse:
+            return self._logits(inputs)
+        self._check_token_ids(inputs, start_index)
         known = _token_ids.check_values(
             "inputs", inputs, self.vocabulary_size, layer_name=self.name
         )
@@ -276,6 +300,19 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         )
         token_table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         return ops.matmul(hidden_states, ops.transpose(token_table))
+
+    # Symbolic calls infer the shape here rather than by tracing `call`
+    # with a placeholder length (see `PositionEmbedding`).
+    def compute_output_spec(self, inputs, start_index=0, reverse=False):
+        if reverse:
+            validation.check_last_dim(
+                self.name, "inputs", inputs.shape, self.embedding_dim
+            )
+            shape = tuple(inputs.shape[:-1]) + (self.vocabulary_size,)
+        else:
+            self._check_token_ids(inputs, start_index)
+            shape = tuple(inputs.shape) + (self.embedding_dim,)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
         # Reverse mode receives hidden states: pass any incoming mask along.

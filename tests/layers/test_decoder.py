@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from keras_transformer import layers
-from tests.conftest import random_floats, run_layer_test, to_numpy
+from tests.conftest import (
+    compile_function,
+    compiled_backends,
+    random_floats,
+    run_layer_test,
+    to_numpy,
+)
 
 HIDDEN = 16
 BASE = {"intermediate_dim": 32, "num_heads": 4}
@@ -91,7 +97,10 @@ def _decode_token_by_token(block, target, source, step_fn=None):
     outputs = []
     for index in range(length):
         output, cache, cross_cache = step_fn(
-            target[:, index : index + 1], cache, cross_cache, tf.constant(index)
+            target[:, index : index + 1],
+            cache,
+            cross_cache,
+            ops.convert_to_tensor(index, "int32"),
         )
         outputs.append(to_numpy(output))
     return np.concatenate(outputs, axis=1)
@@ -112,13 +121,14 @@ def test_decoding_token_by_token_with_caches_equals_one_full_causal_call(options
     np.testing.assert_allclose(stepped, full, atol=1e-5)
 
 
+@compiled_backends
 def test_a_cached_decode_step_compiles_under_xla_and_matches_eager():
     block = layers.TransformerDecoderBlock(**BASE, use_rotary=True)
     target = random_floats(2, 5, HIDDEN, seed=5)
     source = random_floats(2, 3, HIDDEN, seed=6)
     eager = _decode_token_by_token(block, target, source)
     compiled = _decode_token_by_token(
-        block, target, source, step_fn=lambda f: tf.function(f, jit_compile=True)
+        block, target, source, step_fn=compile_function
     )
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
 

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from keras_transformer import layers
-from tests.conftest import random_floats, random_token_ids, run_layer_test, to_numpy
+from tests.conftest import (
+    compile_function,
+    compiled_backends,
+    random_floats,
+    random_token_ids,
+    run_layer_test,
+    to_numpy,
+)
 
 VOCAB, LENGTH, DIM = 20, 8, 16
 
@@ -73,17 +80,43 @@ def test_start_index_past_the_table_is_rejected_on_symbolic_inputs():
         layer(keras.Input((4, DIM)), start_index=5)
 
 
-def test_tensor_start_index_past_the_table_fails_at_run_time_instead_of_clipping():
-    # TensorFlow's slice checks its bounds at run time (the tests' backend).
+def test_eager_tensor_start_index_past_the_table_is_rejected_on_every_backend():
     layer = layers.PositionEmbedding(sequence_length=LENGTH)
     layer(random_floats(1, 4, DIM))
-    with pytest.raises(Exception, match=r"Expected size\[0\] in \[0, 2\]"):
-        to_numpy(
-            layer(
-                random_floats(1, 4, DIM),
-                start_index=keras.ops.convert_to_tensor(6, "int32"),
-            )
-        )
+    with pytest.raises(ValueError, match=r"positions up to 10 \(start_index=6"):
+        layer(random_floats(1, 4, DIM), start_index=keras.ops.convert_to_tensor(6))
+
+
+@compiled_backends
+def test_compiled_start_index_past_the_table_gives_nan_rows_instead_of_clipping():
+    layer = layers.PositionEmbedding(sequence_length=LENGTH)
+    layer(random_floats(1, 4, DIM))
+    table = to_numpy(layer.embeddings)
+    step = compile_function(lambda start: layer(random_floats(1, 4, DIM), start))
+    rows = to_numpy(step(keras.ops.convert_to_tensor(6, "int32")))[0]
+    # Positions 6 and 7 exist; 8 and 9 are past the table, and a compiled
+    # program cannot raise.
+    np.testing.assert_array_equal(rows[:2], table[6:])
+    assert np.isnan(rows[2:]).all()
+
+
+def test_learned_positions_build_a_functional_model_of_unknown_length():
+    # Keras infers shapes with a placeholder length on JAX (a symbolic
+    # dimension) and PyTorch (83, longer than the table).
+    token_ids = keras.Input((None,), dtype="int32")
+    embedded = token_and_position()(token_ids)
+    hidden = keras.layers.Dense(DIM)(embedded)
+    positions = layers.PositionEmbedding(sequence_length=LENGTH)(hidden)
+    model = keras.Model(token_ids, [embedded, positions])
+    assert tuple(embedded.shape) == (None, None, DIM)
+    token_ids = random_token_ids(2, 5, VOCAB)
+    outputs, rows = model.predict(token_ids, verbose=0)
+    assert outputs.shape == rows.shape == (2, 5, DIM)
+
+
+def test_symbolic_token_ids_longer_than_the_table_are_rejected():
+    with pytest.raises(ValueError, match=r"positions up to 9 .*sequence_length=8"):
+        token_and_position()(keras.Input((9,), dtype="int32"))
 
 
 def test_negative_start_index_is_rejected():

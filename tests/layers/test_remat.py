@@ -3,12 +3,18 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 from keras_transformer import layers, losses, models
 from keras_transformer.layers import stateless_dropout
-from tests.conftest import random_floats, run_layer_test, to_numpy
+from tests.conftest import (
+    compiled_backends,
+    only_on,
+    random_floats,
+    run_layer_test,
+    to_numpy,
+    value_and_gradients,
+)
 
 HIDDEN = 16
 BASE = {"intermediate_dim": 32, "num_heads": 4, "norm_placement": "pre"}
@@ -20,10 +26,10 @@ SOURCE_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
 
 def _block_call(kind):
     """The block class, its positional tensors and keyword masks."""
-    target = tf.constant(random_floats(2, 6, HIDDEN, seed=1))
+    target = random_floats(2, 6, HIDDEN, seed=1)
     if kind == "encoder":
         return layers.TransformerEncoderBlock, [target], {"padding_mask": TARGET_MASK}
-    source = tf.constant(random_floats(2, 5, HIDDEN, seed=2))
+    source = random_floats(2, 5, HIDDEN, seed=2)
     masks = {"decoder_padding_mask": TARGET_MASK, "encoder_padding_mask": SOURCE_MASK}
     return layers.TransformerDecoderBlock, [target, source], masks
 
@@ -43,14 +49,13 @@ def _seed_dropouts(block):
 def _outputs_and_gradients(block, inputs, masks, compiled):
     """Block outputs and the gradients of a loss wrt weights and inputs."""
 
-    def compute():
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs = ops.cast(block(*inputs, training=True, **masks), "float32")
-            loss = ops.sum(outputs * ops.sin(outputs))
-        return outputs, tape.gradient(loss, [*block.trainable_variables, *inputs])
+    def loss(*inputs):
+        outputs = ops.cast(block(*inputs, training=True, **masks), "float32")
+        return ops.sum(outputs * ops.sin(outputs)), outputs
 
-    return tf.function(compute)() if compiled else compute()
+    return value_and_gradients(
+        loss, block.trainable_variables, inputs, compiled=compiled
+    )
 
 
 def test_seeded_dropout_reproduces_the_mask_the_layer_would_draw():
@@ -125,6 +130,11 @@ def test_remat_gradients_equal_plain_gradients(kind, dropout, compiled, dtype):
         )
 
 
+@only_on(
+    "tensorflow",
+    "torch",
+    reason="jax.checkpoint recomputes a traced program, not the Python forward",
+)
 @pytest.mark.parametrize("training, forward_runs", [(True, 2), (False, 1)])
 def test_training_calls_run_the_block_again_in_the_backward_pass(
     training, forward_runs, monkeypatch
@@ -140,10 +150,30 @@ def test_training_calls_run_the_block_again_in_the_backward_pass(
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(block_class, "_forward", counted_forward)
-    with tf.GradientTape() as tape:
-        loss = ops.sum(block(*inputs, training=training, **masks))
-    tape.gradient(loss, block.trainable_variables)
+    value_and_gradients(
+        lambda: ops.sum(block(*inputs, training=training, **masks)),
+        block.trainable_variables,
+    )
     assert len(runs) == forward_runs
+
+
+@only_on("jax", reason="inspects the JAX program of the gradient")
+@pytest.mark.parametrize("training", [True, False])
+def test_training_calls_put_the_block_under_a_jax_checkpoint(training):
+    import jax
+
+    block_class, inputs, masks = _block_call("decoder")
+    block = block_class(**BASE, **DROPOUT, remat=True)
+    block(*inputs, **masks)
+    variables = block.trainable_variables
+
+    def loss(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return ops.sum(block(*inputs, training=training, **masks))
+
+    program = jax.make_jaxpr(jax.grad(loss))([v.value for v in variables])
+    # The recomputed region appears as a `remat` primitive in the backward pass.
+    assert ("remat" in str(program)) == training
 
 
 def test_cached_decoding_with_remat_matches_the_plain_block():
@@ -214,7 +244,11 @@ TARGET_IDS = np.array([[2, 5, 6, 7, 0], [2, 1, 4, 5, 6]], "int32")
 LABELS = np.array([[5, 6, 7, 0, 0], [1, 4, 5, 6, 0]], "int32")
 
 
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize(
+    "jit_compile",
+    [False, pytest.param(True, marks=compiled_backends)],
+    ids=["graph", "xla"],
+)
 def test_transformer_with_remat_trains_under_compiled_fit(jit_compile):
     model = models.build_transformer(models.TransformerConfig(**SMALL_MODEL))
     model.compile(
@@ -239,11 +273,12 @@ def test_transformer_with_remat_has_the_plain_model_gradients():
     inputs = {"source_ids": SOURCE_IDS, "target_ids": TARGET_IDS}
     loss = losses.MaskedSparseCategoricalCrossentropy()
 
-    @tf.function
     def gradients(model):
-        with tf.GradientTape() as tape:
+        def compute():
             value = loss(LABELS, model(inputs, training=True))
-        return value, tape.gradient(value, model.trainable_variables)
+            return value, value
+
+        return value_and_gradients(compute, model.trainable_variables, compiled=True)
 
     plain_loss, plain_gradients = gradients(plain)
     remat_loss, remat_gradients = gradients(remat)

@@ -1,0 +1,53 @@
+"""What a layer can know about a length or an index before it runs.
+
+Keras infers symbolic shapes differently on each backend: TensorFlow leaves
+an unknown length `None`, JAX makes it a symbolic dimension, and PyTorch
+fills it with a placeholder integer (83, then 89). Checks against a maximum
+length must only use values that are really known, or a placeholder would
+be rejected as too long.
+"""
+
+import numbers
+
+import keras
+from keras import ops
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+
+def known_length(dimension):
+    """`dimension` as an int when it is the real length, else None.
+
+    Args:
+        dimension: an entry of a tensor's `.shape`.
+
+    Returns:
+        The int, or None for an unknown (`None`), symbolic (JAX) or
+        placeholder (any backend's shape inference) dimension.
+    """
+    if in_symbolic_scope() or not isinstance(dimension, numbers.Integral):
+        return None
+    return int(dimension)
+
+
+def known_int(value):
+    """A scalar int as a Python int when its value is known now, else None.
+
+    Args:
+        value: a Python int or a scalar int tensor.
+
+    Returns:
+        The int for a Python int or an eager tensor on any backend (one
+        device-to-host copy), None for a Keras symbolic tensor or a tensor
+        traced by `tf.function` or `jax.jit`, whose value exists only when
+        the compiled function runs.
+    """
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, keras.KerasTensor) or in_symbolic_scope():
+        return None
+    try:
+        return int(ops.convert_to_numpy(value))
+    # A traced tensor refuses conversion: TypeError from a JAX tracer,
+    # NotImplementedError from a TensorFlow graph tensor.
+    except (TypeError, NotImplementedError):
+        return None
