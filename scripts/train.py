@@ -102,7 +102,7 @@ def build_parser():
     fit.add_argument("--checkpoint-every", type=positive_int, help="steps (default: epoch)")
     decode = parser.add_argument_group("decoding and output")
     decode.add_argument("--beam-size", type=positive_int, help="score with beam search")
-    decode.add_argument("--length-penalty", type=float, default=0.6)
+    decode.add_argument("--length-penalty", type=float)
     decode.add_argument("--output-dir", default="saved_models")
     decode.add_argument("--name", help="output and log folder (dates or translator)")
     decode.add_argument("--log-dir", default="logs")
@@ -205,6 +205,12 @@ def make_translator(args, train_sources, train_targets, strategy):
             tokenizer=recipe_value(args, "tokenizer"),
             vocabulary_size=recipe_value(args, "vocabulary_size"),
             joint_vocabulary=recipe_value(args, "joint_vocabulary"),
+            # The recipe's tokenizer options fit the recipe's tokenizer only.
+            tokenizer_options=(
+                dict(args.recipe.tokenizer_options)
+                if recipe_value(args, "tokenizer") == args.recipe.tokenizer
+                else None
+            ),
             dtype=args.precision,
             name=args.name,
             **{**args.recipe.model, **config},
@@ -213,11 +219,7 @@ def make_translator(args, train_sources, train_targets, strategy):
         # rate reaches 0 exactly at the last step.
         steps_per_epoch = len(
             translator.make_dataset(
-                train_sources,
-                train_targets,
-                batch_size=args.global_batch_size,
-                shuffle=False,
-                static_shapes=args.static_shapes,
+                train_sources, train_targets, shuffle=False, **batching(args, translator)
             )
         )
         jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
@@ -229,6 +231,19 @@ def make_translator(args, train_sources, train_targets, strategy):
             jit_compile=jit if distribute.jit_compile_works(strategy) else False,
         )
     return translator
+
+
+def batching(args, translator):
+    """How batches are made: pairs per batch given with --batch-size, else
+    the recipe's (tokens per batch for a corpus), in its length buckets."""
+    longest = max(translator.max_source_length, translator.max_target_length)
+    tokens = None if args.batch_size else args.recipe.tokens_per_batch
+    return dict(
+        batch_size=args.global_batch_size,
+        tokens_per_batch=tokens and tokens * args.replicas,
+        bucket_boundaries=args.recipe.bucket_boundaries(longest),
+        static_shapes=args.static_shapes,
+    )
 
 
 def score(args, hypotheses, references):
@@ -252,6 +267,7 @@ def main(argv=None):
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)
     batch_size = recipe_value(args, "batch_size")
     args.global_batch_size = distribute.global_batch_size(batch_size, strategy)
+    args.replicas = strategy.num_replicas_in_sync
     try:
         with chief_writes_outputs(args, strategy):
             code = train_and_export(args, strategy, started)
@@ -280,14 +296,15 @@ def train_and_export(args, strategy, started):
     history = translator.fit(
         train_sources,
         train_targets,
-        batch_size=args.global_batch_size,
         epochs=recipe_value(args, "epochs"),
         validation_data=(test_sources, test_targets),
         seed=args.seed,
-        static_shapes=args.static_shapes,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
-        callbacks=[keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", stamp))],
+        # Validation BLEU (greedy) and checkpoint averaging as the recipe says.
+        callbacks=args.recipe.callbacks(translator.translate, test_sources, test_targets)
+        + [keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", stamp))],
+        **batching(args, translator),
         verbose=2 if args.corpus else 1,
     )
     fit_seconds = time.perf_counter() - fit_started
@@ -301,8 +318,12 @@ def train_and_export(args, strategy, started):
     test_sources = [text for text, ok in zip(test_sources, fits) if ok]
     test_targets = [text for text, ok in zip(test_targets, fits) if ok]
     beam = recipe_value(args, "beam_size")
-    options = dict(method="beam", beam_size=beam, length_penalty=args.length_penalty)
+    penalty = recipe_value(args, "length_penalty")
+    options = dict(method="beam", beam_size=beam, length_penalty=penalty)
     hypotheses = translator.translate(test_sources, **(options if beam > 1 else {}))
+    if beam > 1 and args.corpus:
+        greedy_lines, _ = score(args, translator.translate(test_sources), test_targets)
+        print("\n".join(greedy_lines) + " (greedy)")
     lines, missed_target = score(args, hypotheses, test_targets)
 
     output = os.path.join(args.output_dir, args.name)

@@ -385,6 +385,7 @@ class Translator(Transformer):
         repeat=False,
         static_shapes=False,
         tokens_per_batch=None,
+        bucket_boundaries=None,
     ):
         """Teacher-forcing batches from parallel texts, length-bucketed.
 
@@ -405,6 +406,7 @@ class Translator(Transformer):
             target_tokenizer=self.target_tokenizer,
             batch_size=None if tokens_per_batch else batch_size,
             tokens_per_batch=tokens_per_batch,
+            bucket_boundaries=bucket_boundaries,
             max_source_length=self.max_source_length,
             max_target_length=self.max_target_length,
             shuffle=shuffle,
@@ -429,6 +431,7 @@ class Translator(Transformer):
         seed=0,
         static_shapes=False,
         tokens_per_batch=None,
+        bucket_boundaries=None,
         checkpoint_dir=None,
         checkpoint_every=None,
         **kwargs,
@@ -454,6 +457,8 @@ class Translator(Transformer):
                 upper bound (few shapes, for XLA on TPU/GPU).
             tokens_per_batch: int or None. Batch by token count (texts
                 only) instead of `batch_size` pairs.
+            bucket_boundaries: list of int or None. Length-bucket
+                boundaries (texts only; default: 8 equal buckets).
             checkpoint_dir: str or None. Checkpoint into this folder every
                 `checkpoint_every` steps (default: every epoch) and resume
                 from it when it holds a checkpoint
@@ -494,6 +499,7 @@ class Translator(Transformer):
                     shuffle=False,
                     static_shapes=static_shapes,
                     tokens_per_batch=tokens_per_batch,
+                    bucket_boundaries=bucket_boundaries,
                 )
 
         def make_training_dataset(repeat):
@@ -505,6 +511,7 @@ class Translator(Transformer):
                 repeat=repeat,
                 static_shapes=static_shapes,
                 tokens_per_batch=tokens_per_batch,
+                bucket_boundaries=bucket_boundaries,
             )
 
         if checkpoint_dir is None:
