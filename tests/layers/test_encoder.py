@@ -68,7 +68,8 @@ def _copy_attention_weights(source_mha, target_mha, hidden):
 def test_encoder_block_matches_a_block_hand_composed_from_keras_layers(
     norm_placement,
 ):
-    hidden_states = random_floats(2, 6, HIDDEN)
+    # A backend tensor: NumPy + a PyTorch tensor is NumPy's operation, which fails.
+    hidden_states = keras.ops.convert_to_tensor(random_floats(2, 6, HIDDEN))
     mask = np.array([[1] * 6, [1] * 4 + [0] * 2], bool)
     block = layers.TransformerEncoderBlock(
         **BASE, norm_placement=norm_placement, activation="gelu"
