@@ -6,24 +6,28 @@ half-precision training stable."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_transformer import data, layers, losses, models
 from tests.conftest import MIXED_POLICIES, load_script, random_floats, to_numpy
 
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+BATCH_SIZE = 4
 TINY = [
-    "--layers", "1", "--hidden-dim", "16", "--heads", "2", "--ffn-dim", "32",
-    "--batch-size", "4", "--warmup-steps", "1",
+    "--num-encoder-layers", "1", "--num-decoder-layers", "1",
+    "--hidden-dim", "16", "--num-heads", "2", "--intermediate-dim", "32",
+    "--batch-size", str(BATCH_SIZE), "--epochs", "1", "--warmup-steps", "1",
 ]  # fmt: skip
 
 
-def date_batch(tokenizers, batch_size=4):
-    pairs = data.generate_date_pairs(batch_size, seed=0)
+def date_batch(model):
+    pairs = data.generate_date_pairs(BATCH_SIZE, seed=0)
     dataset = data.make_translation_dataset(
         [source for source, _ in pairs],
         [target for _, target in pairs],
-        *tokenizers,
-        batch_size=batch_size,
+        model.source_tokenizer,
+        model.target_tokenizer,
+        batch_size=BATCH_SIZE,
         bucket_boundaries=[],
         shuffle=False,
     )
@@ -31,24 +35,23 @@ def date_batch(tokenizers, batch_size=4):
 
 
 @pytest.fixture(scope="module")
-def tokenizers():
+def pairs():
     pairs = data.generate_date_pairs(200, seed=0)
-    return tuple(
-        data.CharacterTokenizer.from_texts([pair[side] for pair in pairs])
-        for side in (0, 1)
-    )
+    return [pair[0] for pair in pairs], [pair[1] for pair in pairs]
 
 
-def train_script_model(precision, tokenizers):
+def train_script_model(precision, pairs):
+    """The Translator `scripts/train.py --precision` trains."""
     train = load_script("train")
     args = train.parse_args([*TINY, "--precision", precision])
-    return train.make_model(args, tokenizers, (32, 12), total_steps=4)
+    args.global_batch_size, args.replicas = BATCH_SIZE, 1
+    return train.make_translator(args, *pairs, tf.distribute.get_strategy())
 
 
 @pytest.mark.parametrize("precision", MIXED_POLICIES)
-def test_train_script_model_takes_a_finite_fit_step(precision, tokenizers):
-    model = train_script_model(precision, tokenizers)
-    inputs, labels = date_batch(tokenizers)
+def test_train_script_model_takes_a_finite_fit_step(precision, pairs):
+    model = train_script_model(precision, pairs)
+    inputs, labels = date_batch(model)
 
     history = model.fit(inputs, labels, epochs=1, verbose=0)
 
@@ -56,11 +59,9 @@ def test_train_script_model_takes_a_finite_fit_step(precision, tokenizers):
     assert all(np.isfinite(to_numpy(v)).all() for v in model.trainable_variables)
 
 
-def test_float16_training_scales_the_loss_and_bfloat16_does_not(tokenizers):
-    # compile() would not wrap it: the functional model's own policy stays
-    # float32 when only its layers get the mixed policy.
-    fp16 = train_script_model("mixed_float16", tokenizers)
-    bf16 = train_script_model("mixed_bfloat16", tokenizers)
+def test_float16_training_scales_the_loss_and_bfloat16_does_not(pairs):
+    fp16 = train_script_model("mixed_float16", pairs)
+    bf16 = train_script_model("mixed_bfloat16", pairs)
     assert isinstance(fp16.optimizer, keras.optimizers.LossScaleOptimizer)
     assert isinstance(fp16.optimizer.inner_optimizer, keras.optimizers.Adam)
     assert not isinstance(bf16.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -68,10 +69,10 @@ def test_float16_training_scales_the_loss_and_bfloat16_does_not(tokenizers):
 
 @pytest.mark.parametrize("precision", MIXED_POLICIES)
 def test_mixed_model_computes_in_half_but_keeps_float32_variables_and_logits(
-    precision, tokenizers
+    precision, pairs
 ):
-    model = train_script_model(precision, tokenizers)
-    inputs, _ = date_batch(tokenizers)
+    model = train_script_model(precision, pairs)
+    inputs, _ = date_batch(model)
     parts = model.transformer_layers
     half = HALF_DTYPES[precision]
 
@@ -104,8 +105,8 @@ def test_masked_loss_of_half_logits_is_computed_in_float32(half):
 
 
 @pytest.mark.parametrize("precision", MIXED_POLICIES)
-def test_model_layer_norm_statistics_are_float32(precision, tokenizers):
-    model = train_script_model(precision, tokenizers)
+def test_model_layer_norm_statistics_are_float32(precision, pairs):
+    model = train_script_model(precision, pairs)
     norm = model.transformer_layers.encoder_norm
     # Squares of 300 overflow float16 (max 65504): statistics computed in
     # float16 would be inf and the output 0 or NaN.
