@@ -172,12 +172,6 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
             A `SentencePieceTokenizer`.
         """
         texts = tokenizers._check_corpus(texts)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(
-                    "Received an invalid value for argument texts, expected "
-                    f"strings only. Received texts[{index}]={text!r}"
-                )
         check_positive_int("vocabulary_size", vocabulary_size)
         if vocabulary_size <= len(tokenizers.SPECIAL_TOKENS):
             raise ValueError(
@@ -273,7 +267,8 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
         """Maps piece ids back to text (see the class docstring).
 
         Reading stops at the first [EOS]; [PAD] and [BOS] are dropped; ids
-        outside the vocabulary read as "[UNK]".
+        at or past the vocabulary size read as "[UNK]"; a negative id raises
+        `ValueError` (`InvalidArgumentError` inside a graph).
 
         Args:
             ids: integer tensor of shape [batch, length], dense or ragged.

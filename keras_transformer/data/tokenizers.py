@@ -21,6 +21,7 @@ Empty and whitespace-only strings tokenize to an empty id list.
 """
 
 import collections
+import collections.abc
 import json
 import os
 import tempfile
@@ -84,21 +85,44 @@ def _check_vocabulary(vocabulary):
 
 
 def _check_corpus(texts):
-    """Returns `texts` as a non-empty list, refusing a lone string."""
-    if isinstance(texts, (str, bytes)):
+    """Returns `texts` as a non-empty list of str, refusing a lone string."""
+    if isinstance(texts, (str, bytes)) or not isinstance(
+        texts, collections.abc.Iterable
+    ):
         raise ValueError(
             "Received an invalid value for argument texts, expected an "
-            "iterable of strings, not a single string. Received: "
-            f"texts={texts!r}"
+            "iterable of strings (a list of sentences), not a single string "
+            f"or a non-iterable. Received: texts={texts!r}"
         )
     texts = list(texts)
     if not texts:
         raise ValueError("from_texts needs at least one text; texts is empty.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(
+                "Received an invalid value for argument texts, expected "
+                f"strings only. Received texts[{index}]={text!r}"
+            )
     return texts
 
 
 def _as_string_vector(strings):
-    strings = tf.convert_to_tensor(strings, dtype=tf.string)
+    if isinstance(strings, (tf.Tensor, tf.RaggedTensor)):
+        if strings.dtype != tf.string:
+            raise ValueError(
+                "Received an invalid value for argument strings, expected a "
+                f"tf.string tensor of texts. Received a tensor of dtype "
+                f"{strings.dtype.name}"
+            )
+    else:
+        try:
+            strings = tf.convert_to_tensor(strings, dtype=tf.string)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "Received an invalid value for argument strings, expected a "
+                "list of texts (str or bytes) or a rank-1 tf.string tensor. "
+                f"Received: strings={strings!r}"
+            ) from None
     if strings.shape.rank != 1:
         raise ValueError(
             "tokenize expects a rank-1 string tensor of shape [batch], but "
@@ -122,6 +146,24 @@ def _ids_to_read(ids):
     """The ids `detokenize` reads: those before the first [EOS], without
     [PAD] and [BOS], as an int32 ragged tensor [batch, None]."""
     ids = _as_dense_ids(ids)
+    # A model never emits a negative id, so one is a bug upstream; ids past
+    # the vocabulary can come from a model whose output layer is larger than
+    # its tokenizer and read as [UNK].
+    if tf.executing_eagerly():
+        if ids.shape.num_elements() and int(tf.reduce_min(ids)) < 0:
+            raise ValueError(
+                "Received an invalid value for argument ids, expected token "
+                f"ids >= 0. Received: a negative id {int(tf.reduce_min(ids))}"
+            )
+    else:
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_non_negative(
+                    ids, message="detokenize received a negative token id"
+                )
+            ]
+        ):
+            ids = tf.identity(ids)
     before_eos = tf.equal(
         tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=1), 0
     )
@@ -260,7 +302,9 @@ class Tokenizer(tf.Module):
         """Maps token ids back to strings.
 
         Reading stops at the first [EOS]; [PAD] and [BOS] are dropped; ids
-        outside the vocabulary read as "[UNK]".
+        at or past the vocabulary size read as "[UNK]" (a model's output
+        layer may be larger than its tokenizer); a negative id raises
+        `ValueError` (`InvalidArgumentError` inside a graph).
 
         Args:
             ids: integer tensor of shape [batch, length], dense or ragged.
@@ -293,6 +337,16 @@ class Tokenizer(tf.Module):
         path = os.fspath(path)
         payload = serialize_tokenizer(self)
         directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ValueError(
+                f"Cannot save the tokenizer to {path!r}: the folder {directory!r} "
+                "does not exist (or is not a folder). Create it first."
+            )
+        if os.path.isdir(path):
+            raise ValueError(
+                f"Cannot save the tokenizer to {path!r}: it is a folder. Give "
+                "a file name, such as 'tokenizer.json'."
+            )
         handle, temporary_path = tempfile.mkstemp(
             dir=directory, prefix=".tokenizer-", suffix=".json.tmp"
         )

@@ -136,7 +136,7 @@ def test_detokenize_stops_at_eos_drops_pad_and_bos_and_reads_foreign_ids_as_unk(
         [
             [data.BOS_ID, *hund, data.PAD_ID, *gras, data.EOS_ID, *hund],
             [data.EOS_ID, *hund],
-            [*hund, tokenizer.vocabulary_size, -1],
+            [*hund, tokenizer.vocabulary_size, 10**6],
         ]
     )
     assert decoded(tokenizer.detokenize(ids)) == ["Hund Gras", "", "Hund[UNK][UNK]"]

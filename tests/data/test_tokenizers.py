@@ -203,6 +203,9 @@ def test_load_rejects_missing_foreign_and_malformed_files(tmp_path):
     "kwargs, match",
     [
         ({"texts": "a single string"}, "not a single string"),
+        ({"texts": None}, "argument texts, expected an iterable.*texts=None"),
+        ({"texts": [1, 2]}, r"strings only. Received texts\[0\]=1"),
+        ({"texts": ["ok", b"bytes"]}, r"strings only. Received texts\[1\]=b'bytes'"),
         ({"texts": []}, "texts is empty"),
         ({"texts": CORPUS, "max_vocabulary_size": 4}, "more than the 4 special"),
         ({"texts": CORPUS, "max_vocabulary_size": 0}, "max_vocabulary_size"),
@@ -228,6 +231,39 @@ def test_from_texts_rejects_bad_arguments(kwargs, match):
 def test_constructor_rejects_bad_vocabularies(vocabulary, match):
     with pytest.raises(ValueError, match=match):
         data.CharacterTokenizer(vocabulary)
+
+
+@pytest.mark.parametrize("strings", [[1], 5, None, [["nested"], 2]])
+def test_tokenize_refuses_what_is_not_text_naming_the_argument(tokenizer, strings):
+    with pytest.raises(ValueError, match=r"argument strings, expected a list of texts"):
+        tokenizer.tokenize(strings)
+
+
+def test_tokenize_refuses_a_numeric_tensor_naming_its_dtype(tokenizer):
+    with pytest.raises(ValueError, match=r"tf.string tensor.*dtype int32"):
+        tokenizer.tokenize(tf.constant([1, 2]))
+
+
+def test_detokenize_refuses_negative_ids_eagerly_and_in_a_graph(tokenizer):
+    with pytest.raises(ValueError, match=r"ids >= 0. Received: a negative id -1"):
+        tokenizer.detokenize([[5, -1]])
+    graph = tf.function(tokenizer.detokenize, autograph=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="negative token id"):
+        graph(tf.constant([[5, -1]]))
+
+
+def test_detokenize_reads_ids_past_the_vocabulary_as_unk(tokenizer):
+    # A model's output layer may be larger than its tokenizer's vocabulary.
+    past = tokenizer.vocabulary_size + 10**6
+    assert decoded(tokenizer.detokenize([[past]])) == [data.SPECIAL_TOKENS[data.UNK_ID]]
+
+
+def test_save_into_a_missing_folder_or_onto_a_folder_is_refused(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"folder .*missing.* does not exist"):
+        tokenizer.save(tmp_path / "missing" / "tokenizer.json")
+    with pytest.raises(ValueError, match=r"it is a folder"):
+        tokenizer.save(tmp_path)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_wrong_ranks_and_dtypes_raise_clear_errors(tokenizer):
