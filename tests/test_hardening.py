@@ -242,6 +242,47 @@ def test_the_in_graph_check_leaves_valid_embeddings_unchanged():
     np.testing.assert_allclose(graph, eager, rtol=1e-6)
 
 
+def any_length_graph(embedding, jit_compile=False):
+    """The embedding in a graph taking ids of any length, as an export does."""
+    return tf.function(
+        lambda ids, start: embedding(ids, start_index=start),
+        input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32)],
+        jit_compile=jit_compile,
+    )
+
+
+@pytest.mark.parametrize("position_encoding", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("length, start", [(9, 0), (4, 5), (2, -1)])
+def test_positions_past_the_maximum_in_a_graph_of_any_length_raise_naming_it(
+    position_encoding, length, start
+):
+    # The sinusoidal table has no end of its own: without this check the
+    # graph would accept a source longer than max_source_length.
+    run = any_length_graph(tiny_embedding(position_encoding=position_encoding))
+    refused(
+        lambda: run(tf.ones((1, length), tf.int32), tf.constant(start)),
+        "maximum sequence_length=8",
+        error=tf.errors.InvalidArgumentError,
+    )
+
+
+@pytest.mark.parametrize("position_encoding", ["learned", "sinusoidal"])
+def test_positions_that_fit_in_a_graph_of_any_length_embed_as_eagerly(
+    position_encoding,
+):
+    embedding = tiny_embedding(position_encoding=position_encoding)
+    ids = np.array([[1, 3, 9]], "int32")
+    eager = np.asarray(embedding(ids, start_index=5))
+    graph = any_length_graph(embedding)(tf.constant(ids), tf.constant(5)).numpy()
+    np.testing.assert_allclose(graph, eager, rtol=1e-6)
+
+
+def test_positions_past_the_maximum_under_xla_poison_the_batch_with_nan():
+    run = any_length_graph(tiny_embedding(position_encoding="sinusoidal"), True)
+    assert np.isnan(run(tf.ones((1, 4), tf.int32), tf.constant(5)).numpy()).all()
+    assert np.isfinite(run(tf.ones((1, 4), tf.int32), tf.constant(4)).numpy()).all()
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     return models.build_transformer(models.TransformerConfig(**TINY))

@@ -51,3 +51,31 @@ def known_int(value):
     # NotImplementedError from a TensorFlow graph tensor.
     except (TypeError, NotImplementedError):
         return None
+
+
+def guard_in_graph(valid, tensor, message, details, dtype):
+    """A check of values that only exist when a compiled graph runs.
+
+    Returns `(tensor, factor)`. On TensorFlow outside XLA the returned
+    `tensor` depends on an assertion that raises `InvalidArgumentError` with
+    `message` and `details` (tensors printed after it) when `valid` is
+    false. A program that cannot raise (XLA, `jax.jit`) gets `factor` NaN
+    instead of 1, which the caller multiplies into its output, so a bad batch
+    shows as NaN rather than as silently wrong numbers.
+
+    Args:
+        valid: scalar bool tensor.
+        tensor: the tensor the caller goes on with.
+        message: str.
+        details: list of str and tensors printed after the message.
+        dtype: the dtype of `factor`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # XLA compiles Assert to a no-op; the NaN factor covers that case.
+        check = tf.debugging.Assert(valid, [message, *details])
+        with tf.control_dependencies([check]):
+            tensor = tf.identity(tensor)
+    factor = ops.where(valid, ops.cast(1.0, dtype), ops.cast(float("nan"), dtype))
+    return tensor, factor

@@ -24,6 +24,8 @@ from keras import ops
 
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
+from keras_transformer.layers import _static
+
 
 def _message(name, vocabulary_size, layer_name=None):
     prefix = f"Layer {layer_name}: " if layer_name else ""
@@ -102,21 +104,10 @@ def check_in_graph(name, token_ids, vocabulary_size, dtype, layer_name=None):
     valid = ops.logical_and(
         ops.greater_equal(low, 0), ops.less(high, vocabulary_size)
     )
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # XLA compiles Assert to a no-op; the NaN factor covers that case.
-        check = tf.debugging.Assert(
-            valid,
-            [
-                _message(name, vocabulary_size, layer_name),
-                "smallest:",
-                low,
-                "largest:",
-                high,
-            ],
-        )
-        with tf.control_dependencies([check]):
-            token_ids = tf.identity(token_ids)
-    factor = ops.where(valid, ops.cast(1.0, dtype), ops.cast(float("nan"), dtype))
-    return token_ids, factor
+    return _static.guard_in_graph(
+        valid,
+        token_ids,
+        _message(name, vocabulary_size, layer_name),
+        ["smallest:", low, "largest:", high],
+        dtype,
+    )

@@ -16,22 +16,26 @@ def _check_fits(layer_name, length, start_index, sequence_length):
 
     Checks what is known before the layer runs: a real static length (not
     `None`, a JAX symbolic dimension or a shape-inference placeholder) and a
-    Python int or eager tensor `start_index`. A `start_index` traced by
-    `tf.function` or `jax.jit` is unknown here; the call then marks rows
-    past the table as NaN (see `PositionEmbedding`).
+    Python int or eager tensor `start_index`. A length or `start_index`
+    traced by `tf.function` or `jax.jit` is unknown here; the caller then
+    checks in the graph (`_positions_in_graph`).
+
+    Returns:
+        True when the positions were checked (or there is no maximum), False
+        when they are only known once a compiled graph runs.
     """
     if sequence_length is None:
-        return
-    start_index = _static.known_int(start_index)
-    if start_index is not None and start_index < 0:
+        return True
+    known_start = _static.known_int(start_index)
+    if known_start is not None and known_start < 0:
         raise ValueError(
             f"Layer {layer_name} received a negative start_index. Received: "
-            f"start_index={start_index}"
+            f"start_index={known_start}"
         )
     length = _static.known_length(length)
-    if length is None:
-        return
-    start_index = start_index or 0
+    if length is None or (known_start is None and start_index is not None):
+        return False
+    start_index = known_start or 0
     if start_index + length > sequence_length:
         raise ValueError(
             f"Layer {layer_name} received positions up to "
@@ -39,6 +43,25 @@ def _check_fits(layer_name, length, start_index, sequence_length):
             f"{length}), but its maximum is sequence_length={sequence_length}. "
             "Increase sequence_length or pass shorter inputs."
         )
+    return True
+
+
+def _positions_in_graph(layer_name, inputs, start_index, sequence_length, dtype):
+    """The in-graph form of `_check_fits` for ids `inputs`: `(inputs, factor)`
+    (see `_static.guard_in_graph`)."""
+    end = ops.shape(inputs)[-1] + ops.cast(start_index, "int32")
+    return _static.guard_in_graph(
+        ops.logical_and(
+            ops.less_equal(end, sequence_length),
+            ops.greater_equal(ops.cast(start_index, "int32"), 0),
+        ),
+        inputs,
+        f"Layer {layer_name} received positions past its maximum "
+        f"sequence_length={sequence_length}: pass shorter inputs or increase "
+        "sequence_length.",
+        ["positions up to:", end],
+        dtype,
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -266,17 +289,28 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "Pass reverse=True to map hidden states to logits."
             )
         _token_ids.check_dtype("inputs", inputs, layer_name=self.name)
-        _check_fits(self.name, inputs.shape[-1], start_index, self.sequence_length)
+        return _check_fits(
+            self.name, inputs.shape[-1], start_index, self.sequence_length
+        )
 
     def call(self, inputs, start_index=0, reverse=False):
         if reverse:
             return self._logits(inputs)
-        self._check_token_ids(inputs, start_index)
+        positions_fit = self._check_token_ids(inputs, start_index)
         known = _token_ids.check_values(
             "inputs", inputs, self.vocabulary_size, layer_name=self.name
         )
         scale = math.sqrt(self.embedding_dim) if self.scale_embedding else 1.0
         scale = ops.cast(scale, self.compute_dtype)
+        if not positions_fit:
+            # A length or start index known only when the graph runs, as in
+            # an exported endpoint taking any length: a sinusoidal table has
+            # no end and a learned one would fail in the gather, so the
+            # maximum is checked here, folded into the scale.
+            inputs, factor = _positions_in_graph(
+                self.name, inputs, start_index, self.sequence_length, self.compute_dtype
+            )
+            scale = scale * factor
         if not known:
             # Compiled graph: the id check folds into the scale (see _token_ids).
             inputs, factor = _token_ids.check_in_graph(
@@ -288,7 +322,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             )
             scale = scale * factor
         embedded = self.token_embedding(inputs)
-        if self.scale_embedding or not known:
+        if self.scale_embedding or not known or not positions_fit:
             embedded = embedded * scale
         if self.position_embedding is None:
             return embedded
