@@ -38,6 +38,8 @@ _FILE_VERSION = 1
 
 # Settings that change what an adapter computes; dropout only acts in training.
 _OUTPUT_SETTINGS = ("rank", "alpha", "use_rslora", "use_dora")
+# Every setting an adapter is saved with.
+_SETTINGS = (*_OUTPUT_SETTINGS, "lora_dropout")
 # Layout of the "lora_state" entry a layer writes next to its variables.
 _STATE_FIELDS = ("merged", "rank", "alpha", "lora_dropout", "use_rslora", "use_dora")
 
@@ -703,6 +705,11 @@ def save_lora_weights(model, filepath):
             f"Cannot save LoRA weights to {filepath!r}: the folder {folder!r} "
             "does not exist."
         )
+    if os.path.isdir(filepath):
+        raise ValueError(
+            f"Cannot save LoRA weights to {filepath!r}: it is a folder. Give a "
+            "file name, such as 'adapters.npz'."
+        )
     arrays = {}
     for path, layer in adapted.items():
         for name, variable in layer._adapter_variables().items():
@@ -743,14 +750,38 @@ def _read_lora_file(filepath):
     metadata = arrays.pop(_METADATA_KEY, None)
     if metadata is None:
         raise ValueError(f"{not_ours}: it has no '{_METADATA_KEY}' entry.")
-    metadata = json.loads(metadata.item())
+    try:
+        metadata = json.loads(metadata.item()) if metadata.dtype.kind == "U" else None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{not_ours}: its metadata does not parse ({error}).") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{not_ours}: its metadata is not a JSON object.")
     found = (metadata.get("format"), metadata.get("version"))
     if found != (_FILE_FORMAT, _FILE_VERSION):
         raise ValueError(
             f"{not_ours}: expected format {_FILE_FORMAT!r} version "
             f"{_FILE_VERSION}, found {found[0]!r} version {found[1]!r}."
         )
-    return arrays, metadata["adapters"]
+    adapters = metadata.get("adapters")
+    if not isinstance(adapters, dict):
+        raise ValueError(f"{not_ours}: its metadata lists no adapters.")
+    for path, settings in adapters.items():
+        try:
+            if not isinstance(settings, dict) or set(settings) != set(_SETTINGS):
+                raise ValueError(f"expected the settings {list(_SETTINGS)}")
+            adapters[path] = _check_adapter_arguments(**settings)
+        except ValueError as error:
+            raise ValueError(
+                f"{not_ours}: the settings of the adapter {path!r} are invalid "
+                f"({error}). Received: {settings!r}"
+            ) from None
+    for key, array in arrays.items():
+        if array.dtype.kind != "f":
+            raise ValueError(
+                f"{not_ours}: {key!r} holds {array.dtype} values, expected "
+                "floating-point weights."
+            )
+    return arrays, adapters
 
 
 def _expected_adapter_shapes(layer, settings):
@@ -829,7 +860,8 @@ def load_lora_weights(model, filepath, freeze_base=True):
                 raise ValueError(f"The LoRA weights file {filepath!r} has no '{key}'.")
             if arrays[key].shape != shape:
                 raise ValueError(
-                    f"Shape mismatch for layer '{path}' ({name}): expected "
+                    f"The LoRA weights file {filepath!r} does not fit model "
+                    f"'{model.name}': shape mismatch for layer '{path}' ({name}): expected "
                     f"{shape} from its kernel {tuple(layer.kernel.shape)} and "
                     f"rank {settings['rank']}, received {arrays[key].shape}."
                 )

@@ -1,5 +1,6 @@
 """LoRADense (LoRA, rsLoRA, DoRA) and the model-level adapter functions."""
 
+import json
 import math
 import os
 
@@ -549,6 +550,76 @@ def test_load_lora_weights_rejects_a_file_of_another_kind(tmp_path):
         layers.load_lora_weights(block_model(), path)
 
 
+def saved_adapter_file(tmp_path):
+    """(path, arrays, metadata) of a saved adapter file, free to rewrite."""
+    model = block_model()
+    layers.enable_lora(model, target_layers="head", rank=RANK)
+    path = tmp_path / "adapters.npz"
+    layers.save_lora_weights(model, path)
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    metadata = json.loads(arrays["__lora_metadata__"].item())
+    return path, arrays, metadata
+
+
+def with_settings(metadata, **changes):
+    adapters = {
+        path: {**settings, **changes} for path, settings in metadata["adapters"].items()
+    }
+    return json.dumps({**metadata, "adapters": adapters})
+
+
+MALFORMED_ADAPTER_FILES = {
+    "garbled metadata": (lambda arrays, meta: {"__lora_metadata__": "{not json"}, "does not parse"),
+    "numeric metadata": (lambda arrays, meta: {"__lora_metadata__": 5}, "not a JSON object"),
+    "metadata list": (lambda arrays, meta: {"__lora_metadata__": "[1]"}, "not a JSON object"),
+    "no adapters": (
+        lambda arrays, meta: {"__lora_metadata__": json.dumps({**meta, "adapters": None})},
+        "lists no adapters",
+    ),
+    "a setting missing": (
+        lambda arrays, meta: {
+            "__lora_metadata__": json.dumps(
+                {**meta, "adapters": {"head": {"rank": RANK}}}
+            )
+        },
+        "settings of the adapter 'head' are invalid",
+    ),
+    "a string rank": (
+        lambda arrays, meta: {"__lora_metadata__": with_settings(meta, rank="two")},
+        "argument rank, expected a positive integer",
+    ),
+    "a string flag": (
+        lambda arrays, meta: {"__lora_metadata__": with_settings(meta, use_dora="False")},
+        "use_dora",
+    ),
+    "text weights": (
+        lambda arrays, meta: {"head/lora_kernel_a": arrays["head/lora_kernel_a"].astype("U8")},
+        "'head/lora_kernel_a' holds <U8 values, expected floating-point",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MALFORMED_ADAPTER_FILES)
+def test_load_lora_weights_names_the_file_and_the_defect_of_a_malformed_one(
+    tmp_path, case
+):
+    path, arrays, metadata = saved_adapter_file(tmp_path)
+    rewrite, message = MALFORMED_ADAPTER_FILES[case]
+    np.savez(path, **{**arrays, **rewrite(arrays, metadata)})
+    target = block_model()
+    with pytest.raises(ValueError, match=rf"adapters.npz.*{message}"):
+        layers.load_lora_weights(target, path)
+    assert not target.get_layer("head").lora_enabled
+
+
+def test_save_lora_weights_onto_a_folder_is_refused(tmp_path):
+    model = block_model()
+    layers.enable_lora(model, target_layers="head", rank=RANK)
+    with pytest.raises(ValueError, match="it is a folder"):
+        layers.save_lora_weights(model, tmp_path)
+
+
 def test_load_lora_weights_rejects_unknown_layer_paths(tmp_path):
     model = block_model()
     layers.enable_lora(model, rank=RANK)
@@ -575,7 +646,8 @@ def test_load_lora_weights_reports_shape_mismatches(tmp_path):
     wider = keras.Model(inputs, layers.LoRADense(3, name="head")(inputs))
     with pytest.raises(
         ValueError,
-        match=r"Shape mismatch for layer 'head' \(lora_kernel_a\): expected "
+        match=r"adapters.npz' does not fit model .*shape mismatch for layer "
+        r"'head' \(lora_kernel_a\): expected "
         r"\(16, 2\) .* received \(8, 2\)",
     ):
         layers.load_lora_weights(wider, path)
