@@ -6,8 +6,8 @@ here (so their classes are registered for `.keras` loading). Every other
 module is imported on first attribute access (PEP 562), so that the ones
 bound to TensorFlow (in-graph tokenizers and `tf.data` pipelines in `data`,
 SavedModel `export`, `checkpointing`, `distribute`) cost nothing,
-and need no TensorFlow, until used. Used without TensorFlow installed, they
-raise an `ImportError` that says what to install. `models` is imported here:
+and need no TensorFlow, until used. Used (or imported directly) without
+TensorFlow installed, they raise an `ImportError` that says what to install. `models` is imported here:
 with TensorFlow installed it imports the `Translator` (and so TensorFlow) so
 that `keras.saving.load_model` finds every class of the package.
 """
@@ -16,6 +16,7 @@ import importlib
 
 __version__ = "0.1.0"
 
+from keras_transformer import _tensorflow  # noqa: E402
 from keras_transformer import layers  # noqa: E402,F401
 from keras_transformer import losses  # noqa: E402,F401
 from keras_transformer import metrics  # noqa: E402,F401
@@ -35,16 +36,6 @@ _LAZY = {
     "Translator": ("keras_transformer.models", "Translator"),
 }
 
-# Why a module needs TensorFlow, for the error raised when it is missing.
-_TENSORFLOW_USES = {
-    "checkpointing": "tf.train.Checkpoint",
-    "data": "in-graph tokenizers and tf.data pipelines",
-    "distribute": "tf.distribute strategies",
-    "export": "SavedModel export",
-}
-
-TENSORFLOW_REQUIREMENT = "tensorflow>=2.21,<2.22"
-
 
 def __getattr__(name):
     if name not in _LAZY:
@@ -53,16 +44,9 @@ def __getattr__(name):
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] != "tensorflow":
+        if not _tensorflow.is_missing_tensorflow(error):
             raise
-        uses = _TENSORFLOW_USES.get(name, "its TensorFlow-bound parts")
-        raise ImportError(
-            f"keras_transformer.{name} needs TensorFlow ({uses}), which is "
-            f"not installed. Install it with `pip install "
-            f"'{TENSORFLOW_REQUIREMENT}'`. The layers and the model itself run "
-            "on any Keras backend without it (see the README's Backends "
-            "section)."
-        ) from error
+        raise _tensorflow.missing_tensorflow_error(module_name) from error
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
     return value

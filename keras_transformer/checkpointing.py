@@ -32,12 +32,16 @@ A checkpoint holds:
 
 Each checkpoint is a folder `<directory>/ckpt-<step>` holding `state.npz`
 and `checkpoint.json`. It is written beside, as `.tmp-ckpt-<step>-<pid>`,
-with the manifest `checkpoint.json` (holding the SHA-256 of `state.npz`)
-written last, and only then renamed into place, so a `ckpt-*` folder is never
-half-written; the `keep` newest checkpoints are kept. A checkpoint that is
-nevertheless unusable (a missing manifest, a truncated or altered
-`state.npz`) is skipped with a warning naming it, and the previous one is
-used.
+with the manifest `checkpoint.json` (holding the SHA-256 of `state.npz` and
+of itself) written last, and only then renamed into place, so a `ckpt-*`
+folder is never half-written; the `keep` newest checkpoints are kept. A
+checkpoint that is nevertheless unusable (a missing, edited or garbled
+manifest, a truncated or altered `state.npz`) is skipped with a warning naming
+it, and the previous one is used. Nothing the library cannot read is deleted:
+an unreadable folder due for deletion is renamed `unreadable-ckpt-<step>`
+(with a warning), and a directory holding checkpoints of a newer format is
+refused with a `ValueError` before anything in it changes. A restore is all or
+nothing: every variable is checked before any is assigned.
 
 Not saved: the state of other callbacks (`EarlyStopping`'s patience,
 `ReduceLROnPlateau`'s counters) and TensorFlow's stateful random ops
@@ -83,23 +87,30 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator as keras_seed_generator
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import distribute
 from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
 )
 
+tf = import_tensorflow(__name__)
+
 __all__ = ["Checkpoint", "fit_resumable", "latest_checkpoint"]
 
-FORMAT_VERSION = 1
+# 2: the manifest carries a SHA-256 checksum of itself.
+FORMAT_VERSION = 2
 STATE_FILE = "state.npz"
 # Written last: a folder without it never finished writing.
 MANIFEST_FILE = "checkpoint.json"
+_MANIFEST_CHECKSUM = "manifest_sha256"
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
+# Checkpoints this version could not read, kept for inspection (renamed so
+# that they are neither resumed from nor overwritten).
+_UNREADABLE_PREFIX = "unreadable-"
 # Staging folders of an interrupted write and checkpoints being deleted.
 _LEFTOVER_NAME = re.compile(r"^\.(tmp|old)-ckpt-\d+-\d+$")
 _HASH_CHUNK_BYTES = 1 << 20
@@ -145,14 +156,19 @@ class Checkpoint:
         The optimizer is built first if it is not yet. Metric variables are
         left alone (`fit_resumable` restores them once `fit` has built them).
 
+        All or nothing: every variable is checked against the checkpoint
+        before any is assigned, and if an assignment fails anyway the
+        variables are put back as they were.
+
         Raises:
             ValueError: the model's variables do not match the checkpoint's
                 in number, shape or dtype (a different architecture).
         """
         _build_optimizer(model)
-        _assign_group(self, "model", model.variables)
+        groups = {"model": model.variables}
         if model.optimizer is not None:
-            _assign_group(self, "optimizer", model.optimizer.variables)
+            groups["optimizer"] = model.optimizer.variables
+        _assign_groups(self, groups)
         self._restore_global_random_states()
 
     def _restore_global_random_states(self):
@@ -160,7 +176,7 @@ class Checkpoint:
         if saved:
             # Created (from Python's random) before Python's state is set.
             generator = keras_seed_generator.global_seed_generator()
-            _assign_group(self, "global_seed_generator", [generator.state])
+            _assign_groups(self, {"global_seed_generator": [generator.state]})
         else:
             # It did not exist yet at this step of the original run.
             global_state.set_global_attribute(
@@ -321,6 +337,21 @@ def fit_resumable(
             f"{', '.join(f'{name}={fit_kwargs[name]!r}' for name in reserved)}"
         )
     directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            "Received an invalid value for argument directory, expected a folder "
+            "for the checkpoints (it need not exist yet), not a file. Received: "
+            f"directory={directory!r}"
+        )
+    newer = _newer_format_folders(directory)
+    if newer:
+        path, found = newer[-1]
+        raise ValueError(
+            f"The checkpoint {path} was written in checkpoint format {found} by a "
+            "newer keras_transformer; this version reads format "
+            f"{FORMAT_VERSION}. Upgrade keras_transformer to resume it, or train "
+            "into another directory (nothing was changed in this one)."
+        )
     strategy = model.distribute_strategy
     writes = distribute.is_chief(strategy)
     if writes:
@@ -528,8 +559,8 @@ class _CheckpointSaver(keras.callbacks.Callback):
         if epoch == self._resume_epoch:
             self._step_in_epoch = self._resume_step_in_epoch
             if self._resume_metrics is not None:
-                _assign_group(
-                    self._resume_metrics, "metrics", self.model.metrics_variables
+                _assign_groups(
+                    self._resume_metrics, {"metrics": self.model.metrics_variables}
                 )
                 self._resume_metrics = None
 
@@ -617,7 +648,26 @@ def _build_optimizer(model):
             optimizer.build(model.trainable_variables)
 
 
-def _assign_group(checkpoint, group, variables):
+def _assign_groups(checkpoint, groups):
+    """Assigns {group: variables} from `checkpoint`, all or none of them."""
+    for group, variables in groups.items():
+        _check_group(checkpoint, group, variables)
+    assignments = [
+        (variable, checkpoint._arrays[f"{group}/{index}"])
+        for group, variables in groups.items()
+        for index, variable in enumerate(variables)
+    ]
+    previous = [np.array(variable.numpy()) for variable, _ in assignments]
+    try:
+        for variable, value in assignments:
+            variable.assign(value)
+    except Exception:
+        for (variable, _), value in zip(assignments, previous, strict=True):
+            variable.assign(value)
+        raise
+
+
+def _check_group(checkpoint, group, variables):
     saved = checkpoint._manifest["variables"][group]
     if len(saved) != len(variables):
         raise ValueError(
@@ -637,8 +687,6 @@ def _assign_group(checkpoint, group, variables):
                 f"{tuple(variable.shape)} and dtype {variable.dtype}. Train into "
                 "a new directory, or rebuild the model that wrote it."
             )
-    for index, variable in enumerate(variables):
-        variable.assign(checkpoint._arrays[f"{group}/{index}"])
 
 
 def _write_checkpoint(directory, groups, arrays, position, history, keep):
@@ -673,13 +721,14 @@ def _write_checkpoint(directory, groups, arrays, position, history, keep):
             "cached_gaussian": float(cached_gaussian),
         },
     }
+    manifest[_MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
     _write_bytes(
         os.path.join(staging, MANIFEST_FILE),
         json.dumps(manifest).encode("utf-8"),
     )
     _fsync_directory(staging)
     final = os.path.join(directory, f"ckpt-{step}")
-    _move_aside_and_delete(final)
+    _delete_if_readable(final)
     os.replace(staging, final)
     _fsync_directory(directory)
     _prune(directory, step, keep)
@@ -736,7 +785,45 @@ def _prune(directory, saved_step, keep):
     stale = [path for step, path in folders if step > saved_step]
     current = [path for step, path in folders if step <= saved_step]
     for path in stale + current[:-keep]:
-        _move_aside_and_delete(path)
+        _delete_if_readable(path)
+
+
+def _delete_if_readable(path):
+    """Deletes a checkpoint folder whose manifest this version reads; sets
+    any other aside under a new name, so no file it cannot read is lost."""
+    if not os.path.lexists(path):
+        return
+    try:
+        _read_manifest(path, int(_CHECKPOINT_NAME.match(os.path.basename(path))[1]))
+    except (OSError, ValueError) as error:
+        parent, name = os.path.split(path)
+        kept = os.path.join(parent, f"{_UNREADABLE_PREFIX}{name}")
+        suffix = 1
+        while os.path.lexists(kept):
+            kept = os.path.join(parent, f"{_UNREADABLE_PREFIX}{name}-{suffix}")
+            suffix += 1
+        os.replace(path, kept)
+        warnings.warn(
+            f"Kept the unreadable checkpoint {path} as {kept} instead of deleting "
+            f"it ({error}); delete it yourself once you no longer need it.",
+            stacklevel=2,
+        )
+        return
+    _move_aside_and_delete(path)
+
+
+def _newer_format_folders(directory):
+    """(path, format) of the checkpoints a newer version of the library wrote."""
+    newer = []
+    for _, path in _checkpoint_folders(directory):
+        try:
+            with open(os.path.join(path, MANIFEST_FILE), "rb") as file:
+                found = json.loads(file.read().decode("utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, int) and found > FORMAT_VERSION:
+            newer.append((path, found))
+    return newer
 
 
 def _remove_leftovers(directory):
@@ -758,7 +845,13 @@ def _checkpoint_folders(directory):
     return sorted(folders)
 
 
-def _read_checkpoint(path, step):
+def _manifest_checksum(manifest):
+    body = {key: value for key, value in manifest.items() if key != _MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _read_manifest(path, step):
+    """The folder's manifest, parsed and checked against its own checksum."""
     manifest_path = os.path.join(path, MANIFEST_FILE)
     if not os.path.isfile(manifest_path):
         raise ValueError(f"no {MANIFEST_FILE} (the write never finished)")
@@ -768,11 +861,30 @@ def _read_checkpoint(path, step):
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ValueError(f"{MANIFEST_FILE} does not parse ({error})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{MANIFEST_FILE} is not a format {FORMAT_VERSION} manifest")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ValueError(
+            f"{MANIFEST_FILE} is not a format {FORMAT_VERSION} manifest "
+            f"(format {found!r}: {_FORMAT_ADVICE})"
+        )
+    if manifest.get(_MANIFEST_CHECKSUM) != _manifest_checksum(manifest):
+        raise ValueError(
+            f"{MANIFEST_FILE} does not match its SHA-256 checksum (edited or damaged)"
+        )
     if manifest["step"] != step:
         raise ValueError(
             f"{MANIFEST_FILE} says step {manifest['step']}, the folder name {step}"
         )
+    return manifest
+
+
+_FORMAT_ADVICE = (
+    "written by another version of keras_transformer; resume it with that "
+    "version"
+)
+
+
+def _read_checkpoint(path, step):
+    manifest = _read_manifest(path, step)
     state_path = os.path.join(path, STATE_FILE)
     size = os.path.getsize(state_path)
     if size != manifest["state_bytes"]:

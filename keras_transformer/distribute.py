@@ -90,13 +90,15 @@ import tempfile
 import time
 import warnings
 
-import tensorflow as tf
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.distribute import multi_worker_util
 from tensorflow.python.eager import context as _tf_context
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import validation
+
+tf = import_tensorflow(__name__)
 
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi-worker", "tpu")
 

@@ -47,12 +47,14 @@ import shutil
 import tempfile
 
 import keras
-import tensorflow as tf
 
 import keras_transformer
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import decoding
 from keras_transformer.data.tokenizers import Tokenizer
 from keras_transformer import validation
+
+tf = import_tensorflow(__name__)
 
 METADATA_PATH = os.path.join("assets.extra", "translator.json")
 ENDPOINTS = ("serve", "translate", "translate_beam", "serving_default")

@@ -10,6 +10,7 @@ first when it is that child), and writes their logits and greedy ids to
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -178,6 +179,12 @@ except ImportError as error:
     print("data:", error)
 else:
     raise AssertionError("keras_transformer.data imported without TensorFlow")
+try:
+    import keras_transformer.export
+except ImportError as error:
+    print("direct import:", error)
+else:
+    raise AssertionError("keras_transformer.export imported without TensorFlow")
 print("backend:", keras.backend.backend())
 assert not any(name.startswith("tensorflow") for name in sys.modules)
 """
@@ -185,6 +192,8 @@ assert not any(name.startswith("tensorflow") for name in sys.modules)
     assert "backend: jax" in output
     assert "keras_transformer.data needs TensorFlow" in output
     assert "pip install 'tensorflow>=2.21,<2.22'" in output
+    # Imported directly, the module (or the first it needs) says the same.
+    assert re.search(r"direct import: keras_transformer\.\w+ needs TensorFlow", output)
 
 
 def _child(backend, folder):

@@ -859,6 +859,75 @@ def test_checkpoint_of_another_model_is_refused(checkpoints):
         fit_dense(checkpoints, model=dense_model(units=5))
 
 
+def edit_manifest(folder, **changes):
+    path = folder / checkpointing.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_edited_manifest_fails_its_checksum_and_is_skipped(checkpoints):
+    # Valid JSON, plausible values: only the manifest's checksum catches it.
+    edit_manifest(checkpoints / "ckpt-6", epoch=0, history={"loss": [0.0]})
+    with pytest.warns(UserWarning, match=r"ckpt-6: .*checksum.*previous"):
+        checkpoint = checkpointing.latest_checkpoint(checkpoints)
+    assert checkpoint.step == 4
+
+
+def test_checkpoints_of_a_newer_format_are_refused_and_left_untouched(tmp_path):
+    directory = tmp_path / "checkpoints"
+    fit_dense(directory, epochs=1)
+    for folder in directory.iterdir():
+        edit_manifest(folder, format=checkpointing.FORMAT_VERSION + 1)
+    before = sorted(path.name for path in directory.rglob("*"))
+
+    with pytest.raises(ValueError, match=r"format 3 by a newer keras_transformer"):
+        fit_dense(directory)
+
+    assert sorted(path.name for path in directory.rglob("*")) == before
+
+
+def test_unreadable_checkpoints_are_set_aside_not_deleted(checkpoints):
+    # Resumed from ckpt-4, the run rewrites ckpt-6 and prunes the stale
+    # ckpt-10: both unreadable, so both are kept under other names.
+    garble_manifest(checkpoints / "ckpt-6")
+    shutil.copytree(checkpoints / "ckpt-6", checkpoints / "ckpt-10")
+    garbled = (checkpoints / "ckpt-6" / checkpointing.MANIFEST_FILE).read_bytes()
+
+    with pytest.warns(UserWarning, match=r"Kept the unreadable checkpoint"):
+        fit_dense(checkpoints)
+
+    assert visible_checkpoints(checkpoints) == ["ckpt-4", "ckpt-6"]
+    assert checkpointing.latest_checkpoint(checkpoints).step == 6
+    for name in ("unreadable-ckpt-6", "unreadable-ckpt-10"):
+        kept = checkpoints / name / checkpointing.MANIFEST_FILE
+        assert kept.read_bytes() == garbled
+
+
+def test_failed_restore_leaves_the_model_and_optimizer_as_they_were(checkpoints):
+    model = dense_model(seed=9)
+    # Same weights, another optimizer: the model group fits, the optimizer
+    # group does not, so nothing may be assigned.
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    before = weights_of(model) + [v.numpy() for v in model.optimizer.variables]
+    checkpoint = checkpointing.latest_checkpoint(checkpoints)
+
+    with pytest.raises(ValueError, match=r"optimizer variables"):
+        checkpoint.restore(model)
+
+    after = weights_of(model) + [v.numpy() for v in model.optimizer.variables]
+    assert all(map(np.array_equal, after, before))
+
+
+def test_a_file_as_checkpoint_directory_is_refused(tmp_path):
+    path = tmp_path / "checkpoints"
+    path.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"argument directory, expected a folder"):
+        fit_dense(path)
+    assert path.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize(
     "argument, value, message",
     [

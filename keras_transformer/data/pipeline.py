@@ -16,13 +16,15 @@ import math
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
 )
+
+tf = import_tensorflow(__name__)
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,12 @@ import base64
 import binascii
 import io
 
-import tensorflow as tf
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer.data import tokenizers
 from keras_transformer.validation import check_choice, check_positive_int
+
+tf = import_tensorflow(__name__)
 
 SENTENCEPIECE_MODEL_TYPES = ("unigram", "bpe")
 # SentencePiece's built-in normalisation rules that keep case.

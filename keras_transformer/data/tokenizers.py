@@ -26,9 +26,11 @@ import json
 import os
 import tempfile
 
-import tensorflow as tf
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer.validation import check_positive_int
+
+tf = import_tensorflow(__name__)
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN)

@@ -24,13 +24,15 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
 from keras_transformer.models.transformer import Transformer, TransformerConfig
+
+tf = import_tensorflow(__name__)
 
 TOKENIZERS = ("character", "word", "sentencepiece")
 # Texts decoded per call of the compiled decoding function.
