@@ -28,7 +28,7 @@ import tempfile
 
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer.validation import check_positive_int
+from keras_transformer.validation import check_file_destination, check_positive_int
 
 tf = import_tensorflow(__name__)
 
@@ -338,17 +338,7 @@ class Tokenizer(tf.Module):
         """
         path = os.fspath(path)
         payload = serialize_tokenizer(self)
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise ValueError(
-                f"Cannot save the tokenizer to {path!r}: the folder {directory!r} "
-                "does not exist (or is not a folder). Create it first."
-            )
-        if os.path.isdir(path):
-            raise ValueError(
-                f"Cannot save the tokenizer to {path!r}: it is a folder. Give "
-                "a file name, such as 'tokenizer.json'."
-            )
+        directory = check_file_destination(path, "the tokenizer", "tokenizer.json")
         handle, temporary_path = tempfile.mkstemp(
             dir=directory, prefix=".tokenizer-", suffix=".json.tmp"
         )

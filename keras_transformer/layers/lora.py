@@ -699,17 +699,7 @@ def save_lora_weights(model, filepath):
             f"Model '{model.name}' has no LoRA adapters to save. Call "
             "enable_lora(model, ...) first."
         )
-    folder = os.path.dirname(os.path.abspath(filepath))
-    if not os.path.isdir(folder):
-        raise ValueError(
-            f"Cannot save LoRA weights to {filepath!r}: the folder {folder!r} "
-            "does not exist."
-        )
-    if os.path.isdir(filepath):
-        raise ValueError(
-            f"Cannot save LoRA weights to {filepath!r}: it is a folder. Give a "
-            "file name, such as 'adapters.npz'."
-        )
+    folder = validation.check_file_destination(filepath, "LoRA weights", "adapters.npz")
     arrays = {}
     for path, layer in adapted.items():
         for name, variable in layer._adapter_variables().items():
