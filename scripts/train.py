@@ -23,7 +23,9 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
+import platform
 import random
 import sys
 import time
@@ -34,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import data, distribute, evaluation, plotting  # noqa: E402
+from keras_transformer import callbacks, data, distribute, evaluation, plotting  # noqa: E402
 from keras_transformer import recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
 
@@ -263,6 +265,9 @@ def score(args, hypotheses, references):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
+    args.command = "python scripts/train.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     # Before any TensorFlow op: a multi-worker strategy configures the runtime.
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)
     batch_size = recipe_value(args, "batch_size")
@@ -276,6 +281,53 @@ def main(argv=None):
     except distribute.WorkerLostError as error:
         raise SystemExit(f"error: {error}") from None
     return code
+
+
+def write_run_record(path, args, translator, fit_seconds, fit_cpu_seconds, bleu_scores):
+    """The JSON `scripts/evaluate.py --run-record` reads for docs/quality.md."""
+    corpus = (
+        args.tsv or f"{args.source} -> {args.target}" if args.corpus else "date task"
+    )
+    recipe = args.recipe
+    record = {
+        "name": args.name,
+        "corpus": corpus,
+        "command": args.command,
+        "training_seconds": fit_seconds,
+        "cpu_seconds": fit_cpu_seconds,
+        "parameters": translator.count_params(),
+        "recipe_summary": (
+            f"{recipe_value(args, 'tokenizer')} "
+            f"{translator.source_tokenizer.vocabulary_size}"
+            f"{' joint' if recipe_value(args, 'joint_vocabulary') else ''}; "
+            f"{translator.config.num_encoder_layers}+"
+            f"{translator.config.num_decoder_layers} layers, d "
+            f"{translator.config.hidden_dim}, FFN "
+            f"{translator.config.intermediate_dim}, {translator.config.num_heads} "
+            f"heads, dropout {translator.config.dropout}; "
+            f"{recipe_value(args, 'epochs')} epochs, lr "
+            f"{recipe_value(args, 'learning_rate')} (warm-up "
+            f"{recipe_value(args, 'warmup_steps')}), label smoothing "
+            f"{recipe_value(args, 'label_smoothing')}, "
+            + (
+                f"{args.batch_size} pairs a batch"
+                if args.batch_size
+                else f"{recipe.tokens_per_batch} tokens a batch"
+            )
+            + f", average of {recipe.checkpoints_averaged} snapshots"
+        ),
+        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+        "val_bleu": [
+            {key: score[key] for key in ("epoch", "bleu", "training_seconds")}
+            for score in bleu_scores
+        ],
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(record, file, indent=1)
+    print(f"Run record: {path}")
 
 
 def train_and_export(args, strategy, started):
@@ -292,7 +344,11 @@ def train_and_export(args, strategy, started):
     )
     run_dir = os.path.join(args.log_dir, args.name)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    fit_started = time.perf_counter()
+    # Validation BLEU (greedy) and checkpoint averaging as the recipe says.
+    recipe_callbacks = args.recipe.callbacks(
+        translator.translate, test_sources, test_targets
+    )
+    fit_started, fit_cpu_started = time.perf_counter(), time.process_time()
     history = translator.fit(
         train_sources,
         train_targets,
@@ -301,13 +357,26 @@ def train_and_export(args, strategy, started):
         seed=args.seed,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
-        # Validation BLEU (greedy) and checkpoint averaging as the recipe says.
-        callbacks=args.recipe.callbacks(translator.translate, test_sources, test_targets)
+        callbacks=recipe_callbacks
         + [keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard", stamp))],
         **batching(args, translator),
         verbose=2 if args.corpus else 1,
     )
     fit_seconds = time.perf_counter() - fit_started
+    if distribute.is_chief(strategy):
+        write_run_record(
+            os.path.join(run_dir, "run.json"),
+            args,
+            translator,
+            fit_seconds=fit_seconds,
+            fit_cpu_seconds=time.process_time() - fit_cpu_started,
+            bleu_scores=[
+                score
+                for callback in recipe_callbacks
+                if isinstance(callback, callbacks.BleuEvaluation)
+                for score in callback.scores
+            ],
+        )
     curves = os.path.join(run_dir, "curves.png")
     plotting.plot_history(history.history, curves, title=f"{args.name}: training")
 

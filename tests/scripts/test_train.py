@@ -8,6 +8,7 @@ epoch on a few hundred pairs and check the plumbing, not the accuracy.
 import contextlib
 import glob
 import io
+import json
 import re
 
 import pytest
@@ -154,6 +155,14 @@ def test_a_parallel_corpus_trains_with_word_tokenizers_and_reports_bleu(tmp_path
         stdout,
     )
     assert export.load_translator(tmp_path / "saved" / "translator" / "serving" / "1")
+    # The record scripts/evaluate.py reads for docs/quality.md.
+    record = json.loads((tmp_path / "logs" / "translator" / "run.json").read_text())
+    assert record["command"].startswith("python scripts/train.py --epochs 1")
+    assert record["corpus"] == f"{tmp_path / 'train.en'} -> {tmp_path / 'train.de'}"
+    assert record["training_seconds"] > 0 and record["parameters"] > 0
+    assert [point["epoch"] for point in record["val_bleu"]] == [1]
+    assert 0 <= record["val_bleu"][0]["bleu"] <= 100
+    assert "word" in record["recipe_summary"]
 
 
 @pytest.mark.parametrize(
