@@ -109,15 +109,35 @@ def print_result(result):
     sys.stdout.flush()
 
 
+# Written by scripts/benchmark_gpu.py on a GPU machine, not by this script:
+# a CPU run keeps the section from the page it replaces.
+GPU_SECTION = "## GPU training throughput"
+
+
+def kept_gpu_section(path):
+    """The GPU section of the page at `path` (to its end), or ""."""
+    try:
+        with open(path, encoding="utf-8") as page:
+            text = page.read()
+    except FileNotFoundError:
+        return ""
+    start = text.find("\n" + GPU_SECTION)
+    return "" if start < 0 else text[start:].strip("\n") + "\n"
+
+
 def write(path, results, context):
     """Writes the page beside `path`, then renames it over `path`, so an
-    interrupted run leaves the previous page whole."""
+    interrupted run leaves the previous page whole. The GPU section of the
+    previous page is kept."""
+    gpu_section = kept_gpu_section(path)
     handle, temporary = tempfile.mkstemp(
         dir=os.path.dirname(path) or ".", prefix=".benchmarks.", suffix=".md"
     )
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as page:
             page.write(render(results, context) + "\n")
+            if gpu_section:
+                page.write("\n" + gpu_section)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

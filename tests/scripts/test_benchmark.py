@@ -20,6 +20,9 @@ def test_smoke_run_writes_the_report_and_plots_and_skips_a_missing_peer(
 ):
     # A None entry makes `import keras_hub` fail, as if it were not installed.
     monkeypatch.setitem(sys.modules, "keras_hub", None)
+    # A page with a GPU section (written by benchmark_gpu.py elsewhere).
+    gpu_section = "## GPU training throughput (`scripts/benchmark_gpu.py`)\n\n| row |\n"
+    (tmp_path / "benchmarks.md").write_text("# old page\n\n" + gpu_section)
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         code = load_script("benchmark").main([
@@ -44,3 +47,6 @@ def test_smoke_run_writes_the_report_and_plots_and_skips_a_missing_peer(
         assert f"]({plot})" in report
         assert is_png(tmp_path / plot)
     assert "== 1. Training throughput" in output.getvalue()
+    # The CPU run replaced the page but kept its GPU section, at the end.
+    assert "# old page" not in report
+    assert report.endswith("\n" + gpu_section)
