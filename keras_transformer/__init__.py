@@ -7,9 +7,10 @@ module is imported on first attribute access (PEP 562), so that the ones
 bound to TensorFlow (in-graph tokenizers and `tf.data` pipelines in `data`,
 SavedModel `export`, `checkpointing`, `distribute`) cost nothing,
 and need no TensorFlow, until used. Used (or imported directly) without
-TensorFlow installed, they raise an `ImportError` that says what to install. `models` is imported here:
-with TensorFlow installed it imports the `Translator` (and so TensorFlow) so
-that `keras.saving.load_model` finds every class of the package.
+TensorFlow installed, they raise an `ImportError` that says what to install
+(`keras_transformer._tensorflow`). `models` is imported here: with
+TensorFlow installed it imports the `Translator` (and so TensorFlow) so that
+`keras.saving.load_model` finds every class of the package.
 """
 
 import importlib

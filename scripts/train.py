@@ -36,8 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import callbacks, data, distribute, evaluation, plotting  # noqa: E402
-from keras_transformer import recipes  # noqa: E402
+from keras_transformer import callbacks, data, distribute  # noqa: E402
+from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
 
 # The default run must reach this held-out exact match on the date task.

@@ -743,7 +743,9 @@ def _read_lora_file(filepath):
     try:
         metadata = json.loads(metadata.item()) if metadata.dtype.kind == "U" else None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{not_ours}: its metadata does not parse ({error}).") from None
+        raise ValueError(
+            f"{not_ours}: its metadata does not parse ({error})."
+        ) from None
     if not isinstance(metadata, dict):
         raise ValueError(f"{not_ours}: its metadata is not a JSON object.")
     found = (metadata.get("format"), metadata.get("version"))
@@ -851,8 +853,8 @@ def load_lora_weights(model, filepath, freeze_base=True):
             if arrays[key].shape != shape:
                 raise ValueError(
                     f"The LoRA weights file {filepath!r} does not fit model "
-                    f"'{model.name}': shape mismatch for layer '{path}' ({name}): expected "
-                    f"{shape} from its kernel {tuple(layer.kernel.shape)} and "
+                    f"'{model.name}': shape mismatch for layer '{path}' ({name}): "
+                    f"expected {shape} from its kernel {tuple(layer.kernel.shape)} and "
                     f"rank {settings['rank']}, received {arrays[key].shape}."
                 )
     extra = sorted(set(arrays) - expected_keys)
