@@ -33,8 +33,10 @@ import dataclasses
 import types
 import typing
 
-from keras_transformer import decoding, validation
+from keras_transformer import validation
 
+# The tokenizer kinds `Translator.from_texts` trains, and a Recipe or
+# `scripts/train.py --tokenizer` may name: defined once, here.
 TOKENIZERS = ("character", "word", "sentencepiece")
 
 
@@ -122,7 +124,7 @@ class Recipe:
             "bleu_every_n_epochs", self.bleu_every_n_epochs, allow_none=True
         )
         validation.check_positive_int("beam_size", self.beam_size)
-        decoding.check_length_penalty(self.length_penalty)
+        validation.check_non_negative_float("length_penalty", self.length_penalty)
 
     def bucket_boundaries(self, longest):
         """Length-bucket boundaries for sequences of up to `longest` tokens.

@@ -78,7 +78,7 @@ def build_parser():
     corpus.add_argument("--valid-target", help="validation targets")
     corpus.add_argument("--num-train", type=positive_int, help="first N training pairs")
     corpus.add_argument("--num-test", type=positive_int, help="held-out pairs")
-    corpus.add_argument("--tokenizer", choices=("character", "word", "sentencepiece"))
+    corpus.add_argument("--tokenizer", choices=recipes.TOKENIZERS)
     corpus.add_argument("--vocabulary-size", type=positive_int)
     corpus.add_argument("--joint-vocabulary", action=argparse.BooleanOptionalAction)
     add_config_flags(parser)
