@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import callbacks, data, distribute  # noqa: E402
+from keras_transformer import _files, callbacks, data, distribute  # noqa: E402
 from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
 
@@ -325,7 +325,7 @@ def write_run_record(path, args, translator, fit_seconds, fit_cpu_seconds, bleu_
         ],
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
+    with _files.atomic_write(path, "w", "the run record") as file:
         json.dump(record, file, indent=1)
     print(f"Run record: {path}")
 
