@@ -1,27 +1,29 @@
 """Keras 3 Transformer layers that train, save, export and decode.
 
 `import keras_transformer` needs only Keras and one backend: the layers,
-losses, metrics and schedules are written with `keras.ops` and are imported
-here (so their classes are registered for `.keras` loading). Every other
-module is imported on first attribute access (PEP 562), so that the ones
-bound to TensorFlow (in-graph tokenizers and `tf.data` pipelines in `data`,
-SavedModel `export`, `checkpointing`, `distribute`) cost nothing,
-and need no TensorFlow, until used. Used (or imported directly) without
+losses, metrics, schedules and `models` (the backbone) are written with
+`keras.ops` and are imported here (so their classes are registered for
+`.keras` loading). Every other module is imported on first attribute access
+(PEP 562), so that the ones bound to TensorFlow (the `Translator`, in-graph
+tokenizers and `tf.data` pipelines in `data`, SavedModel `export`,
+`checkpointing`, `distribute`) cost nothing, and need no TensorFlow, until
+used: on the JAX or PyTorch backend `import keras_transformer` imports no
+TensorFlow even when it is installed. Used (or imported directly) without
 TensorFlow installed, they raise an `ImportError` that says what to install
-(`keras_transformer._tensorflow`). `models` is imported here: with
-TensorFlow installed it imports the `Translator` (and so TensorFlow) so that
-`keras.saving.load_model` finds every class of the package.
+(`keras_transformer._tensorflow`). A Translator's `.keras` file loads after
+`import keras_transformer` alone: `models` registers a stand-in that imports
+the class on first load.
 """
 
 import importlib
 
-__version__ = "0.1.0"
+from keras_transformer._version import __version__  # noqa: F401
 
 from keras_transformer import _tensorflow  # noqa: E402
 from keras_transformer import layers  # noqa: E402,F401
 from keras_transformer import losses  # noqa: E402,F401
 from keras_transformer import metrics  # noqa: E402,F401
-# Registers Transformer (and Translator, with TensorFlow) for load_model.
+# Registers Transformer (and a stand-in for the Translator) for load_model.
 from keras_transformer import models  # noqa: E402,F401
 from keras_transformer import schedules  # noqa: E402,F401
 

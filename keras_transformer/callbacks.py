@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from keras_transformer import evaluation
-from keras_transformer.validation import check_positive_int
+from keras_transformer.validation import check_bool, check_positive_int
 
 
 class BleuEvaluation(keras.callbacks.Callback):
@@ -96,12 +96,7 @@ class BleuEvaluation(keras.callbacks.Callback):
             )
         self.decode_fn = decode_fn
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
-        if not isinstance(lowercase, bool):
-            raise ValueError(
-                "Received an invalid value for argument lowercase, expected a "
-                f"bool. Received: lowercase={lowercase!r}"
-            )
-        self.lowercase = lowercase
+        self.lowercase = check_bool("lowercase", lowercase)
         if not isinstance(name, str) or not name:
             raise ValueError(
                 "Received an invalid value for argument name, expected a "

@@ -34,10 +34,11 @@ Each checkpoint is a folder `<directory>/ckpt-<step>` holding `state.npz`
 and `checkpoint.json`. It is written beside, as `.tmp-ckpt-<step>-<pid>`,
 with the manifest `checkpoint.json` (holding the SHA-256 of `state.npz` and
 of itself) written last, and only then renamed into place, so a `ckpt-*`
-folder is never half-written; the `keep` newest checkpoints are kept. A
-checkpoint that is nevertheless unusable (a missing, edited or garbled
-manifest, a truncated or altered `state.npz`) is skipped with a warning naming
-it, and the previous one is used. Nothing the library cannot read is deleted:
+folder is never half-written (the rule of `keras_transformer._files`); the
+`keep` newest checkpoints are kept. A checkpoint that is nevertheless
+unusable (a missing, edited or garbled manifest, a truncated or altered
+`state.npz`) is skipped with a warning naming it, and the previous one is
+used. Nothing the library cannot read is deleted:
 an unreadable folder due for deletion is renamed `unreadable-ckpt-<step>`
 (with a warning), and a directory holding checkpoints of a newer format is
 refused with a `ValueError` before anything in it changes. A restore is all or
@@ -87,11 +88,9 @@ import warnings
 
 import keras
 import numpy as np
-from keras.src.backend.common import global_state
-from keras.src.random import seed_generator as keras_seed_generator
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import distribute
+from keras_transformer import _compat, _files, distribute
 from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
@@ -175,13 +174,11 @@ class Checkpoint:
         saved = self._manifest["variables"]["global_seed_generator"]
         if saved:
             # Created (from Python's random) before Python's state is set.
-            generator = keras_seed_generator.global_seed_generator()
+            generator = _compat.global_seed_generator(create=True)
             _assign_groups(self, {"global_seed_generator": [generator.state]})
         else:
             # It did not exist yet at this step of the original run.
-            global_state.set_global_attribute(
-                keras_seed_generator.GLOBAL_SEED_GENERATOR, None
-            )
+            _compat.clear_global_seed_generator()
         version, internal_state, gauss = self._manifest["python_random"]
         random.setstate((version, tuple(internal_state), gauss))
         numpy_random = self._manifest["numpy_random"]
@@ -496,12 +493,10 @@ def _build_metrics(model, element_spec):
     Under a strategy, Keras' `fit` would otherwise start an iteration of the
     dataset only to build them, and with the model built the patched `fit`
     (`distribute.patch_distributed_fit`) starts none: an extra iteration
-    moves a reshuffling dataset on to other orders. `_symbolic_build`
-    (Keras-internal) is how Keras builds them under a strategy; it only
-    needs shapes and dtypes, which a `TensorSpec` has.
+    moves a reshuffling dataset on to other orders.
     """
     with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=element_spec)
+        _compat.build_compiled_metrics(model, element_spec)
 
 
 def _checked(dataset):
@@ -633,9 +628,7 @@ class _CheckpointSaver(keras.callbacks.Callback):
 
 
 def _global_seed_generator_variables():
-    generator = global_state.get_global_attribute(
-        keras_seed_generator.GLOBAL_SEED_GENERATOR
-    )
+    generator = _compat.global_seed_generator()
     return [] if generator is None else [generator.state]
 
 
@@ -726,37 +719,22 @@ def _write_checkpoint(directory, groups, arrays, position, history, keep):
         os.path.join(staging, MANIFEST_FILE),
         json.dumps(manifest).encode("utf-8"),
     )
-    _fsync_directory(staging)
+    _files.fsync_folder(staging)
     final = os.path.join(directory, f"ckpt-{step}")
     _delete_if_readable(final)
     os.replace(staging, final)
-    _fsync_directory(directory)
+    _files.fsync_folder(directory)
     _prune(directory, step, keep)
 
 
 def _write_state(path, arrays):
-    with open(path, "wb") as file:
+    with _files.durable_open(path) as file:
         np.savez(file, **arrays)
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def _write_bytes(path, payload):
-    with open(path, "wb") as file:
+    with _files.durable_open(path) as file:
         file.write(payload)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path):
-    # Makes the rename itself durable; Windows cannot open a directory.
-    if os.name != "posix":
-        return
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _sha256(path):

@@ -100,13 +100,15 @@ class _SingleHypothesisSampler(Sampler):
     def __call__(
         self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
     ):
-        parts, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
-        padding_id = parts.padding_id
+        transformer_layers, source_ids = _prepare(
+            model, source_ids, max_length, bos_id, eos_id
+        )
+        padding_id = transformer_layers.padding_id
         seed = self._prepare_seed(seed)
         batch_size = _batch_size(source_ids)
-        encoded, source_mask = transformer.encode(parts, source_ids)
+        encoded, source_mask = transformer.encode(transformer_layers, source_ids)
         self_caches, cross_caches = transformer.initial_decoder_caches(
-            parts, encoded, max_length
+            transformer_layers, encoded, max_length
         )
 
         def keep_going(index, last_tokens, outputs, finished, caches):
@@ -116,7 +118,12 @@ class _SingleHypothesisSampler(Sampler):
 
         def step(index, last_tokens, outputs, finished, caches):
             log_probs, caches = _next_token_log_probs(
-                parts, last_tokens, index, caches, cross_caches, source_mask
+                transformer_layers,
+                last_tokens,
+                index,
+                caches,
+                cross_caches,
+                source_mask,
             )
             tokens = self._choose(log_probs, index, seed)
             tokens = ops.where(finished, padding_id, tokens)
@@ -284,7 +291,9 @@ class BeamSampler(Sampler):
         self, beam_size=4, length_penalty=0.6, num_results=None, return_scores=False
     ):
         self.beam_size = validation.check_positive_int("beam_size", beam_size)
-        self.length_penalty = check_length_penalty(length_penalty)
+        self.length_penalty = validation.check_non_negative_float(
+            "length_penalty", length_penalty
+        )
         validation.check_positive_int("num_results", num_results, allow_none=True)
         if num_results is not None and num_results > beam_size:
             raise ValueError(
@@ -293,12 +302,7 @@ class BeamSampler(Sampler):
                 f"num_results={num_results}"
             )
         self.num_results = num_results
-        if not isinstance(return_scores, bool):
-            raise ValueError(
-                "Received an invalid value for argument return_scores, "
-                f"expected a bool. Received: return_scores={return_scores!r}"
-            )
-        self.return_scores = return_scores
+        self.return_scores = validation.check_bool("return_scores", return_scores)
 
     def get_config(self):
         return {
@@ -311,18 +315,20 @@ class BeamSampler(Sampler):
     def __call__(
         self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
     ):
-        parts, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
-        padding_id = parts.padding_id
+        transformer_layers, source_ids = _prepare(
+            model, source_ids, max_length, bos_id, eos_id
+        )
+        padding_id = transformer_layers.padding_id
         beam_size = self.beam_size
         length_penalty = self.length_penalty
-        vocabulary_size = parts.target_vocabulary_size
+        vocabulary_size = transformer_layers.target_vocabulary_size
         batch_size = _batch_size(source_ids)
-        encoded, source_mask = transformer.encode(parts, source_ids)
+        encoded, source_mask = transformer.encode(transformer_layers, source_ids)
         # Beam j of example b is row b * beam_size + j of every decoder tensor.
         encoded = ops.repeat(encoded, beam_size, axis=0)
         source_mask = ops.repeat(source_mask, beam_size, axis=0)
         self_caches, cross_caches = transformer.initial_decoder_caches(
-            parts, encoded, max_length
+            transformer_layers, encoded, max_length
         )
 
         def normalised(log_probs, length):
@@ -353,7 +359,7 @@ class BeamSampler(Sampler):
             finished_scores,
         ):
             log_probs, caches = _next_token_log_probs(
-                parts,
+                transformer_layers,
                 ops.reshape(last_tokens, (-1,)),
                 index,
                 caches,
@@ -509,30 +515,30 @@ def model_layers(model):
     """The `TransformerLayers` of a model the decoders accept."""
     if isinstance(model, transformer.TransformerLayers):
         return model
-    parts = getattr(model, "transformer_layers", None)
-    if not isinstance(parts, transformer.TransformerLayers):
+    transformer_layers = getattr(model, "transformer_layers", None)
+    if not isinstance(transformer_layers, transformer.TransformerLayers):
         raise ValueError(
             "Received an invalid value for argument model, expected a "
             "keras_transformer Transformer (from build_transformer, a "
             "Translator, or Transformer(transformer_layers=...)). Received: "
             f"model={model!r}"
         )
-    return parts
+    return transformer_layers
 
 
 def _prepare(model, source_ids, max_length, bos_id, eos_id):
     """Validates the arguments; returns the model's layers and int32 source
     ids."""
-    parts = model_layers(model)
+    transformer_layers = model_layers(model)
     max_length = validation.check_positive_int("max_length", max_length)
-    longest = parts.max_target_length
+    longest = transformer_layers.max_target_length
     if longest is not None and max_length > longest:
         raise ValueError(
             f"Received max_length={max_length}, but the model decodes at most "
             f"{longest} target positions. Pass max_length <= {longest}, or "
             "build the model with a larger max_target_length."
         )
-    vocabulary_size = parts.target_vocabulary_size
+    vocabulary_size = transformer_layers.target_vocabulary_size
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         validation.check_non_negative_int(name, value)
         if value >= vocabulary_size:
@@ -541,7 +547,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
                 f"id below the target vocabulary size {vocabulary_size}. "
                 f"Received: {name}={value}"
             )
-    if eos_id == parts.padding_id:
+    if eos_id == transformer_layers.padding_id:
         raise ValueError(
             f"Received eos_id={eos_id}, which is the model's padding id, so "
             "finished sequences could not be told from padding. Use a "
@@ -560,23 +566,10 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
             f"received shape {tuple(source_ids.shape)}."
         )
     # Before the int32 cast, which would wrap an int64 id around.
-    _token_ids.check_values("source_ids", source_ids, parts.source_vocabulary_size)
-    return parts, ops.cast(source_ids, "int32")
-
-
-def check_length_penalty(length_penalty):
-    """Validates the GNMT length-penalty exponent; shared with the exporter."""
-    if (
-        isinstance(length_penalty, bool)
-        or not isinstance(length_penalty, numbers.Real)
-        or not 0 <= length_penalty < float("inf")
-    ):
-        raise ValueError(
-            "Received an invalid value for argument length_penalty, expected "
-            "a non-negative finite number. Received: "
-            f"length_penalty={length_penalty!r}"
-        )
-    return float(length_penalty)
+    _token_ids.check_values(
+        "source_ids", source_ids, transformer_layers.source_vocabulary_size
+    )
+    return transformer_layers, ops.cast(source_ids, "int32")
 
 
 def _batch_size(source_ids):
@@ -592,14 +585,23 @@ def _is_done(finished_scores):
     return ops.greater(finished_scores[:, -1], IMPOSSIBLE_LOG_PROB)
 
 
-def _next_token_log_probs(parts, tokens, index, self_caches, cross_caches, source_mask):
+def _next_token_log_probs(
+    transformer_layers, tokens, index, self_caches, cross_caches, source_mask
+):
     """One cached decoder step: float32 log-probs `(n, vocabulary)` of the
     token after `tokens` (at position `index`), with padding forbidden."""
     logits, self_caches = transformer.decode_step(
-        parts, tokens[:, None], index, self_caches, cross_caches, source_mask
+        transformer_layers,
+        tokens[:, None],
+        index,
+        self_caches,
+        cross_caches,
+        source_mask,
     )
     log_probs = ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1)
-    is_padding = ops.equal(ops.arange(ops.shape(log_probs)[-1]), parts.padding_id)
+    is_padding = ops.equal(
+        ops.arange(ops.shape(log_probs)[-1]), transformer_layers.padding_id
+    )
     return ops.where(is_padding, IMPOSSIBLE_LOG_PROB, log_probs), self_caches
 
 

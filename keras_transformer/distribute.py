@@ -15,46 +15,15 @@ batch_size = distribute.global_batch_size(64, strategy)
 model.fit(distribute.shard_dataset(make_dataset(batch_size)), ...)
 ```
 
-Keras 3's `fit` needs a fix under tf.distribute, which lives here
-(`patch_distributed_fit`, applied by `make_strategy` to every strategy but
-the default one). Two functions of `keras/src/backend/tensorflow/trainer.py`
-fail:
-
-1. `TensorFlowTrainer._maybe_symbolic_build` takes one distributed batch
-   before `fit` and `evaluate` start and calls `strategy.reduce("MEAN",
-   batch, axis=None)` on it, only to learn the shapes and dtypes to build
-   the model from. Averaging token ids across replicas was never meaningful,
-   and it breaks twice:
-   - under `MultiWorkerMirroredStrategy` with more than one worker
-     (keras#20585) the collective all-reduce receives the whole
-     `(inputs, labels)` structure and tries to make one tensor of it:
-     `ValueError: Attempt to convert a value ({'source_ids':
-     PerReplica:{...}, ...}) with an unsupported type (<class 'dict'>) to a
-     Tensor`;
-   - under `MirroredStrategy`, a first batch that does not split evenly
-     among the replicas (5 held-out examples on 2 devices: 3 + 2) cannot be
-     averaged element-wise: `InvalidArgumentError: Inputs to operation AddN
-     of type AddN must have the same size and shape`.
-   The patch builds from the first replica's local batch
-   (`strategy.experimental_local_results`): the per-replica shapes the
-   model sees, no communication. And it draws no batch at all once the
-   model, its compiled loss and metrics are built (Keras draws one on every
-   `fit` call and discards it): each draw starts an iteration of the
-   dataset, which moves a reshuffling dataset on to its next orders, so a
-   `fit` resumed from a checkpoint would read other batches than the run it
-   continues.
-2. `reduce_per_replica` averages each step's logs (loss, metrics: scalars
-   per replica) with `strategy.reduce("MEAN", v, axis=0)` in multi-worker
-   mode, which fails on a scalar (`ValueError: Invalid reduction dimension 0
-   for input with 0 dimensions`; keras#20585 via tensorflow#72388). On one
-   worker Keras averages the replicas' values element-wise; the patch does
-   the same across workers with `axis=None`, and leaves every other case to
-   Keras.
-
-Verified on Keras 3.15.1 with TensorFlow 2.21.0. Remove the patch once
-Keras no longer reduces the data batch nor the logs with `axis=0`
-(keras#20585); until then `patch_distributed_fit` reads Keras' source and
-leaves alone, with a warning, a function in which the failing call is gone.
+Keras 3's `fit` needs a fix under tf.distribute (keras#20585): Keras reduces
+the first data batch across replicas only to learn its shapes, which fails
+under `MultiWorkerMirroredStrategy` and on batches that do not split evenly,
+and draws an extra iteration of the dataset on every `fit`; and it averages
+the logs across workers with `axis=0`, which fails on scalars.
+`patch_distributed_fit`, applied by `make_strategy` to every strategy but the
+default one, fixes both; it lives with the package's other uses of Keras
+internals in `keras_transformer._compat`, which says what it changes, why, and
+when it can go.
 
 A multi-worker run starts and ends together, and stops together when a
 worker is lost:
@@ -78,8 +47,6 @@ worker is lost:
 """
 
 import contextlib
-import functools
-import inspect
 import itertools
 import json
 import os
@@ -90,19 +57,13 @@ import tempfile
 import time
 import warnings
 
-from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
-from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-from tensorflow.python.distribute import multi_worker_util
-from tensorflow.python.eager import context as _tf_context
-
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import validation
+from keras_transformer import _compat, validation
+from keras_transformer._compat import patch_distributed_fit  # noqa: F401
 
 tf = import_tensorflow(__name__)
 
 STRATEGY_NAMES = ("auto", "default", "mirrored", "multi-worker", "tpu")
-
-_PATCH_MARKER = "_keras_transformer_distributed_fit_patch"
 
 _TF_CONFIG_EXAMPLE = (
     '{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
@@ -243,20 +204,10 @@ def _multi_worker_strategy(heartbeat_timeout_seconds):
     """
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     cluster_spec = resolver.cluster_spec()
-    runtime = _tf_context.context()
     coordinated = resolver.task_type in _COORDINATED_JOBS
-    if runtime.coordination_service is None and coordinated:
-        runtime.configure_coordination_service(
-            service_type="standalone",
-            service_leader=multi_worker_util.coordination_leader(cluster_spec),
-            heartbeat_timeout_in_ms=heartbeat_timeout_seconds * 1000,
-            coordinated_jobs=[
-                coordination_config_pb2.CoordinatedJob(
-                    name=job, num_tasks=cluster_spec.num_tasks(job)
-                )
-                for job in _COORDINATED_JOBS
-                if job in cluster_spec.jobs
-            ],
+    if coordinated and not _compat.coordination_service_configured():
+        _compat.configure_coordination_service(
+            cluster_spec, _COORDINATED_JOBS, heartbeat_timeout_seconds
         )
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
@@ -518,9 +469,8 @@ def finish(strategy, timeout_seconds=DEFAULT_FINISH_TIMEOUT_SECONDS):
     if not is_multi_worker(strategy):
         return
     with explain_lost_worker(strategy, "Training itself had finished."):
-        _tf_context.context().wait_at_barrier(
-            f"keras_transformer_finish_{next(_finish_calls)}",
-            timeout_seconds * 1000,
+        _compat.wait_at_barrier(
+            f"keras_transformer_finish_{next(_finish_calls)}", timeout_seconds
         )
     if is_chief(strategy):
         _wait_until_ended(_other_task_addresses(strategy))
@@ -566,106 +516,3 @@ def _listening(address):
             return True
     except OSError:
         return False
-
-
-def patch_distributed_fit():
-    """Fixes Keras 3 `fit`/`evaluate` under tf.distribute strategies.
-
-    Wraps the two Keras functions described in the module docstring:
-    `_maybe_symbolic_build` then builds the model from the first replica's
-    local batch under any strategy, and `reduce_per_replica` averages the
-    logs with `axis=None` in multi-worker mode. Everything else (and
-    everything without a strategy) runs Keras' own code. Calling it again
-    does nothing. A function whose Keras source no longer has the bug is
-    left alone, with a warning that the patch can go.
-
-    Returns:
-        tuple of str, the Keras functions now patched (both, while Keras
-        still has the bugs).
-    """
-    patched = []
-    for owner, name, bug, make_wrapper in _FIXES:
-        original = getattr(owner, name)
-        if not getattr(original, _PATCH_MARKER, False):
-            if not _still_has(original, bug):
-                warnings.warn(
-                    f"keras_transformer.distribute.patch_distributed_fit: "
-                    f"{original.__qualname__} in this Keras no longer contains "
-                    f"{bug!r} (keras#20585 looks fixed), so it is not patched; "
-                    "remove the patch.",
-                    stacklevel=2,
-                )
-                continue
-            wrapper = functools.wraps(original)(make_wrapper(original))
-            setattr(wrapper, _PATCH_MARKER, True)
-            setattr(owner, name, wrapper)
-        patched.append(original.__qualname__)
-    return tuple(patched)
-
-
-def _build_from_local_batch(original):
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is None or self._distribute_strategy is None:
-            return original(self, iterator=iterator, data_batch=data_batch)
-        if not _needs_a_batch_to_build(self):
-            return original(self)
-        strategy = self._distribute_strategy
-        for _, _, distributed_iterator in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda value: strategy.experimental_local_results(value)[0],
-                next(distributed_iterator),
-            )
-            break
-        return original(self, data_batch=data_batch)
-
-    return _maybe_symbolic_build
-
-
-def _needs_a_batch_to_build(model):
-    """Whether Keras' `_symbolic_build` would read a batch (its own test)."""
-    return (
-        not all(layer.built for layer in model._flatten_layers())
-        or (model._compile_metrics is not None and not model._compile_metrics.built)
-        or (model._compile_loss is not None and not model._compile_loss.built)
-    )
-
-
-def _mean_across_replicas(original):
-    def reduce_per_replica(values, strategy, reduction):
-        # "auto" is "mean" for every strategy but TPU. Keras' own test for
-        # its (broken) multi-worker branch:
-        multi_worker = _keras_tf_trainer._collective_all_reduce_multi_worker(strategy)
-        if reduction not in ("auto", "mean") or not multi_worker:
-            return original(values, strategy, reduction)
-        return tf.nest.map_structure(
-            lambda value: strategy.reduce("MEAN", value, axis=None), values
-        )
-
-    return reduce_per_replica
-
-
-def _still_has(function, bug):
-    try:
-        source = inspect.getsource(function)
-    except (OSError, TypeError):
-        # Without the source (a stripped install) the bug cannot be ruled
-        # out; the patch only replaces the calls that fail.
-        return True
-    return bug in source
-
-
-# (owner, attribute, the upstream code that is wrong, wrapper factory).
-_FIXES = (
-    (
-        _keras_tf_trainer.TensorFlowTrainer,
-        "_maybe_symbolic_build",
-        "self.distribute_strategy.reduce(",
-        _build_from_local_batch,
-    ),
-    (
-        _keras_tf_trainer,
-        "reduce_per_replica",
-        'strategy.reduce("MEAN", v, axis=0)',
-        _mean_across_replicas,
-    ),
-)

@@ -43,15 +43,13 @@ settings and tokenizer configs the export was made with.
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 
-import keras_transformer
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import decoding
-from keras_transformer.data.tokenizers import Tokenizer
+from keras_transformer import _files, decoding
+from keras_transformer._version import __version__
+from keras_transformer.data import pipeline
 from keras_transformer import validation
 
 tf = import_tensorflow(__name__)
@@ -73,9 +71,9 @@ def export_translator(
     """Writes a SavedModel that translates strings, atomically.
 
     The SavedModel is written into a temporary folder beside `export_dir` and
-    renamed into place once complete. An existing export at `export_dir` is
-    replaced only then; if anything fails it is left as it was. Missing
-    parent folders are created.
+    renamed into place once complete (`keras_transformer._files`). An
+    existing export at `export_dir` is replaced only then; if anything fails
+    it is left as it was. Missing parent folders are created.
 
     Args:
         model: keras.Model from `keras_transformer.models.build_transformer`
@@ -108,9 +106,9 @@ def export_translator(
     translator.translate(tf.constant(["5 March 2021"]))
     ```
     """
-    parts = decoding.model_layers(model)
-    max_source_length = parts.max_source_length
-    max_target_length = parts.max_target_length
+    transformer_layers = decoding.model_layers(model)
+    max_source_length = transformer_layers.max_source_length
+    max_target_length = transformer_layers.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length
     validation.check_positive_int("max_decode_length", max_decode_length)
@@ -124,38 +122,21 @@ def export_translator(
     # The decoders check these too, but only when the endpoints are traced,
     # which happens while writing; failing here saves that work.
     beam_size = validation.check_positive_int("beam_size", beam_size)
-    length_penalty = decoding.check_length_penalty(length_penalty)
-    if not isinstance(jit_compile, bool):
-        raise ValueError(
-            "Received an invalid value for argument jit_compile, expected a "
-            f"bool. Received: jit_compile={jit_compile!r}"
-        )
-    check_tokenizers_fit(parts, source_tokenizer, target_tokenizer)
+    length_penalty = validation.check_non_negative_float(
+        "length_penalty", length_penalty
+    )
+    jit_compile = validation.check_bool("jit_compile", jit_compile)
+    pipeline.check_tokenizers_fit(
+        transformer_layers, source_tokenizer, target_tokenizer
+    )
     final_dir = os.path.abspath(os.fspath(export_dir))
     if os.path.exists(final_dir) and not os.path.isdir(final_dir):
         raise ValueError(
             f"Cannot export to {final_dir!r}: it exists and is not a folder."
         )
 
-    # The folder the export is staged in is made first: a parent that is a
-    # file or cannot be written fails here, before any endpoint is traced.
-    workspace = _make_workspace(final_dir)
-    try:
-        archive = _build_archive(
-            model,
-            parts,
-            source_tokenizer,
-            target_tokenizer,
-            max_decode_length=max_decode_length,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            jit_compile=jit_compile,
-        )
-    except BaseException:
-        shutil.rmtree(workspace, ignore_errors=True)
-        raise
     metadata = {
-        "keras_transformer_version": keras_transformer.__version__,
+        "keras_transformer_version": __version__,
         "endpoints": list(ENDPOINTS),
         "max_source_length": max_source_length,
         "max_target_length": max_target_length,
@@ -166,20 +147,21 @@ def export_translator(
         "source_tokenizer": _tokenizer_record(source_tokenizer),
         "target_tokenizer": _tokenizer_record(target_tokenizer),
     }
-
-    staging = os.path.join(workspace, "new")
-    previous = os.path.join(workspace, "old")
-    try:
+    # The folder the export is staged in is made first: a parent that is a
+    # file or cannot be written fails here, before any endpoint is traced.
+    with _files.staged_folder(final_dir, "the export") as staging:
+        archive = _build_archive(
+            model,
+            transformer_layers,
+            source_tokenizer,
+            target_tokenizer,
+            max_decode_length=max_decode_length,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            jit_compile=jit_compile,
+        )
         archive.write_out(staging, verbose=False)
         _write_metadata(staging, metadata)
-        _move_into_place(staging, final_dir, previous)
-    except BaseException:
-        # Only when the old export could not be moved back does it remain in
-        # the workspace, which is then kept rather than deleted with it.
-        if not os.path.exists(previous):
-            shutil.rmtree(workspace, ignore_errors=True)
-        raise
-    shutil.rmtree(workspace, ignore_errors=True)
     return export_dir
 
 
@@ -219,100 +201,13 @@ def load_translator(path):
         ) from error
 
 
-def check_tokenizers_fit(parts, source_tokenizer, target_tokenizer):
-    """Raises `ValueError` unless both are tokenizers whose ids fit the
-    model's embeddings (`parts`: its `TransformerLayers`)."""
-    for argument, tokenizer, model_vocabulary_size in (
-        ("source_tokenizer", source_tokenizer, parts.source_vocabulary_size),
-        ("target_tokenizer", target_tokenizer, parts.target_vocabulary_size),
-    ):
-        if not isinstance(tokenizer, Tokenizer):
-            raise ValueError(
-                f"Received an invalid value for argument {argument}, expected "
-                f"a keras_transformer.data Tokenizer. Received: {argument}="
-                f"{tokenizer!r}"
-            )
-        if tokenizer.vocabulary_size > model_vocabulary_size:
-            raise ValueError(
-                f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
-                f"for a model whose embedding has {model_vocabulary_size}: its "
-                "ids would fall outside the model. Pass the tokenizer the model "
-                "was built for."
-            )
-
-
 def _tokenizer_record(tokenizer):
     return {"class_name": type(tokenizer).__name__, "config": tokenizer.get_config()}
 
 
-def text_decoder(
-    model, source_tokenizer, target_tokenizer, decode, pad_to_max_source_length=False
-):
-    """Wraps an ids -> ids decoder into strings -> strings, in the graph.
-
-    The one tokenize -> pad -> decode -> detokenize path of the library:
-    the export's endpoints and `Translator.translate` both use it.
-
-    Args:
-        model: the `Transformer` whose limits and padding id apply.
-        source_tokenizer: tokenizer of the inputs.
-        target_tokenizer: tokenizer of the outputs.
-        decode: function of int32 source ids `(batch, length)` (and any
-            further arguments, passed through) -> generated ids
-            `(batch, max_length)`.
-        pad_to_max_source_length: bool. Pad every batch to the model's
-            maximum source length, so an XLA-compiled `decode` sees one
-            width (and compiles once per batch size).
-
-    Returns:
-        A function `translate(texts, *args)`: tf.string `[batch]` ->
-        tf.string `[batch]`. A text with more tokens than the maximum
-        source length fails with an `InvalidArgumentError` stating the
-        limit; an empty or whitespace-only text translates to `""`.
-    """
-    parts = decoding.model_layers(model)
-    max_source_length = parts.max_source_length
-    padding_id = parts.padding_id
-    static_width = pad_to_max_source_length and max_source_length is not None
-
-    def translate(texts, *args):
-        pieces = source_tokenizer.tokenize(texts)
-        lengths = tf.cast(pieces.row_lengths(), tf.int32)
-        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
-        checks = []
-        if max_source_length is not None:
-            checks.append(
-                tf.debugging.assert_less_equal(
-                    longest,
-                    max_source_length,
-                    message=(
-                        "A text to translate has more tokens than the model's "
-                        f"maximum source length of {max_source_length} tokens. "
-                        "Texts are never truncated: split long texts before "
-                        "translating."
-                    ),
-                )
-            )
-        with tf.control_dependencies(checks):
-            # At least one column, so a batch of empty texts still has a
-            # source to encode; those rows are blanked below.
-            width = (
-                tf.constant(max_source_length)
-                if static_width
-                else tf.maximum(longest, 1)
-            )
-        source_ids = pieces.to_tensor(
-            default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
-        )
-        translations = target_tokenizer.detokenize(decode(source_ids, *args))
-        return tf.where(lengths > 0, translations, "")
-
-    return translate
-
-
 def _build_archive(
     model,
-    parts,
+    transformer_layers,
     source_tokenizer,
     target_tokenizer,
     max_decode_length,
@@ -320,8 +215,8 @@ def _build_archive(
     length_penalty,
     jit_compile,
 ):
-    max_source_length = parts.max_source_length
-    max_target_length = parts.max_target_length
+    max_source_length = transformer_layers.max_source_length
+    max_target_length = transformer_layers.max_target_length
     archive = keras.export.ExportArchive()
     # Tracking the model (not only letting the endpoints capture its
     # variables) is what lets saved_model_cli and TF Serving find them.
@@ -349,7 +244,7 @@ def _build_archive(
 
         if jit_compile:
             decode = tf.function(decode, jit_compile=True, autograph=False)
-        return text_decoder(
+        return pipeline.text_decoder(
             model,
             source_tokenizer,
             target_tokenizer,
@@ -395,42 +290,8 @@ def _assert_fits(ids, max_length, argument, side):
     )
 
 
-def _make_workspace(final_dir):
-    """A hidden folder beside `final_dir` (same file system: moving the
-    export into place is a rename); `ValueError` naming the parent when it
-    cannot be made."""
-    parent = os.path.dirname(final_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(
-            dir=parent, prefix=f".{os.path.basename(final_dir)}.export-"
-        )
-    except OSError as error:
-        raise ValueError(
-            f"Cannot export to {final_dir!r}: its parent folder {parent!r} "
-            f"cannot be created or written ({error.strerror or error})."
-        ) from error
-
-
 def _write_metadata(export_dir, metadata):
     path = os.path.join(export_dir, METADATA_PATH)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(metadata, file, ensure_ascii=False, indent=1, sort_keys=True)
-
-
-def _move_into_place(staging, export_dir, previous):
-    """Renames `staging` to `export_dir`; an old export waits at `previous`.
-
-    The old export is moved aside only once the new one is complete, and is
-    moved back if the new one cannot take its place.
-    """
-    if not os.path.exists(export_dir):
-        os.rename(staging, export_dir)
-        return
-    os.rename(export_dir, previous)
-    try:
-        os.rename(staging, export_dir)
-    except BaseException:
-        os.rename(previous, export_dir)
-        raise

@@ -3,11 +3,12 @@
 import keras
 from keras import ops
 
-# Keras exports no public setter for the mask a loss hands to its reduction;
-# this is the function Keras's own `ignore_class` losses use.
-from keras.src.backend import set_keras_mask
-
-from keras_transformer.validation import check_non_negative_int, check_rate
+from keras_transformer import _compat
+from keras_transformer.validation import (
+    check_bool,
+    check_non_negative_int,
+    check_rate,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -67,12 +68,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         super().__init__(name=name, reduction="sum_over_batch_size", dtype="float32")
         self.label_smoothing = check_rate("label_smoothing", label_smoothing)
         self.padding_id = check_non_negative_int("padding_id", padding_id)
-        if not isinstance(from_logits, bool):
-            raise ValueError(
-                "Received an invalid value for argument from_logits, expected "
-                f"a bool. Received: from_logits={from_logits!r}"
-            )
-        self.from_logits = from_logits
+        self.from_logits = check_bool("from_logits", from_logits)
 
     def call(self, y_true, y_pred):
         labels = ops.cast(y_true, "int32")
@@ -108,7 +104,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             losses = (1.0 - self.label_smoothing) * losses
             losses += self.label_smoothing * uniform
         losses = ops.where(is_token, losses, ops.zeros_like(losses))
-        set_keras_mask(losses, is_token)
+        _compat.set_keras_mask(losses, is_token)
         return losses
 
     def get_config(self):

@@ -10,6 +10,8 @@ import textwrap
 
 import numpy as np
 
+from keras_transformer import _files
+
 
 def plot_history(history, path, title=None):
     """Writes a PNG of the loss and accuracy curves of `model.fit`.
@@ -144,4 +146,5 @@ def _new_figure(figsize):
 def _save(figure, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
+    with _files.atomic_write(path, "wb", "the plot") as file:
+        figure.savefig(file, format="png", dpi=100)

@@ -35,8 +35,10 @@ import math
 import types
 import typing
 
-from keras_transformer import decoding, validation
+from keras_transformer import validation
 
+# The tokenizer kinds `Translator.from_texts` trains, and a Recipe or
+# `scripts/train.py --tokenizer` may name: defined once, here.
 TOKENIZERS = ("character", "word", "sentencepiece")
 # Length buckets of `Recipe.bucket_boundaries`, at most: one XLA program each.
 MAX_BUCKETS = 8
@@ -131,7 +133,7 @@ class Recipe:
             "bleu_every_n_epochs", self.bleu_every_n_epochs, allow_none=True
         )
         validation.check_positive_int("beam_size", self.beam_size)
-        decoding.check_length_penalty(self.length_penalty)
+        validation.check_non_negative_float("length_penalty", self.length_penalty)
 
     def bucket_boundaries(self, longest):
         """Length-bucket boundaries for sequences of up to `longest` tokens.

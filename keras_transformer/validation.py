@@ -5,7 +5,6 @@ show what was received, so a user can fix the call without reading our code.
 """
 
 import numbers
-import os
 
 
 def _invalid(name, expected, value, hint=""):
@@ -49,6 +48,17 @@ def check_positive_float(name, value, allow_none=False):
         or value == float("inf")
     ):
         raise _invalid(name, "a positive finite number", value)
+    return float(value)
+
+
+def check_non_negative_float(name, value):
+    """Raises `ValueError` unless `value` is a finite number >= 0."""
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not 0 <= value < float("inf")
+    ):
+        raise _invalid(name, "a non-negative finite number", value)
     return float(value)
 
 
@@ -156,26 +166,3 @@ def check_last_dim(layer_name, argument, shape, expected):
             f"be {expected}, but received shape {tuple(shape)}."
         )
     return int(last)
-
-
-def check_file_destination(path, what, example):
-    """Returns the folder `path` will be written into, refusing a missing
-    folder or a `path` that is a folder itself, before anything is written.
-
-    Args:
-        path: str, the destination file.
-        what: str, what is saved (for the message), e.g. "the tokenizer".
-        example: str, a file name to suggest, e.g. "tokenizer.json".
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(
-            f"Cannot save {what} to {path!r}: the folder {folder!r} does not "
-            "exist (or is not a folder). Create it first."
-        )
-    if os.path.isdir(path):
-        raise ValueError(
-            f"Cannot save {what} to {path!r}: it is a folder. Give a file name, "
-            f"such as {example!r}."
-        )
-    return folder

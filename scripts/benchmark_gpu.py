@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from keras_transformer import losses, models  # noqa: E402
+from keras_transformer import _files, losses, models  # noqa: E402
 from keras_transformer.layers import attention  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0
@@ -383,10 +383,8 @@ def main(argv=None):
     markdown, record = report(results, skipped, shape, options)
     print(markdown)
     if options.output:
-        temporary = options.output + ".tmp"
-        with open(temporary, "w") as file:
+        with _files.atomic_write(options.output) as file:
             json.dump({"markdown": markdown, **record}, file, indent=2)
-        os.replace(temporary, options.output)
     return 0
 
 

@@ -24,11 +24,10 @@ import datetime
 import json
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_transformer import evaluation, recipes  # noqa: E402
+from keras_transformer import _files, evaluation, recipes  # noqa: E402
 
 # Published results on the same test set, text only (issue 10); their BLEU
 # is tokenized, so it is not directly comparable with sacreBLEU.
@@ -100,9 +99,9 @@ def load_translate(path, beam_size, length_penalty):
             metadata = json.load(file)
         return translate, None, metadata["beam_size"]
 
-    import keras
+    from keras_transformer import models
 
-    translator = keras.saving.load_model(path)
+    translator = models.load_model(path)
 
     def translate(texts, beam):
         if not beam:
@@ -125,17 +124,11 @@ def score(hypotheses, references):
 
 
 def write_atomically(path, write):
-    """Calls `write(file)` on a file beside `path`, then renames it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".evaluate-")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    """Calls `write(file)` on a binary file that then replaces `path`
+    atomically (`keras_transformer._files`); missing folders are made."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with _files.atomic_write(path, "wb") as file:
+        write(file)
 
 
 def seconds(value):

@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import callbacks, data, distribute  # noqa: E402
+from keras_transformer import _files, callbacks, data, distribute  # noqa: E402
 from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
 
@@ -80,7 +80,7 @@ def build_parser():
     corpus.add_argument("--valid-target", help="validation targets")
     corpus.add_argument("--num-train", type=positive_int, help="first N training pairs")
     corpus.add_argument("--num-test", type=positive_int, help="held-out pairs")
-    corpus.add_argument("--tokenizer", choices=("character", "word", "sentencepiece"))
+    corpus.add_argument("--tokenizer", choices=recipes.TOKENIZERS)
     corpus.add_argument("--vocabulary-size", type=positive_int)
     corpus.add_argument("--joint-vocabulary", action=argparse.BooleanOptionalAction)
     add_config_flags(parser)
@@ -339,7 +339,7 @@ def write_run_record(
         ],
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
+    with _files.atomic_write(path, "w", "the run record") as file:
         json.dump(record, file, indent=1)
     print(f"Run record: {path}")
 

@@ -355,6 +355,33 @@ def run_layer_test(
 SUBPROCESS_TIMEOUT = 180
 
 
+def save_then_fail_a_second_save(model, folder, monkeypatch):
+    """Saves `model` into `folder`, then fails a second save mid-write.
+
+    Keras writes a `.keras` file's config first, then each layer's
+    variables; the second save fails at the padding mask's. Asserts the
+    first file is left byte for byte and alone in `folder`; returns its path.
+    """
+    from keras_transformer.models import transformer
+
+    path = str(folder / "model.keras")
+    model.save(path)
+    with open(path, "rb") as file:
+        before = file.read()
+
+    def failing(self, store):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transformer.PaddingMask, "save_own_variables", failing)
+        with pytest.raises(OSError, match="disk full"):
+            model.save(path)
+    with open(path, "rb") as file:
+        assert file.read() == before
+    assert os.listdir(folder) == ["model.keras"]
+    return path
+
+
 def run_python(code, *args):
     """Runs `code` in a fresh Python process; returns the CompletedProcess."""
     import subprocess

@@ -416,14 +416,14 @@ def test_a_failing_final_rename_puts_the_previous_export_back(
     before = snapshot(existing_export)
     archive_class = type(keras.export.ExportArchive())
     monkeypatch.setattr(archive_class, "write_out", fake_write_out("new"))
-    rename = os.rename
+    replace = os.replace
 
     def rename_except_the_new_export(source, destination):
         if os.path.basename(source) == "new":
             raise OSError("rename interrupted")
-        rename(source, destination)
+        replace(source, destination)
 
-    monkeypatch.setattr(os, "rename", rename_except_the_new_export)
+    monkeypatch.setattr(os, "replace", rename_except_the_new_export)
     with pytest.raises(OSError, match="rename interrupted"):
         export_again(translator, existing_export)
 

@@ -602,7 +602,9 @@ def test_export_into_an_unwritable_parent_fails_before_tracing(
     def traced(*args, **kwargs):
         raise AssertionError("the endpoints were traced")
 
-    monkeypatch.setattr(export.tempfile, "mkdtemp", unwritable)
+    from keras_transformer import _files
+
+    monkeypatch.setattr(_files.tempfile, "mkdtemp", unwritable)
     monkeypatch.setattr(export, "_build_archive", traced)
     refused(lambda: tiny_translator.export(tmp_path / "base"), "Permission denied")
 

@@ -130,3 +130,74 @@ def test_every_module_the_tests_import_is_installed_by_setup_cfg():
     )
     # The README's test command runs pytest with -n (pytest-xdist).
     assert "pytest-xdist" in _requirement_names(extras["test"])
+
+
+def test_compat_imports_tensorflow_only_inside_functions():
+    # The layers import _compat and must load without TensorFlow.
+    source = pathlib.Path(keras_transformer.__file__).parent / "_compat.py"
+    tree = ast.parse(source.read_text(), filename=str(source))
+    module_level = [
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [None])
+    ]
+    bound = [
+        name
+        for name in module_level
+        if name.split(".")[0] == "tensorflow" or "backend.tensorflow" in name
+    ]
+    assert module_level and bound == []
+
+
+IMPORT_THE_PACKAGE = """
+import json, sys
+import keras_transformer
+print(json.dumps({
+    "modules": sorted(m for m in sys.modules if m.startswith("keras_transformer")),
+    "tensorflow": "tensorflow" in sys.modules,
+}))
+"""
+
+
+def _import_the_package(backend):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_THE_PACKAGE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _binds_tensorflow(module_name):
+    """Whether the module imports TensorFlow when it is imported."""
+    path = pathlib.Path(keras_transformer.__file__).parent.joinpath(
+        *module_name.split(".")[1:]
+    )
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return "import_tensorflow(__name__)" in path.read_text()
+
+
+def test_importing_the_package_imports_no_tensorflow_bound_module():
+    pytest.importorskip("tensorflow")
+    loaded = _import_the_package("tensorflow")["modules"]
+    assert "keras_transformer.models" in loaded
+    assert [name for name in loaded if _binds_tensorflow(name)] == []
+    # The Translator, the text pipeline and export come on first use only.
+    for lazy in ("keras_transformer.models.translator", "keras_transformer.data",
+                 "keras_transformer.export", "keras_transformer.decoding"):
+        assert lazy not in loaded
+
+
+def test_on_jax_importing_the_package_imports_no_tensorflow_although_installed():
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("jax")
+    assert _import_the_package("jax")["tensorflow"] is False

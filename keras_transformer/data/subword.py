@@ -21,7 +21,7 @@ import io
 
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer.data import tokenizers
-from keras_transformer.validation import check_choice, check_positive_int
+from keras_transformer.validation import check_bool, check_choice, check_positive_int
 
 tf = import_tensorflow(__name__)
 
@@ -192,11 +192,7 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
                 "expected a number in (0, 1]. Received: "
                 f"character_coverage={character_coverage!r}"
             )
-        if not isinstance(byte_fallback, bool):
-            raise ValueError(
-                "Received an invalid value for argument byte_fallback, expected "
-                f"a bool. Received: byte_fallback={byte_fallback!r}"
-            )
+        byte_fallback = check_bool("byte_fallback", byte_fallback)
         check_choice("normalization", normalization, SENTENCEPIECE_NORMALIZATIONS)
 
         import sentencepiece
@@ -348,11 +344,7 @@ def train_tokenizers(
     ```
     """
     check_choice("kind", kind, TOKENIZER_KINDS)
-    if not isinstance(joint, bool):
-        raise ValueError(
-            "Received an invalid value for argument joint, expected a bool. "
-            f"Received: joint={joint!r}"
-        )
+    joint = check_bool("joint", joint)
     for argument, texts in (
         ("source_texts", source_texts),
         ("target_texts", target_texts),

@@ -24,11 +24,11 @@ import collections
 import collections.abc
 import json
 import os
-import tempfile
 
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer.validation import check_file_destination, check_positive_int
+from keras_transformer import _files
+from keras_transformer.validation import check_bool, check_positive_int
 
 tf = import_tensorflow(__name__)
 
@@ -333,24 +333,15 @@ class Tokenizer(tf.Module):
     def save(self, path):
         """Writes the class name and config as UTF-8 JSON, atomically.
 
-        The file is written next to `path` and moved into place with
-        `os.replace`, so a crash never leaves a half-written vocabulary.
+        The file is written next to `path` and moved into place
+        (`keras_transformer._files`), so a crash never leaves a half-written
+        vocabulary.
         """
         path = os.fspath(path)
         payload = serialize_tokenizer(self)
-        directory = check_file_destination(path, "the tokenizer", "tokenizer.json")
-        handle, temporary_path = tempfile.mkstemp(
-            dir=directory, prefix=".tokenizer-", suffix=".json.tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(payload, file, ensure_ascii=False, indent=1)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary_path, path)
-        except BaseException:
-            os.unlink(temporary_path)
-            raise
+        _files.check_destination(path, "the tokenizer", "tokenizer.json")
+        with _files.atomic_write(path, "w", "the tokenizer") as file:
+            json.dump(payload, file, ensure_ascii=False, indent=1)
 
     @classmethod
     def load(cls, path):
@@ -449,12 +440,7 @@ class WordTokenizer(Tokenizer):
     """
 
     def __init__(self, vocabulary, lowercase=True, name=None):
-        if not isinstance(lowercase, bool):
-            raise ValueError(
-                "Received an invalid value for argument lowercase, expected a "
-                f"bool. Received: lowercase={lowercase!r}"
-            )
-        self.lowercase = lowercase
+        self.lowercase = check_bool("lowercase", lowercase)
         super().__init__(vocabulary, name=name)
 
     def _split(self, strings):

@@ -2,13 +2,15 @@
 
 import keras
 
-from keras_transformer import validation
+from keras_transformer import _compat, validation
 from keras_transformer.layers.attention import MultiHeadAttention
 from keras_transformer.layers.feed_forward import FeedForward
-from keras_transformer.layers.residual import Residual, deepnorm_initializer
+from keras_transformer.layers.residual import (
+    NORM_PLACEMENTS,
+    Residual,
+    deepnorm_initializer,
+)
 from keras_transformer.layers.stateless_dropout import draw_dropout_seed
-
-NORM_PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero")
 
 
 class TransformerBlockBase(keras.layers.Layer):
@@ -168,7 +170,7 @@ class TransformerBlockBase(keras.layers.Layer):
     def _residuals(self):
         return [
             layer
-            for layer in self._flatten_layers(include_self=False, recursive=False)
+            for layer in _compat.child_layers(self)
             if isinstance(layer, Residual)
         ]
 
@@ -202,7 +204,7 @@ class TransformerBlockBase(keras.layers.Layer):
 
     def _check_no_unseeded_dropout(self, residual, seeded):
         """Raises if a dropout without a seed (LoRA's) would be recomputed."""
-        for layer in residual._flatten_layers():
+        for layer in _compat.child_layers(residual, recursive=True):
             if (
                 isinstance(layer, keras.layers.Dropout)
                 and layer.rate > 0

@@ -11,7 +11,8 @@ import numbers
 
 import keras
 from keras import ops
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+from keras_transformer import _compat
 
 
 def known_length(dimension):
@@ -24,7 +25,7 @@ def known_length(dimension):
         The int, or None for an unknown (`None`), symbolic (JAX) or
         placeholder (any backend's shape inference) dimension.
     """
-    if in_symbolic_scope() or not isinstance(dimension, numbers.Integral):
+    if _compat.in_symbolic_scope() or not isinstance(dimension, numbers.Integral):
         return None
     return int(dimension)
 
@@ -43,7 +44,7 @@ def known_int(value):
     """
     if isinstance(value, numbers.Integral):
         return int(value)
-    if isinstance(value, keras.KerasTensor) or in_symbolic_scope():
+    if isinstance(value, keras.KerasTensor) or _compat.in_symbolic_scope():
         return None
     try:
         return int(ops.convert_to_numpy(value))

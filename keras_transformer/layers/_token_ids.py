@@ -22,8 +22,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-
+from keras_transformer import _compat
 from keras_transformer.layers import _static
 
 
@@ -71,7 +70,7 @@ def check_values(name, token_ids, vocabulary_size, layer_name=None):
         True when the values were known and checked, False when they live in
         a compiled graph (the caller then uses `graph_factor`).
     """
-    if isinstance(token_ids, keras.KerasTensor) or in_symbolic_scope():
+    if isinstance(token_ids, keras.KerasTensor) or _compat.in_symbolic_scope():
         return False
     try:
         values = np.asarray(ops.convert_to_numpy(token_ids))

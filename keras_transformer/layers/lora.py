@@ -18,14 +18,13 @@ import fnmatch
 import json
 import math
 import os
-import tempfile
 import zipfile
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_transformer import validation
+from keras_transformer import _compat, _files, validation
 from keras_transformer.layers.dropout import Dropout
 
 # A DoRA column norm below this counts as zero, so an all-zero base column
@@ -48,8 +47,8 @@ def _check_adapter_arguments(rank, alpha, lora_dropout, use_rslora, use_dora):
     """Validates adapter settings and returns them normalised as a dict."""
     rank = validation.check_positive_int("rank", rank)
     alpha = validation.check_positive_float("alpha", alpha, allow_none=True)
-    use_rslora = validation.check_choice("use_rslora", use_rslora, (False, True))
-    use_dora = validation.check_choice("use_dora", use_dora, (False, True))
+    use_rslora = validation.check_bool("use_rslora", use_rslora)
+    use_dora = validation.check_bool("use_dora", use_dora)
     return {
         "rank": rank,
         "alpha": float(rank) if alpha is None else alpha,
@@ -242,11 +241,8 @@ class LoRADense(keras.layers.Layer):
         self._adapter_settings = _check_adapter_arguments(
             rank, alpha, lora_dropout, use_rslora, use_dora
         )
-        self._tracker.unlock()
-        try:
+        with _compat.unlocked_tracker(self):
             self._create_adapter((None, self.kernel.shape[0]))
-        finally:
-            self._tracker.lock()
 
     def _create_adapter(self, input_shape):
         input_dim, units = self.kernel.shape
@@ -524,7 +520,7 @@ def _lora_dense_layers(model):
     visited = set()
 
     def visit(layer, prefix):
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in _compat.child_layers(layer):
             if id(child) in visited:
                 continue
             visited.add(id(child))
@@ -699,7 +695,7 @@ def save_lora_weights(model, filepath):
             f"Model '{model.name}' has no LoRA adapters to save. Call "
             "enable_lora(model, ...) first."
         )
-    folder = validation.check_file_destination(filepath, "LoRA weights", "adapters.npz")
+    _files.check_destination(filepath, "LoRA weights", "adapters.npz")
     arrays = {}
     for path, layer in adapted.items():
         for name, variable in layer._adapter_variables().items():
@@ -710,17 +706,8 @@ def save_lora_weights(model, filepath):
         "adapters": {path: layer._adapter_settings for path, layer in adapted.items()},
     }
     arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
-    handle, temp_path = tempfile.mkstemp(dir=folder, prefix=".lora-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, filepath)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
+    with _files.atomic_write(filepath, "wb", "LoRA weights") as file:
+        np.savez(file, **arrays)
 
 
 def _read_lora_file(filepath):

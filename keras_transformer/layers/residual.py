@@ -177,6 +177,8 @@ class Residual(keras.layers.Layer):
     - `"rezero"`: `x + a * drop(f(x))` with a trainable scalar `a`
       (`rezero_scale`) that starts at 0, so the block starts as the
       identity; it has no norm, so `norm_type` and `epsilon` are unused.
+      One scalar per `Residual`, so per sublayer: the ReZero paper and its
+      authors' code use one per layer (shared by its sublayers).
 
     With `"pre"` and `"sandwich"` the residual stream is never normalised;
     a stack of such blocks needs a final norm (see `needs_final_norm`).

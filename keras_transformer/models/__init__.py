@@ -2,13 +2,19 @@
 
 `Transformer` maps token ids to logits; `Translator` adds the tokenizers, the
 training recipe, decoding, saving and export. `Translator` needs TensorFlow
-(its tokenizers run in the graph): it is imported here when TensorFlow is
-installed, so that `keras.saving.load_model` finds the class after
-`import keras_transformer`, and raises an ImportError on use otherwise.
+(its tokenizers run in the graph), so it is imported on first use
+(`models.Translator`, `from keras_transformer.models import Translator`), and
+raises an ImportError saying what to install when TensorFlow is missing.
+Until then a stand-in is registered under the Translator's Keras name, so
+that `load_model` (and `keras.saving.load_model`) of a Translator's `.keras`
+file imports the class when it needs it.
 """
 
-import importlib.util
+import importlib
 
+import keras
+
+from keras_transformer import _tensorflow
 from keras_transformer.models.loading import load_model
 from keras_transformer.models.transformer import (
     PaddingMask,
@@ -23,16 +29,49 @@ from keras_transformer.models.transformer import (
     make_transformer_layers,
 )
 
+_TRANSLATOR_MODULE = "keras_transformer.models.translator"
+# The name `keras.saving.register_keras_serializable` gives the Translator.
+_TRANSLATOR_KERAS_NAME = "keras_transformer>Translator"
 
-if importlib.util.find_spec("tensorflow") is not None:
-    from keras_transformer.models.translator import Translator
-else:
 
-    def __getattr__(name):
-        if name == "Translator":
-            raise ImportError(
-                "keras_transformer.models.Translator needs TensorFlow (its "
-                "tokenizers and text pipeline run in TensorFlow graphs), which "
-                "is not installed: pip install 'tensorflow>=2.21,<2.22'"
-            )
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _translator_class():
+    try:
+        module = importlib.import_module(_TRANSLATOR_MODULE)
+    except ModuleNotFoundError as error:
+        if not _tensorflow.is_missing_tensorflow(error):
+            raise
+        raise ImportError(
+            "keras_transformer.models.Translator needs TensorFlow (its "
+            "tokenizers and text pipeline run in TensorFlow graphs), which is "
+            "not installed: pip install "
+            f"'{_tensorflow.TENSORFLOW_REQUIREMENT}'. Transformer and the "
+            "layers run on any Keras backend without it."
+        ) from error
+    return module.Translator
+
+
+class _TranslatorOnFirstLoad:
+    """Stands for the Translator in Keras' registry until it is imported.
+
+    Keras looks classes up by their registered name; importing the real
+    class registers it under that name, replacing this stand-in.
+    """
+
+    @classmethod
+    def from_config(cls, config):
+        return _translator_class().from_config(config)
+
+
+keras.saving.get_custom_objects().setdefault(
+    _TRANSLATOR_KERAS_NAME, _TranslatorOnFirstLoad
+)
+
+
+def __getattr__(name):
+    if name == "Translator":
+        return _translator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"Translator"})

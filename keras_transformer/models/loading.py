@@ -20,8 +20,28 @@ REQUIRED_MEMBERS = ("config.json", "model.weights.h5")
 def _corrupt(path, reason):
     return ValueError(
         f"Cannot load the .keras file {path!r}: {reason}. The file is left as "
-        "it is; save the model again (Translator.save writes atomically)."
+        "it is; save the model again (the library's model saves are atomic)."
     )
+
+
+def keras_path(filepath):
+    """The absolute path of a `.keras` file; `ValueError` for anything else.
+
+    Args:
+        filepath: str or path-like ending in `.keras`.
+    """
+    if not isinstance(filepath, (str, os.PathLike)):
+        raise ValueError(
+            "Received an invalid value for argument filepath, expected a path "
+            f"to a .keras file. Received: filepath={filepath!r}"
+        )
+    path = os.path.abspath(os.fspath(filepath))
+    if not path.endswith(".keras"):
+        raise ValueError(
+            "Received an invalid value for argument filepath, expected a path "
+            f"ending in .keras. Received: filepath={filepath!r}"
+        )
+    return path
 
 
 def check_keras_file(filepath):
@@ -37,17 +57,7 @@ def check_keras_file(filepath):
     Returns:
         The absolute path, as a str.
     """
-    if not isinstance(filepath, (str, os.PathLike)):
-        raise ValueError(
-            "Received an invalid value for argument filepath, expected a path "
-            f"to a .keras file. Received: filepath={filepath!r}"
-        )
-    path = os.path.abspath(os.fspath(filepath))
-    if not path.endswith(".keras"):
-        raise ValueError(
-            "Received an invalid value for argument filepath, expected a path "
-            f"ending in .keras. Received: filepath={filepath!r}"
-        )
+    path = keras_path(filepath)
     if os.path.isdir(path):
         raise _corrupt(path, "it is a folder, not a file")
     if not os.path.isfile(path):

@@ -10,16 +10,19 @@ disagree about the architecture.
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 import keras
 
+from keras_transformer import _files
 from keras_transformer import layers
 from keras_transformer import validation
 from keras_transformer.layers import _token_ids
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.feed_forward import GATED_ACTIVATIONS
 from keras_transformer.layers.residual import NORM_PLACEMENTS, NORM_TYPES
+from keras_transformer.models import loading
 
 POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
 
@@ -61,7 +64,10 @@ class TransformerConfig:
         attention_dropout: float. Defaults to `dropout`.
         feed_forward_dropout: float. Defaults to `dropout`.
         norm_placement: str. `"post"`, `"pre"`, `"sandwich"`, `"deepnorm"` or
-            `"rezero"`.
+            `"rezero"`. Unlike the ReZero paper (Bachlechner et al., 2020)
+            and its authors' code, which give each layer one scalar,
+            `"rezero"` here gives each residual sublayer its own (two per
+            encoder block, three per decoder block), each starting at 0.
         norm_type: str. `"layer_norm"` or `"rms_norm"`.
         layer_norm_epsilon: float. Epsilon of every normalisation.
         position_encoding: str. `"sinusoidal"`, `"learned"` (added to the
@@ -70,8 +76,12 @@ class TransformerConfig:
         max_source_length: int. Longest source the model accepts.
         max_target_length: int. Longest target (including BOS) the model
             accepts and decodes.
-        share_embeddings: bool. One embedding table for source and target
-            (needs equal vocabulary sizes).
+        share_embeddings: bool. One embedding layer for source and target
+            (needs equal vocabulary sizes). With `position_encoding="learned"`
+            it also shares the learned position table, sized for the longer
+            of `max_source_length` and `max_target_length` (the papers that
+            share embeddings use fixed sinusoidal positions, so they share
+            the token table only).
         tie_output_projection: bool. Logits from the target embedding matrix.
         padding_id: int. The padding token id.
         remat: bool. Recompute every block's activations in the backward pass
@@ -345,21 +355,26 @@ class PaddingMask(keras.layers.Layer):
         return {**super().get_config(), "padding_id": self.padding_id}
 
 
-def encode(parts, source_ids, training=None):
+def encode(transformer_layers, source_ids, training=None):
     """Source ids -> (encoder output, source padding mask)."""
-    source_mask = parts.padding_mask(source_ids)
-    hidden = parts.embedding_dropout(
-        parts.source_embedding(source_ids), training=training
+    source_mask = transformer_layers.padding_mask(source_ids)
+    hidden = transformer_layers.embedding_dropout(
+        transformer_layers.source_embedding(source_ids), training=training
     )
-    for block in parts.encoder_blocks:
+    for block in transformer_layers.encoder_blocks:
         hidden = block(hidden, padding_mask=source_mask, training=training)
-    if parts.encoder_norm is not None:
-        hidden = parts.encoder_norm(hidden)
+    if transformer_layers.encoder_norm is not None:
+        hidden = transformer_layers.encoder_norm(hidden)
     return hidden, source_mask
 
 
 def decode(
-    parts, target_ids, encoded, source_mask, training=None, return_attention_scores=False
+    transformer_layers,
+    target_ids,
+    encoded,
+    source_mask,
+    training=None,
+    return_attention_scores=False,
 ):
     """Target ids (BOS first) attending to the encoder -> next-token logits.
 
@@ -367,12 +382,12 @@ def decode(
     `scores[i]` is `{"self_attention": ..., "cross_attention": ...}` for
     decoder block `i`, each `(batch, num_heads, target_length, key_length)`.
     """
-    target_mask = parts.padding_mask(target_ids)
-    hidden = parts.embedding_dropout(
-        parts.target_embedding(target_ids), training=training
+    target_mask = transformer_layers.padding_mask(target_ids)
+    hidden = transformer_layers.embedding_dropout(
+        transformer_layers.target_embedding(target_ids), training=training
     )
     scores = []
-    for block in parts.decoder_blocks:
+    for block in transformer_layers.decoder_blocks:
         outputs = block(
             hidden,
             encoded,
@@ -388,34 +403,37 @@ def decode(
             )
         else:
             hidden = outputs
-    logits = _logits(parts, hidden)
+    logits = _logits(transformer_layers, hidden)
     return (logits, scores) if return_attention_scores else logits
 
 
-def initial_decoder_caches(parts, encoded, max_length):
+def initial_decoder_caches(transformer_layers, encoded, max_length):
     """Empty self-attention caches and filled cross-attention caches."""
     batch_size = keras.ops.shape(encoded)[0]
     self_caches = [
         block.initial_self_attention_cache(batch_size, max_length)
-        for block in parts.decoder_blocks
+        for block in transformer_layers.decoder_blocks
     ]
     cross_caches = [
-        block.compute_cross_attention_cache(encoded) for block in parts.decoder_blocks
+        block.compute_cross_attention_cache(encoded)
+        for block in transformer_layers.decoder_blocks
     ]
     return self_caches, cross_caches
 
 
-def decode_step(parts, target_ids, start_index, self_caches, cross_caches, source_mask):
+def decode_step(
+    transformer_layers, target_ids, start_index, self_caches, cross_caches, source_mask
+):
     """Incremental `decode`: the ids at `start_index...` given cached keys/values.
 
     Returns the logits for those positions and the updated self-attention
     caches. Shapes do not change from step to step, so a loop over this
     compiles once.
     """
-    hidden = parts.target_embedding(target_ids, start_index=start_index)
+    hidden = transformer_layers.target_embedding(target_ids, start_index=start_index)
     updated = []
     for block, self_cache, cross_cache in zip(
-        parts.decoder_blocks, self_caches, cross_caches
+        transformer_layers.decoder_blocks, self_caches, cross_caches
     ):
         hidden, self_cache, _ = block(
             hidden,
@@ -425,17 +443,17 @@ def decode_step(parts, target_ids, start_index, self_caches, cross_caches, sourc
             cross_attention_cache=cross_cache,
         )
         updated.append(self_cache)
-    return _logits(parts, hidden), updated
+    return _logits(transformer_layers, hidden), updated
 
 
-def _logits(parts, hidden):
-    if parts.decoder_norm is not None:
-        hidden = parts.decoder_norm(hidden)
-    if parts.output_projection is None:
-        logits = parts.target_embedding(hidden, reverse=True)
+def _logits(transformer_layers, hidden):
+    if transformer_layers.decoder_norm is not None:
+        hidden = transformer_layers.decoder_norm(hidden)
+    if transformer_layers.output_projection is None:
+        logits = transformer_layers.target_embedding(hidden, reverse=True)
     else:
-        logits = parts.output_projection(hidden)
-    return parts.logits(logits)
+        logits = transformer_layers.output_projection(hidden)
+    return transformer_layers.logits(logits)
 
 
 def _block_options(config, num_layers_key):
@@ -609,19 +627,20 @@ class Transformer(keras.Model):
                 "expected a TransformerLayers. Received: "
                 f"transformer_layers={transformer_layers!r}"
             )
-        parts = transformer_layers or make_transformer_layers(config, dtype)
+        if transformer_layers is None:
+            transformer_layers = make_transformer_layers(config, dtype)
 
         source_ids = keras.Input(shape=(None,), dtype="int32", name="source_ids")
         target_ids = keras.Input(shape=(None,), dtype="int32", name="target_ids")
-        encoded, source_mask = encode(parts, source_ids)
-        logits = decode(parts, target_ids, encoded, source_mask)
+        encoded, source_mask = encode(transformer_layers, source_ids)
+        logits = decode(transformer_layers, target_ids, encoded, source_mask)
         super().__init__(
             {"source_ids": source_ids, "target_ids": target_ids}, logits, **kwargs
         )
         # Set after the functional graph exists: Keras tracks layers through
         # it, and a dataclass attribute is not a layer collection to track.
         self.config = config
-        self.transformer_layers = parts
+        self.transformer_layers = transformer_layers
         self._layers_dtype = dtype
 
     def call(self, inputs, training=None, mask=None, **kwargs):
@@ -644,6 +663,39 @@ class Transformer(keras.Model):
     @property
     def max_target_length(self):
         return self.transformer_layers.max_target_length
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        """Saves to a `.keras` file atomically (a `Translator` with its
+        tokenizers).
+
+        The file is written beside `filepath` and renamed over it once
+        complete (the rule of `keras_transformer._files`), so a failure or a
+        kill mid-write leaves any previous file as it was; a temporary left
+        by a killed save is removed by the next save to `filepath`. A
+        missing or unwritable folder, or a folder at `filepath`, is refused
+        with a `ValueError` before anything is written. Load the file with
+        `keras_transformer.models.load_model(filepath)`, which names a
+        damaged file where `keras.saving.load_model` says "File not found".
+        (`keras.saving.save_model(model, filepath)` is Keras' own function
+        and writes in place, not atomically.)
+
+        Args:
+            filepath: str or path ending in `.keras`; its folder must exist.
+            overwrite: bool. Whether to replace an existing file; False
+                refuses one with a `ValueError` (Keras would prompt).
+            **kwargs: other `keras.Model.save` arguments.
+        """
+        path = loading.keras_path(filepath)
+        what = f"the {type(self).__name__}"
+        _files.check_destination(path, what, "model.keras")
+        validation.check_bool("overwrite", overwrite)
+        if os.path.exists(path) and not overwrite:
+            raise ValueError(
+                f"Cannot save to {filepath!r}: the file exists and "
+                "overwrite=False."
+            )
+        with _files.replacing(path, what, suffix=".keras") as temporary:
+            super().save(temporary, overwrite=True, **kwargs)
 
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}

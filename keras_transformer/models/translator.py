@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
@@ -28,13 +27,13 @@ import numpy as np
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
+from keras_transformer.recipes import TOKENIZERS
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 
 tf = import_tensorflow(__name__)
 
-TOKENIZERS = ("character", "word", "sentencepiece")
 # Texts decoded per call of the compiled decoding function.
 DEFAULT_TRANSLATE_BATCH_SIZE = 64
 # `compile(jit_compile="auto")` turns XLA on for a `fit` on texts with at
@@ -165,7 +164,7 @@ class Translator(Transformer):
         super().__init__(
             config=config, transformer_layers=transformer_layers, dtype=dtype, **kwargs
         )
-        export.check_tokenizers_fit(
+        pipeline.check_tokenizers_fit(
             self.transformer_layers, source_tokenizer, target_tokenizer
         )
         if self.padding_id != target_tokenizer.pad_id:
@@ -780,7 +779,7 @@ class Translator(Transformer):
             if jit_compile:
                 decode = tf.function(decode, jit_compile=True, autograph=False)
             function = tf.function(
-                export.text_decoder(
+                pipeline.text_decoder(
                     self,
                     self.source_tokenizer,
                     self.target_tokenizer,
@@ -862,50 +861,6 @@ class Translator(Transformer):
             "source_tokenizer": tokenizers.serialize_tokenizer(self.source_tokenizer),
             "target_tokenizer": tokenizers.serialize_tokenizer(self.target_tokenizer),
         }
-
-    def save(self, filepath, overwrite=True, **kwargs):
-        """Saves to a `.keras` file, tokenizers included, atomically.
-
-        The file is written beside `filepath` and renamed over it once
-        complete, so a failure or a kill mid-write leaves any previous file
-        as it was. `keras.saving.load_model(filepath)` returns a Translator
-        that translates identically.
-
-        Args:
-            filepath: str or path ending in `.keras`; its folder must exist.
-            overwrite: bool. Whether to replace an existing file.
-            **kwargs: other `keras.Model.save` arguments.
-        """
-        path = os.path.abspath(os.fspath(filepath))
-        if not path.endswith(".keras"):
-            raise ValueError(
-                "Received an invalid value for argument filepath, expected a "
-                f"path ending in .keras. Received: filepath={filepath!r}"
-            )
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            raise ValueError(
-                f"Cannot save to {filepath!r}: the folder {directory!r} does not "
-                "exist. Create it first."
-            )
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(
-                f"Cannot save to {filepath!r}: the file exists and "
-                "overwrite=False."
-            )
-        handle, temporary = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".keras"
-        )
-        os.close(handle)
-        try:
-            super().save(temporary, overwrite=True, **kwargs)
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
 
     def export(
         self,

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer import losses, models
+from keras_transformer import _files, losses, models
 
 
 # scripts/benchmarks/common.py -> the repository root.
@@ -600,7 +600,8 @@ def plot(path, draw):
     try:
         draw(pyplot)
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        with _files.atomic_write(path, "wb", "the plot") as file:
+            figure.savefig(file, format="png", dpi=100)
     finally:
         pyplot.close(figure)
     return os.path.basename(path)

@@ -5,13 +5,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import keras_transformer
+from keras_transformer import _files
 
 
 def machine_description():
@@ -166,18 +166,9 @@ def write(path, results, context):
     measured them, and so is its GPU section."""
     gpu_section = kept_gpu_section(path)
     earlier_sections, earlier_goals = kept_sections(path, results)
-    handle, temporary = tempfile.mkstemp(
-        dir=os.path.dirname(path) or ".", prefix=".benchmarks.", suffix=".md"
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as page:
-            page.write(render(results, context, earlier_goals) + "\n")
-            if earlier_sections:
-                page.write("\n" + earlier_sections)
-            if gpu_section:
-                page.write("\n" + gpu_section)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with _files.atomic_write(path) as page:
+        page.write(render(results, context, earlier_goals) + "\n")
+        if earlier_sections:
+            page.write("\n" + earlier_sections)
+        if gpu_section:
+            page.write("\n" + gpu_section)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_transformer import losses, models, schedules
-from tests.conftest import to_numpy
+from tests.conftest import save_then_fail_a_second_save, to_numpy
 
 SMALL = dict(
     source_vocabulary_size=30,
@@ -116,6 +116,27 @@ def test_a_reloaded_model_keeps_its_config_and_layers_as_attributes(tmp_path):
     assert len(parts.encoder_blocks) == 2 and len(parts.decoder_blocks) == 2
     assert parts.encoder_blocks[0] is reloaded.get_layer("encoder_block_0")
     np.testing.assert_allclose(predict(reloaded), predict(model), atol=1e-6)
+
+
+def test_a_failing_save_of_a_built_model_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = small_model()
+    path = save_then_fail_a_second_save(model, tmp_path, monkeypatch)
+    np.testing.assert_allclose(
+        predict(models.load_model(path)), predict(model), atol=1e-6
+    )
+
+
+def test_save_refuses_a_folder_a_wrong_suffix_and_overwrite_false(tmp_path):
+    model = small_model()
+    (tmp_path / "folder.keras").mkdir()
+    with pytest.raises(ValueError, match="it is a folder"):
+        model.save(str(tmp_path / "folder.keras"))
+    with pytest.raises(ValueError, match="path ending in .keras"):
+        model.save(str(tmp_path / "model.h5"))
+    (tmp_path / "kept.keras").write_bytes(b"kept")
+    with pytest.raises(ValueError, match="overwrite=False"):
+        model.save(str(tmp_path / "kept.keras"), overwrite=False)
+    assert (tmp_path / "kept.keras").read_bytes() == b"kept"
 
 
 def test_a_model_composed_from_its_layers_computes_the_same_logits(tmp_path):

@@ -18,7 +18,7 @@ from keras_transformer import schedules  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
 from keras_transformer.models import translator as translator_module  # noqa: E402
 from keras_transformer.models.translator import Translator  # noqa: E402
-from tests.conftest import run_python  # noqa: E402
+from tests.conftest import run_python, save_then_fail_a_second_save  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -396,23 +396,8 @@ def test_keras_file_round_trip_translates_identically_and_keeps_the_recipe(tmp_p
 
 
 def test_a_save_that_fails_mid_write_leaves_the_previous_file(tmp_path, monkeypatch):
-    translator = make_translator()
-    path = str(tmp_path / "model.keras")
-    translator.save(path)
-    before = open(path, "rb").read()
-
-    def failing(self, store):
-        raise OSError("disk full")
-
-    # Keras writes the config first, then each layer's variables.
-    monkeypatch.setattr(transformer.PaddingMask, "save_own_variables", failing)
-    with pytest.raises(OSError, match="disk full"):
-        translator.save(path)
-    monkeypatch.undo()
-
-    assert open(path, "rb").read() == before
-    assert os.listdir(tmp_path) == ["model.keras"]
-    assert isinstance(keras.saving.load_model(path), Translator)
+    path = save_then_fail_a_second_save(make_translator(), tmp_path, monkeypatch)
+    assert isinstance(models.load_model(path), Translator)
 
 
 KILLED_MID_SAVE = r"""
@@ -441,6 +426,11 @@ def test_a_save_killed_mid_write_leaves_the_previous_file_loadable(tmp_path):
     assert keras.saving.load_model(path).translate(["1 May"]) == translator.translate(
         ["1 May"]
     )
+    (leftover,) = [name for name in os.listdir(tmp_path) if name != "model.keras"]
+    assert leftover.startswith(".model.keras.tmp-") and leftover.endswith(".keras")
+
+    translator.save(path)
+    assert os.listdir(tmp_path) == ["model.keras"]
 
 
 def test_save_refuses_a_missing_folder_and_a_wrong_suffix(tmp_path, translator):
@@ -448,6 +438,40 @@ def test_save_refuses_a_missing_folder_and_a_wrong_suffix(tmp_path, translator):
         translator.save(str(tmp_path / "missing" / "model.keras"))
     with pytest.raises(ValueError, match="path ending in .keras"):
         translator.save(str(tmp_path / "model.h5"))
+
+
+@pytest.fixture
+def keras_writes(monkeypatch):
+    """Records every write Keras' own `Model.save` is asked for."""
+    calls = []
+    monkeypatch.setattr(keras.Model, "save", lambda self, *a, **k: calls.append(a))
+    return calls
+
+
+def test_save_onto_an_existing_folder_is_refused_before_writing(
+    tmp_path, translator, keras_writes
+):
+    (tmp_path / "model.keras").mkdir()
+    with pytest.raises(ValueError, match="it is a folder"):
+        translator.save(str(tmp_path / "model.keras"))
+    assert keras_writes == []
+    assert os.listdir(tmp_path) == ["model.keras"]
+
+
+def test_save_into_a_folder_that_cannot_be_written_is_refused_before_writing(
+    tmp_path, translator, keras_writes, monkeypatch
+):
+    from keras_transformer import _files
+
+    def read_only(**kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    # A read-only mount refuses the temporary even to root; chmod would not.
+    monkeypatch.setattr(_files.tempfile, "mkstemp", read_only)
+    with pytest.raises(ValueError, match="cannot be written .*Read-only"):
+        translator.save(str(tmp_path / "model.keras"))
+    assert keras_writes == []
+    assert os.listdir(tmp_path) == []
 
 
 SERVE_WITH_TENSORFLOW_ONLY = r"""
