@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 import typing
@@ -39,6 +40,7 @@ import tensorflow as tf  # noqa: E402
 from keras_transformer import callbacks, data, distribute  # noqa: E402
 from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
+from keras_transformer.models import translator as translator_module  # noqa: E402
 
 # The default run must reach this held-out exact match on the date task.
 DATE_TASK_TARGET = 0.99
@@ -68,7 +70,7 @@ def add_config_flags(parser):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     corpus = parser.add_argument_group("data (the date task unless a corpus is given)")
     corpus.add_argument("--tsv", help="training pairs, 'source<TAB>target' a line")
     corpus.add_argument("--source", help="training sources, one per line")
@@ -142,7 +144,94 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')}: no such file: {path}")
     args.recipe = recipes.CORPUS if args.corpus else recipes.DATE_TASK
     args.name = args.name or ("translator" if args.corpus else "dates")
+    check_arguments(parser, args)
     return args
+
+
+# Recipe fields that are flags of the same name.
+RECIPE_FLAGS = ("tokenizer", "vocabulary_size", "joint_vocabulary", "learning_rate",
+                "warmup_steps", "label_smoothing", "epochs", "batch_size",
+                "beam_size", "length_penalty")  # fmt: skip
+
+
+def flag_message(parser, error):
+    """The library's `ValueError` as `--flag: expected ..., received ...`
+    for the flag of the argument it names; None when it names no flag."""
+    message = str(error)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    match = re.match(
+        r"Received an invalid value for argument (\w+), expected (.*?)\. "
+        r"Received: \1=(.*?)(?:\. (.*))?$",
+        message,
+        re.DOTALL,
+    )
+    if match:
+        name, expected, received, hint = match.groups()
+        message = f"expected {expected}, received {received}" + (
+            f". {hint}" if hint else ""
+        )
+        names = [name]
+    else:
+        names = re.findall(r"(\w+)=", message)
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        if flag in flags:
+            return f"{flag}: {message}"
+    return None
+
+
+def flag_error(parser, error):
+    """Exits argparse-style (status 2, one line) with the library's error."""
+    parser.error(flag_message(parser, error) or str(error))
+
+
+def check_arguments(parser, args):
+    """Refuses bad flags and unreadable corpora before anything is trained,
+    argparse-style: the recipe the flags make is built and the files read."""
+    overrides = {name: getattr(args, name) for name in RECIPE_FLAGS
+                 if getattr(args, name, None) is not None}  # fmt: skip
+    model = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(TransformerConfig)
+        if getattr(args, field.name, None) is not None
+    }
+    tokenizer = overrides.get("tokenizer", args.recipe.tokenizer)
+    try:
+        dataclasses.replace(
+            args.recipe,
+            **overrides,
+            model={**args.recipe.model, **model},
+            # The recipe's tokenizer options fit the recipe's tokenizer only.
+            tokenizer_options=(
+                args.recipe.tokenizer_options if tokenizer == args.recipe.tokenizer else {}
+            ),
+        )
+    except ValueError as error:
+        flag_error(parser, error)
+    for flag in ("checkpoint_dir", "output_dir", "log_dir"):
+        path = getattr(args, flag)
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            parser.error(
+                f"--{flag.replace('_', '-')}: {path} is a file; expected a folder "
+                "(created when missing)"
+            )
+    if args.num_examples < 0:
+        parser.error(f"--num-examples: expected 0 or more, received {args.num_examples}")
+    corpora = [("--tsv", args.tsv, None), ("--valid-tsv", args.valid_tsv, None),
+               ("--source/--target", args.source, args.target),
+               ("--valid-source/--valid-target", args.valid_source, args.valid_target)]  # fmt: skip
+    for flags, path, target_path in corpora:
+        if path is None:
+            continue
+        try:
+            if target_path is None:
+                sources, _ = data.read_tsv(path)
+            else:
+                sources, _ = data.read_parallel_files(path, target_path)
+        except ValueError as error:
+            parser.error(f"{flags}: {error}")
+        if not any(sources):
+            parser.error(f"{flags}: {path} holds no {'pairs' if target_path is None else 'text'}")
 
 
 def recipe_value(args, name):
@@ -280,6 +369,13 @@ def main(argv=None):
         distribute.finish(strategy)
     except distribute.WorkerLostError as error:
         raise SystemExit(f"error: {error}") from None
+    except ValueError as error:
+        # A flag's value refused only once the data is read (a warm-up
+        # longer than the whole run): answered like any bad flag.
+        parser = build_parser()
+        if flag_message(parser, error) is None:
+            raise
+        flag_error(parser, error)
     return code
 
 
