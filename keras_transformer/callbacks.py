@@ -8,6 +8,7 @@ mean when training ends, as fairseq's `average_checkpoints.py` does with
 saved files; `average_weights` is that mean.
 """
 
+import collections.abc
 import time
 
 import keras
@@ -74,8 +75,10 @@ class BleuEvaluation(keras.callbacks.Callback):
                 f"Received: decode_fn={decode_fn!r}"
             )
         for argument, texts in (("sources", sources), ("references", references)):
-            if isinstance(texts, (str, bytes)) or not all(
-                isinstance(text, str) for text in texts
+            if (
+                isinstance(texts, (str, bytes))
+                or not isinstance(texts, collections.abc.Iterable)
+                or not all(isinstance(text, str) for text in texts)
             ):
                 raise ValueError(
                     f"Received an invalid value for argument {argument}, "

@@ -36,10 +36,11 @@ import types
 import typing
 
 from keras_transformer import validation
+from keras_transformer.models import translator
 
-# The tokenizer kinds `Translator.from_texts` trains, and a Recipe or
-# `scripts/train.py --tokenizer` may name: defined once, here.
-TOKENIZERS = ("character", "word", "sentencepiece")
+# The tokenizer kinds a Recipe or `scripts/train.py --tokenizer` may name:
+# those `Translator.from_texts` trains.
+TOKENIZERS = translator.TOKENIZERS
 # Length buckets of `Recipe.bucket_boundaries`, at most: one XLA program each.
 MAX_BUCKETS = 8
 
@@ -54,7 +55,9 @@ class Recipe:
             None leaves character and word vocabularies uncapped.
         joint_vocabulary: bool. One tokenizer and embedding for both sides.
         model: mapping of `TransformerConfig` fields (not the vocabulary
-            sizes, which come from the tokenizers).
+            sizes or `padding_id`, which come from the tokenizers). Checked
+            when the recipe is made, as a `TransformerConfig` with
+            placeholder vocabulary sizes; so are the tokenizer settings.
         learning_rate: float or None. Peak Adam learning rate; None takes
             `schedules.default_learning_rate` of the model's width.
         warmup_steps: int or None. Linear warm-up steps; None warms up for
@@ -100,15 +103,18 @@ class Recipe:
     length_penalty: float = 0.6
 
     def __post_init__(self):
+        # Checked now against what `from_texts` will do with them, so a bad
+        # recipe fails where it is written, not after the corpus is read.
+        translator.check_tokenizer_arguments(
+            self.tokenizer, self.vocabulary_size, self.tokenizer_options
+        )
+        validation.check_bool("joint_vocabulary", self.joint_vocabulary)
+        translator.check_model_fields(self.model)
         # Frozen mappings, so a shared recipe cannot be changed in place.
         for field in ("model", "tokenizer_options"):
             object.__setattr__(
                 self, field, types.MappingProxyType(dict(getattr(self, field)))
             )
-        validation.check_choice("tokenizer", self.tokenizer, TOKENIZERS)
-        validation.check_positive_int(
-            "vocabulary_size", self.vocabulary_size, allow_none=True
-        )
         validation.check_positive_float(
             "learning_rate", self.learning_rate, allow_none=True
         )
@@ -184,6 +190,12 @@ class Recipe:
         """
         from keras_transformer import callbacks
 
+        if (valid_sources is None) != (valid_targets is None):
+            raise ValueError(
+                "valid_sources and valid_targets go together: pass both "
+                "(held-out texts and their references) or neither. Received: "
+                f"{'valid_targets' if valid_targets is None else 'valid_sources'}=None"
+            )
         result = []
         if self.bleu_every_n_epochs and valid_sources:
             result.append(

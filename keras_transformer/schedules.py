@@ -172,17 +172,17 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         step reads, so a new run needs no new trace (nor XLA compilation).
 
         Raises:
-            ValueError: if a fixed `warmup_steps` is not shorter than the run.
+            ValueError: if a fixed `warmup_steps` is longer than the run.
         """
         total_steps = check_positive_int("total_steps", total_steps)
         first_step = check_non_negative_int("first_step", first_step)
-        if self.warmup_steps is not None and self.warmup_steps >= total_steps:
+        if self.warmup_steps is not None and self.warmup_steps > total_steps:
             raise ValueError(
-                f"Received warmup_steps={self.warmup_steps} for a run of "
-                f"total_steps={total_steps}: the warm-up must be shorter than "
-                "the run, or the rate never reaches its peak and never "
-                "decays. Pass fewer warmup_steps, or warmup_steps=None for "
-                f"{self.warmup_fraction:g} of the run."
+                "Received an invalid value for argument warmup_steps, expected "
+                f"at most total_steps={total_steps} (the warm-up is part of the "
+                f"run; it is never shortened). Received: warmup_steps="
+                f"{self.warmup_steps}. Pass a shorter warm-up, a longer run, or "
+                f"warmup_steps=None for {self.warmup_fraction:g} of the run."
             )
         self.total_steps = total_steps
         self.first_step = first_step

@@ -4,6 +4,7 @@ Messages follow Keras core: they name the argument, say what was expected and
 show what was received, so a user can fix the call without reading our code.
 """
 
+import difflib
 import numbers
 
 
@@ -124,6 +125,27 @@ def check_divisible(name, value, divisor_name, divisor):
             f"multiple of {divisor_name}={divisor}. Received: {name}={value}"
         )
     return value
+
+
+def check_known_names(what, names, known):
+    """Raises `ValueError` for a name of `names` that is not in `known`,
+    listing `known` and suggesting the closest one (a misspelling).
+
+    Args:
+        what: str, what the names are, e.g. "TransformerConfig field".
+        names: iterable of str, the names received.
+        known: iterable of str, the valid names.
+    """
+    known = sorted(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Received an unknown {what} {name!r}.{hint} Expected one of "
+            f"{', '.join(known)}. Received: {', '.join(map(repr, unknown))}"
+        )
 
 
 def check_required_keys(name, record, required):

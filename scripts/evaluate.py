@@ -27,7 +27,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_transformer import _files, evaluation, recipes  # noqa: E402
+from keras_transformer import _files, evaluation, recipes, validation  # noqa: E402
 
 # Published results on the same test set, text only (issue 10); their BLEU
 # is tokenized, so it is not directly comparable with sacreBLEU.
@@ -53,7 +53,7 @@ DEFAULT_PLOT = "docs/quality_bleu.png"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help=".keras file or SavedModel")
     parser.add_argument("--source", required=True, help="test sources, one a line")
     parser.add_argument("--target", required=True, help="test references")
@@ -66,7 +66,7 @@ def build_parser():
     parser.add_argument("--name", help="run name (default: the record's, or the model's)")
     parser.add_argument(
         "--beam-size",
-        type=int,
+        type=positive_int,
         default=recipes.CORPUS.beam_size,
         help="beams for a .keras model (default %(default)s)",
     )
@@ -80,6 +80,54 @@ def build_parser():
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="(default %(default)s)")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help="(default %(default)s)")
     return parser
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def read_json(parser, flag, path, kind):
+    """The JSON value of `path` when it is a `kind`, else an argparse error."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        parser.error(f"{flag}: cannot read {path} as JSON: {error}")
+    if not isinstance(value, kind):
+        names = {dict: "an object", list: "a list"}
+        parser.error(
+            f"{flag}: {path} holds {names.get(type(value), type(value).__name__)}, "
+            f"expected a JSON {names[kind].split()[1]}"
+        )
+    return value
+
+
+def check_arguments(parser, args):
+    """Refuses bad flags and unreadable files argparse-style, before the
+    model is loaded (`--model` is checked as it loads); returns (run record,
+    sources, references, earlier runs)."""
+    try:
+        validation.check_non_negative_float("length_penalty", args.length_penalty)
+    except ValueError as error:
+        parser.error(f"--length-penalty: {error}")
+    record = read_json(parser, "--run-record", args.run_record, dict) if args.run_record else {}
+    from keras_transformer.data import read_parallel_files
+
+    try:
+        sources, references = read_parallel_files(args.source, args.target)
+    except ValueError as error:
+        parser.error(f"--source/--target: {error}")
+    if not sources:
+        parser.error(f"--source/--target: {args.source} holds no test sentence")
+    runs = []
+    if os.path.exists(args.results):
+        runs = read_json(parser, "--results", args.results, list)
+        if not all(isinstance(run, dict) and "name" in run for run in runs):
+            parser.error(f"--results: {args.results} is not a list of runs written by this script")
+    return record, sources, references, runs
 
 
 def load_translate(path, beam_size, length_penalty):
@@ -101,7 +149,13 @@ def load_translate(path, beam_size, length_penalty):
 
     from keras_transformer import models
 
+    # The library's loader: a damaged file is named, not "File not found".
     translator = models.load_model(path)
+    if not hasattr(translator, "translate"):
+        raise ValueError(
+            f"{path!r} holds a {type(translator).__name__}, not a Translator: "
+            "there are no tokenizers to translate text with."
+        )
 
     def translate(texts, beam):
         if not beam:
@@ -236,20 +290,18 @@ def plot(runs, path):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    record = {}
-    if args.run_record:
-        with open(args.run_record, encoding="utf-8") as file:
-            record = json.load(file)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    record, sources, references, runs = check_arguments(parser, args)
     name = args.name or record.get("name") or os.path.basename(
         os.path.normpath(args.model)
     ).removesuffix(".keras")
-    from keras_transformer.data import read_parallel_files
-
-    sources, references = read_parallel_files(args.source, args.target)
-    translate, parameters, beam_size = load_translate(
-        args.model, args.beam_size, args.length_penalty
-    )
+    try:
+        translate, parameters, beam_size = load_translate(
+            args.model, args.beam_size, args.length_penalty
+        )
+    except ValueError as error:
+        parser.error(f"--model: {error}")
     test = {}
     for decoding, beam in (("greedy", None), ("beam", beam_size)):
         hypotheses = translate(sources, beam)
@@ -270,11 +322,7 @@ def main(argv=None):
         "record": record,
         "evaluated": datetime.date.today().isoformat(),
     }
-    runs = []
-    if os.path.exists(args.results):
-        with open(args.results, encoding="utf-8") as file:
-            runs = [old for old in json.load(file) if old["name"] != name]
-    runs = portable(runs + [run])
+    runs = portable([old for old in runs if old["name"] != name] + [run])
     write_atomically(
         args.results,
         lambda file: file.write(json.dumps(runs, indent=1).encode("utf-8")),

@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser():
+    parser = argparse.ArgumentParser(prog="serve.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", help="folder written by export_translator")
     parser.add_argument(
         "texts", nargs="*", help="texts to translate; default: lines of stdin"
@@ -33,6 +33,16 @@ def parse_args(argv):
     parser.add_argument(
         "--batch_size", type=int, default=64, help="texts per call (default 64)"
     )
+    return parser
+
+
+def error(message):
+    """Exits argparse-style: one line `serve.py: error: ...`, status 2."""
+    build_parser().error(message)
+
+
+def parse_args(argv):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
@@ -40,13 +50,28 @@ def parse_args(argv):
 
 
 def load(export_dir):
+    if not os.path.isdir(export_dir):
+        error(f"export_dir: no such folder: {export_dir}")
     if not tf.saved_model.contains_saved_model(export_dir):
-        raise SystemExit(f"error: {export_dir!r} is not a SavedModel folder.")
-    translator = tf.saved_model.load(export_dir)
+        # Translator.export writes version folders: name the newest.
+        versions = sorted(
+            (int(name) for name in os.listdir(export_dir) if name.isdigit()), reverse=True
+        )
+        hint = (
+            f"; it holds versions {', '.join(map(str, versions))}: pass "
+            f"{os.path.join(export_dir, str(versions[0]))}"
+            if versions
+            else ""
+        )
+        error(f"export_dir: {export_dir!r} is not a SavedModel folder{hint}")
+    try:
+        translator = tf.saved_model.load(export_dir)
+    except (OSError, ValueError, tf.errors.OpError) as failure:
+        error(f"export_dir: cannot load the SavedModel at {export_dir!r}: {failure}")
     if not hasattr(translator, "translate"):
-        raise SystemExit(
-            f"error: the SavedModel at {export_dir!r} has no translate endpoint; "
-            "write it with keras_transformer.export.export_translator."
+        error(
+            f"export_dir: the SavedModel at {export_dir!r} has no translate "
+            "endpoint; write it with keras_transformer.export.export_translator"
         )
     return translator
 
@@ -73,8 +98,8 @@ def main(argv=None):
         batch = tf.constant(texts[start : start + args.batch_size], dtype=tf.string)
         try:
             translations = translate(batch).numpy()
-        except tf.errors.InvalidArgumentError as error:
-            raise SystemExit(f"error: {failed_check(error.message)}") from None
+        except tf.errors.InvalidArgumentError as failure:
+            error(failed_check(failure.message))
         for translation in translations:
             print(translation.decode("utf-8", "replace"), flush=True)
 

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 import typing
@@ -70,7 +71,7 @@ def add_config_flags(parser):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     corpus = parser.add_argument_group("data (the date task unless a corpus is given)")
     corpus.add_argument("--tsv", help="training pairs, 'source<TAB>target' a line")
     corpus.add_argument("--source", help="training sources, one per line")
@@ -146,7 +147,94 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')}: no such file: {path}")
     args.recipe = recipes.CORPUS if args.corpus else recipes.DATE_TASK
     args.name = args.name or ("translator" if args.corpus else "dates")
+    check_arguments(parser, args)
     return args
+
+
+# Recipe fields that are flags of the same name.
+RECIPE_FLAGS = ("tokenizer", "vocabulary_size", "joint_vocabulary", "learning_rate",
+                "warmup_steps", "label_smoothing", "epochs", "batch_size",
+                "beam_size", "length_penalty")  # fmt: skip
+
+
+def flag_message(parser, error):
+    """The library's `ValueError` as `--flag: expected ..., received ...`
+    for the flag of the argument it names; None when it names no flag."""
+    message = str(error)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    match = re.match(
+        r"Received an invalid value for argument (\w+), expected (.*?)\. "
+        r"Received: \1=(.*?)(?:\. (.*))?$",
+        message,
+        re.DOTALL,
+    )
+    if match:
+        name, expected, received, hint = match.groups()
+        message = f"expected {expected}, received {received}" + (
+            f". {hint}" if hint else ""
+        )
+        names = [name]
+    else:
+        names = re.findall(r"(\w+)=", message)
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        if flag in flags:
+            return f"{flag}: {message}"
+    return None
+
+
+def flag_error(parser, error):
+    """Exits argparse-style (status 2, one line) with the library's error."""
+    parser.error(flag_message(parser, error) or str(error))
+
+
+def check_arguments(parser, args):
+    """Refuses bad flags and unreadable corpora before anything is trained,
+    argparse-style: the recipe the flags make is built and the files read."""
+    overrides = {name: getattr(args, name) for name in RECIPE_FLAGS
+                 if getattr(args, name, None) is not None}  # fmt: skip
+    model = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(TransformerConfig)
+        if getattr(args, field.name, None) is not None
+    }
+    tokenizer = overrides.get("tokenizer", args.recipe.tokenizer)
+    try:
+        dataclasses.replace(
+            args.recipe,
+            **overrides,
+            model={**args.recipe.model, **model},
+            # The recipe's tokenizer options fit the recipe's tokenizer only.
+            tokenizer_options=(
+                args.recipe.tokenizer_options if tokenizer == args.recipe.tokenizer else {}
+            ),
+        )
+    except ValueError as error:
+        flag_error(parser, error)
+    for flag in ("checkpoint_dir", "output_dir", "log_dir"):
+        path = getattr(args, flag)
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            parser.error(
+                f"--{flag.replace('_', '-')}: {path} is a file; expected a folder "
+                "(created when missing)"
+            )
+    if args.num_examples < 0:
+        parser.error(f"--num-examples: expected 0 or more, received {args.num_examples}")
+    corpora = [("--tsv", args.tsv, None), ("--valid-tsv", args.valid_tsv, None),
+               ("--source/--target", args.source, args.target),
+               ("--valid-source/--valid-target", args.valid_source, args.valid_target)]  # fmt: skip
+    for flags, path, target_path in corpora:
+        if path is None:
+            continue
+        try:
+            if target_path is None:
+                sources, _ = data.read_tsv(path)
+            else:
+                sources, _ = data.read_parallel_files(path, target_path)
+        except ValueError as error:
+            parser.error(f"{flags}: {error}")
+        if not any(sources):
+            parser.error(f"{flags}: {path} holds no {'pairs' if target_path is None else 'text'}")
 
 
 def recipe_value(args, name):
@@ -221,12 +309,23 @@ def make_translator(args, train_sources, train_targets, strategy):
             name=args.name,
             **{**args.recipe.model, **config},
         )
-        # fit fits the schedule to the run (warm-up, decay to 0 at its last
-        # step) and, with jit_compile="auto", turns XLA on when it pays.
+        # Length buckets end in partial batches: count them, so the learning
+        # rate reaches 0 exactly at the last step (and a warm-up longer than
+        # the run is refused before training).
+        steps_per_epoch = len(
+            translator.make_dataset(
+                train_sources,
+                train_targets,
+                shuffle=False,
+                **{**batching(args, translator), "static_shapes": False},
+            )
+        )
+        # With jit_compile="auto", fit turns XLA on when the run repays it.
         jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
         translator.compile(
             learning_rate=recipe_value(args, "learning_rate"),
             warmup_steps=recipe_value(args, "warmup_steps"),
+            total_steps=recipe_value(args, "epochs") * steps_per_epoch,
             label_smoothing=recipe_value(args, "label_smoothing"),
             jit_compile=jit if distribute.jit_compile_works(strategy) else False,
         )
@@ -279,6 +378,13 @@ def main(argv=None):
         distribute.finish(strategy)
     except distribute.WorkerLostError as error:
         raise SystemExit(f"error: {error}") from None
+    except ValueError as error:
+        # A flag's value refused only once the data is read (a warm-up
+        # longer than the whole run): answered like any bad flag.
+        parser = build_parser()
+        if flag_message(parser, error) is None:
+            raise
+        flag_error(parser, error)
     return code
 
 

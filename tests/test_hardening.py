@@ -7,6 +7,7 @@ The parametrized tables are the library's own bad-input battery; the
 `hypothesis` tests at the end draw further arguments, shapes and ids.
 """
 
+import dataclasses
 import io
 import json
 import re
@@ -668,3 +669,120 @@ def test_rotary_attention_refuses_an_odd_key_dim_at_construction(key_dim):
     refused(
         lambda: layers.MultiHeadAttention(2, key_dim, use_rotary=True), "key_dim"
     )
+
+
+# --- Second round: the Translator, recipes and adapters ---------------------
+
+
+@FAST
+@hypothesis.given(
+    hidden_dim=st.integers(1, 48),
+    num_heads=st.integers(1, 6),
+    dropout=st.floats(-0.5, 1.5),
+)
+def test_a_recipe_refuses_exactly_the_model_fields_a_config_refuses(
+    hidden_dim, num_heads, dropout
+):
+    from keras_transformer import recipes
+
+    model = dict(hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout)
+    try:
+        models.TransformerConfig(**VOCAB, **model)
+    except ValueError as error:
+        with pytest.raises(ValueError) as info:
+            dataclasses.replace(recipes.DATE_TASK, model=model)
+        assert str(info.value) == str(error)
+    else:
+        assert dict(dataclasses.replace(recipes.DATE_TASK, model=model).model) == model
+
+
+CONFIG_FIELDS = [field.name for field in dataclasses.fields(models.TransformerConfig)]
+
+
+@FAST
+@hypothesis.given(field=st.sampled_from(CONFIG_FIELDS), data=st.data())
+def test_a_config_field_with_one_letter_dropped_is_refused_suggesting_it(field, data):
+    cut = data.draw(st.integers(0, len(field) - 1))
+    misspelt = field[:cut] + field[cut + 1 :]
+    hypothesis.assume(misspelt not in CONFIG_FIELDS)
+    error = refused(lambda: models.TransformerConfig(**VOCAB, **{misspelt: 1}), misspelt)
+    assert f"Did you mean {field!r}?" in str(error)
+    assert "Expected one of " + ", ".join(sorted(CONFIG_FIELDS)) in str(error)
+
+
+@FAST
+@hypothesis.given(
+    shape=st.lists(st.integers(0, 3), min_size=1, max_size=3),
+    method=st.sampled_from(["greedy", "beam"]),
+)
+def test_generate_refuses_any_shape_but_a_matrix_and_decodes_any_matrix(
+    tiny_translator, shape, method
+):
+    ids = np.full(shape, 4, "int32")
+    if len(shape) != 2:
+        refused(lambda: tiny_translator.generate(ids, method=method), "source_ids")
+        return
+    result = tiny_translator.generate(ids, method=method, max_length=3)
+    assert result.shape == (shape[0], 3)
+
+
+@FAST
+@hypothesis.given(
+    units=st.integers(1, 6), input_dim=st.integers(1, 6), rank=st.integers(1, 8)
+)
+def test_a_lora_rank_is_refused_exactly_when_it_exceeds_the_kernels(
+    units, input_dim, rank
+):
+    layer = layers.LoRADense(units, rank=rank)
+    if rank > min(units, input_dim):
+        refused(lambda: layer.build((None, input_dim)), f"rank={rank}")
+    else:
+        layer.build((None, input_dim))
+        assert layer.lora_kernel_a.shape == (input_dim, rank)
+
+
+@FAST
+@hypothesis.given(query_batch=st.integers(0, 3), value_batch=st.integers(0, 3))
+def test_attention_refuses_mismatched_batches_and_attends_any_equal_ones(
+    query_batch, value_batch
+):
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    query = np.ones((query_batch, 3, 8), "float32")
+    value = np.ones((value_batch, 2, 8), "float32")
+    if query_batch != value_batch:
+        refused(lambda: attention(query, value), "same batch size")
+    else:
+        output = np.asarray(attention(query, value))
+        assert output.shape == (query_batch, 3, 8) and np.isfinite(output).all()
+
+
+@FAST
+@hypothesis.given(
+    epochs=st.one_of(
+        st.integers(max_value=0), st.floats(allow_nan=True), st.none(), st.text(max_size=3)
+    )
+)
+def test_fit_refuses_any_epochs_but_a_positive_integer(tiny_translator, epochs):
+    refused(
+        lambda: tiny_translator.fit(["5 May"], ["2020-05-05"], epochs=epochs, verbose=0),
+        "argument epochs",
+    )
+
+
+@FAST
+@hypothesis.given(warmup_steps=st.integers(0, 50), total_steps=st.integers(1, 50))
+def test_compile_refuses_a_warm_up_past_the_run_and_peaks_at_its_end_otherwise(
+    tiny_translator, warmup_steps, total_steps
+):
+    if warmup_steps > total_steps:
+        refused(
+            lambda: tiny_translator.compile(warmup_steps=warmup_steps, total_steps=total_steps),
+            f"total_steps={total_steps}",
+        )
+        return
+    tiny_translator.compile(learning_rate=1e-2, warmup_steps=warmup_steps, total_steps=total_steps)
+    schedule = keras.saving.deserialize_keras_object(
+        tiny_translator.optimizer.get_config()["learning_rate"]
+    )
+    # The warm-up is kept as given: the peak rate is reached at its last step.
+    assert float(schedule(warmup_steps)) == pytest.approx(1e-2, rel=1e-5)

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -109,3 +110,58 @@ def test_recipes_are_frozen_down_to_their_mappings():
 def test_bad_recipe_values_are_refused_naming_the_field(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(recipes.CORPUS, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model": {"hidden_dim": 30, "num_heads": 4}}, "expected a multiple of num_heads=4. Received: hidden_dim=30"),
+        ({"model": {"hidden_size": 128}}, "unknown TransformerConfig field 'hidden_size'. Did you mean 'hidden_dim'?"),
+        ({"model": {"num_layers": 2}}, "Expected one of activation"),
+        ({"model": {"dropout": 1.0}}, "argument dropout"),
+        ({"model": {"activation": "relux"}}, "argument activation"),
+        ({"model": {"position_encoding": "rotary", "hidden_dim": 12, "num_heads": 4}}, "to be even"),
+        ({"model": {"num_key_value_heads": 3}}, "multiple of num_key_value_heads=3"),
+        ({"model": {"share_embeddings": "yes"}}, "argument share_embeddings"),
+        ({"model": {"source_vocabulary_size": 100}}, "from_texts takes the vocabulary sizes"),
+        ({"model": {"padding_id": 0}}, "padding_id=0: from_texts takes"),
+        ({"model": [("hidden_dim", 64)]}, "expected a dict of TransformerConfig fields"),
+        ({"joint_vocabulary": "yes"}, "argument joint_vocabulary"),
+        ({"joint_vocabulary": 1}, "argument joint_vocabulary"),
+        ({"joint_vocabulary": None}, "argument joint_vocabulary"),
+        ({"vocabulary_size": None}, "SentencePiece model has a fixed number of pieces"),
+        ({"vocabulary_size": 4}, "more than the 4 special tokens"),
+        ({"tokenizer_options": {"model_type": "word"}}, "argument model_type, expected one of 'unigram', 'bpe'"),
+        ({"tokenizer_options": {"model_typ": "bpe"}}, "Did you mean 'model_type'?"),
+        ({"tokenizer_options": {"character_coverage": 1.5}}, "argument character_coverage"),
+        ({"tokenizer_options": {"byte_fallback": "no"}}, "argument byte_fallback"),
+        ({"tokenizer_options": {"normalization": "nfd"}}, "argument normalization"),
+        ({"tokenizer_options": {"lowercase": True}}, "unknown SentencePieceTokenizer.from_texts option 'lowercase'"),
+        ({"tokenizer_options": {"vocabulary_size": 10}}, "Pass vocabulary_size= instead"),
+        ({"tokenizer_options": "unigram"}, "argument tokenizer_options"),
+        ({"tokenizer": "word", "tokenizer_options": {"model_type": "bpe"}}, "unknown WordTokenizer.from_texts option 'model_type'"),
+        ({"tokenizer": "character", "tokenizer_options": {"min_frequency": 0}}, "argument min_frequency"),
+        ({"tokenizer": "word", "tokenizer_options": {"lowercase": "yes"}}, "argument lowercase"),
+    ],
+)  # fmt: skip
+def test_a_recipe_is_checked_against_the_config_and_tokenizer_when_made(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(recipes.CORPUS, **changes)
+
+
+def test_a_recipe_check_accepts_what_from_texts_accepts():
+    recipe = dataclasses.replace(
+        recipes.DATE_TASK,
+        tokenizer="word",
+        tokenizer_options={"lowercase": False, "min_frequency": 2},
+        model={**recipes.DATE_TASK.model, "position_encoding": "rotary"},
+    )
+    assert recipe.tokenizer_options["lowercase"] is False
+
+
+@pytest.mark.parametrize(
+    "sources, targets", [(["a"], None), (None, ["a"])]
+)
+def test_callbacks_refuse_held_out_sources_without_references(sources, targets):
+    with pytest.raises(ValueError, match="valid_sources and valid_targets go together"):
+        recipes.CORPUS.callbacks(lambda texts: texts, sources, targets)

@@ -187,9 +187,14 @@ def _drop_unusable(sources, targets, max_source_length, max_target_length):
             "; ".join(reasons),
         )
     if not keep.any():
+        fixes = []
+        if long_source.any() or long_target.any():
+            fixes.append("raise max_source_length / max_target_length")
+        if empty.any():
+            fixes.append("give sources of at least one token")
         raise ValueError(
-            f"No example is left after dropping {dropped} unusable ones; "
-            "raise max_source_length / max_target_length."
+            f"No example is left after dropping all {dropped} "
+            f"({'; '.join(reasons)}): {' and '.join(fixes)}."
         )
     return (
         tf.ragged.boolean_mask(sources, keep),

@@ -16,12 +16,18 @@ kind, one shared (joint) tokenizer or two.
 
 import base64
 import binascii
+import inspect
 import io
 
 
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer.data import tokenizers
-from keras_transformer.validation import check_bool, check_choice, check_positive_int
+from keras_transformer.validation import (
+    check_bool,
+    check_choice,
+    check_known_names,
+    check_positive_int,
+)
 
 tf = import_tensorflow(__name__)
 
@@ -181,19 +187,14 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
                 f"expected more than the {len(tokenizers.SPECIAL_TOKENS)} "
                 f"special pieces. Received: vocabulary_size={vocabulary_size}"
             )
-        check_choice("model_type", model_type, SENTENCEPIECE_MODEL_TYPES)
-        if (
-            isinstance(character_coverage, bool)
-            or not isinstance(character_coverage, (int, float))
-            or not 0.0 < character_coverage <= 1.0
-        ):
-            raise ValueError(
-                "Received an invalid value for argument character_coverage, "
-                "expected a number in (0, 1]. Received: "
-                f"character_coverage={character_coverage!r}"
+        cls.check_training_options(
+            dict(
+                model_type=model_type,
+                character_coverage=character_coverage,
+                byte_fallback=byte_fallback,
+                normalization=normalization,
             )
-        byte_fallback = check_bool("byte_fallback", byte_fallback)
-        check_choice("normalization", normalization, SENTENCEPIECE_NORMALIZATIONS)
+        )
 
         import sentencepiece
 
@@ -206,7 +207,7 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
                 vocab_size=vocabulary_size,
                 model_type=model_type,
                 character_coverage=float(character_coverage),
-                byte_fallback=byte_fallback,
+                byte_fallback=bool(byte_fallback),
                 normalization_rule_name=normalization,
                 max_sentence_length=max(_SENTENCEPIECE_MAX_SENTENCE_BYTES, longest),
                 num_threads=1,
@@ -235,6 +236,42 @@ class SentencePieceTokenizer(tokenizers.Tokenizer):
                 f"{len(texts)} texts"
             ) from error
         return cls(model.getvalue(), name=name)
+
+    @classmethod
+    def check_training_options(cls, options):
+        """Raises `ValueError` for an option `from_texts` does not take or a
+        value it would refuse, before any training.
+
+        Args:
+            options: dict of `from_texts` arguments besides the texts and
+                `vocabulary_size` (`model_type`, `character_coverage`,
+                `byte_fallback`, `normalization`, `name`).
+        """
+        known = [
+            name
+            for name in inspect.signature(cls.from_texts).parameters
+            if name not in ("texts", "vocabulary_size")
+        ]
+        check_known_names(f"{cls.__name__}.from_texts option", options, known)
+        if "model_type" in options:
+            check_choice("model_type", options["model_type"], SENTENCEPIECE_MODEL_TYPES)
+        coverage = options.get("character_coverage", 1.0)
+        if (
+            isinstance(coverage, bool)
+            or not isinstance(coverage, (int, float))
+            or not 0.0 < coverage <= 1.0
+        ):
+            raise ValueError(
+                "Received an invalid value for argument character_coverage, "
+                "expected a number in (0, 1]. Received: "
+                f"character_coverage={coverage!r}"
+            )
+        if "byte_fallback" in options:
+            check_bool("byte_fallback", options["byte_fallback"])
+        if "normalization" in options:
+            check_choice(
+                "normalization", options["normalization"], SENTENCEPIECE_NORMALIZATIONS
+            )
 
     def split(self, strings):
         """Cuts strings into SentencePiece pieces ("▁" marks a word start).

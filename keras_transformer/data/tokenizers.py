@@ -22,13 +22,18 @@ Empty and whitespace-only strings tokenize to an empty id list.
 
 import collections
 import collections.abc
+import inspect
 import json
 import os
 
 
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import _files
-from keras_transformer.validation import check_bool, check_positive_int
+from keras_transformer.validation import (
+    check_bool,
+    check_known_names,
+    check_positive_int,
+)
 
 tf = import_tensorflow(__name__)
 
@@ -258,7 +263,7 @@ class Tokenizer(tf.Module):
                 f"expected more than the {len(SPECIAL_TOKENS)} special tokens. "
                 f"Received: max_vocabulary_size={max_vocabulary_size}"
             )
-        check_positive_int("min_frequency", min_frequency)
+        cls.check_training_options({"min_frequency": min_frequency, **kwargs})
 
         splitter = cls(vocabulary=list(SPECIAL_TOKENS), **kwargs)
         counts = collections.Counter()
@@ -273,9 +278,42 @@ class Tokenizer(tf.Module):
             ),
         )
         tokens = [token for _, token in ranked if token not in SPECIAL_TOKENS]
+        if not tokens:
+            # A vocabulary of the special tokens alone maps every text to
+            # [UNK] or nothing: a model trained on it learns nothing.
+            raise ValueError(
+                f"Received texts with no token for {cls.__name__}: "
+                + (
+                    f"none is seen min_frequency={min_frequency} times. Lower "
+                    "min_frequency."
+                    if counts
+                    else f"all {len(texts)} texts are empty (or only spaces). "
+                    "Pass texts with content."
+                )
+            )
         if max_vocabulary_size is not None:
             tokens = tokens[: max_vocabulary_size - len(SPECIAL_TOKENS)]
         return cls(vocabulary=list(SPECIAL_TOKENS) + tokens, **kwargs)
+
+    @classmethod
+    def check_training_options(cls, options):
+        """Raises `ValueError` for an option `from_texts` does not take or a
+        value it would refuse, before any training.
+
+        Args:
+            options: dict of `from_texts` arguments besides the texts and
+                the vocabulary size (e.g. `min_frequency`, `lowercase`).
+        """
+        known = ["min_frequency"] + [
+            name
+            for name in inspect.signature(cls.__init__).parameters
+            if name not in ("self", "vocabulary")
+        ]
+        check_known_names(f"{cls.__name__}.from_texts option", options, known)
+        if "min_frequency" in options:
+            check_positive_int("min_frequency", options["min_frequency"])
+        if "lowercase" in options:
+            check_bool("lowercase", options["lowercase"])
 
     def split(self, strings):
         """Cuts strings into token pieces.

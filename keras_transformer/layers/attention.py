@@ -37,7 +37,9 @@ HUGE_ACTIVATION = 2.0**40
 
 def _shrink_huge(vectors):
     """`(scale, vectors / scale)` with scale 1 unless a vector is huge."""
-    largest = ops.max(ops.abs(vectors), axis=-1, keepdims=True)
+    # `initial=0` (a no-op: absolute values) lets an empty batch through;
+    # Keras refuses the max of an empty tensor otherwise.
+    largest = ops.max(ops.abs(vectors), axis=-1, keepdims=True, initial=0.0)
     scale = ops.where(largest > HUGE_ACTIVATION, largest, ops.ones_like(largest))
     return scale, vectors / scale
 
@@ -290,6 +292,14 @@ class MultiHeadAttention(keras.layers.Layer):
             self.name, "value", value_shape, None
         )
         key_features = validation.check_last_dim(self.name, "key", key_shape, None)
+        self._check_batch_sizes(query_shape, value_shape, key_shape)
+        # What `call` checks its inputs against: the projections' kernels
+        # are this wide.
+        self._input_features = {
+            "query": query_features,
+            "value": value_features,
+            "key": key_features,
+        }
         if None not in (key_shape[1], value_shape[1]) and (
             key_shape[1] != value_shape[1]
         ):
@@ -349,6 +359,37 @@ class MultiHeadAttention(keras.layers.Layer):
             self.position_bias_layer.build((None, None), (None, None))
 
     # -- caches ---------------------------------------------------------
+
+    def _check_batch_sizes(self, query_shape, value_shape, key_shape):
+        batch_sizes = {
+            shape[0] for shape in (query_shape, value_shape, key_shape)
+        } - {None}
+        if len(batch_sizes) > 1:
+            raise ValueError(
+                f"Layer {self.name} expected query, value and key of the same "
+                f"batch size, but received query shape {tuple(query_shape)}, "
+                f"value shape {tuple(value_shape)} and key shape "
+                f"{tuple(key_shape)}."
+            )
+
+    def _check_call_shapes(self, query, value, key):
+        """Refuses inputs unlike those the layer was built for, naming their
+        shapes (the projections would fail with a raw MatMul error)."""
+        shapes = {"query": tuple(query.shape)}
+        if value is not None:
+            shapes["value"] = tuple(value.shape)
+            shapes["key"] = tuple(value.shape if key is None else key.shape)
+        for argument, shape in shapes.items():
+            validation.check_rank(self.name, argument, shape, 3)
+            features = self._input_features[argument]
+            if shape[-1] is not None and shape[-1] != features:
+                raise ValueError(
+                    f"Layer {self.name} was built for {argument} with {features} "
+                    f"features, but received {argument} of shape {shape}. Call "
+                    f"it on inputs of {features} features, or use a new layer."
+                )
+        if value is not None:
+            self._check_batch_sizes(shapes["query"], shapes["value"], shapes["key"])
 
     def initial_cache(self, batch_size, max_length, dtype=None):
         """Returns an empty self-attention key/value cache.
@@ -627,6 +668,12 @@ class MultiHeadAttention(keras.layers.Layer):
                 "cache=layer.initial_cache(batch_size, max_length) as well."
             )
         start_index = 0 if cache_update_index is None else cache_update_index
+        uses_cache_only = cache is not None and cache_update_index is None
+        self._check_call_shapes(
+            query,
+            None if uses_cache_only else (query if value is None else value),
+            None if uses_cache_only else key,
+        )
         query_heads = self._split_heads(
             self.query_dense(query, training=training),
             self.num_heads,

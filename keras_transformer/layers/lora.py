@@ -192,6 +192,8 @@ class LoRADense(keras.layers.Layer):
         input_dim = validation.check_last_dim(
             self.name, "inputs", input_shape, None
         )
+        if self._adapter_settings is not None:
+            self._check_rank_fits(self.rank, input_dim)
         # Variables are read in float32 and cast explicitly in `call`, so
         # DoRA's column norms are computed in float32 under mixed precision.
         self.kernel = self.add_weight(
@@ -238,11 +240,27 @@ class LoRADense(keras.layers.Layer):
                 f"(rank={self.rank}). An adapter can be enabled once per layer; "
                 "to change it, create the layer again with the new settings."
             )
-        self._adapter_settings = _check_adapter_arguments(
+        settings = _check_adapter_arguments(
             rank, alpha, lora_dropout, use_rslora, use_dora
         )
+        self._check_rank_fits(settings["rank"], self.kernel.shape[0])
+        self._adapter_settings = settings
         with _compat.unlocked_tracker(self):
             self._create_adapter((None, self.kernel.shape[0]))
+
+    def _check_rank_fits(self, rank, input_dim):
+        """Refuses a rank above the kernel's: `A @ B` cannot exceed the rank
+        of a `(input_dim, units)` matrix, so the extra parameters would be
+        wasted."""
+        largest = min(int(input_dim), self.units)
+        if rank > largest:
+            raise ValueError(
+                "Received an invalid value for argument rank, expected at most "
+                f"min(input features, units) = min({int(input_dim)}, "
+                f"{self.units}) = {largest} for layer '{self.name}' (the "
+                f"adapter's update has rank at most {largest}). Received: "
+                f"rank={rank}. Pass rank <= {largest}."
+            )
 
     def _create_adapter(self, input_shape):
         input_dim, units = self.kernel.shape
@@ -636,6 +654,9 @@ def enable_lora(
                 f"Layer '{path}' is not built yet. Build the model (call it on "
                 "an input) before enabling LoRA."
             )
+    # Every layer checked first so an error never leaves the model half adapted.
+    for layer in matched.values():
+        layer._check_rank_fits(settings["rank"], layer.kernel.shape[0])
     for layer in matched.values():
         layer.enable_lora(**settings)
     if freeze_base:

@@ -9,6 +9,8 @@ disagree about the architecture.
 """
 
 import dataclasses
+import functools
+import inspect
 import json
 import os
 from typing import Optional
@@ -207,17 +209,41 @@ class TransformerConfig:
             if field.default is dataclasses.MISSING
         ]
         validation.check_required_keys("config", config, required)
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(
-                f"Received unknown TransformerConfig fields {unknown}. "
-                f"Expected a subset of {sorted(known)}."
-            )
         return cls(**config)
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _checked_arguments(dataclass_init):
+    """Wraps the generated `__init__` so that a misspelt or missing field is
+    a `ValueError` naming the fields (Python's own is a `TypeError` that
+    does not say which fields exist)."""
+    signature = inspect.signature(dataclass_init)
+    fields = [name for name in signature.parameters if name != "self"]
+
+    @functools.wraps(dataclass_init)
+    def __init__(self, *args, **kwargs):
+        validation.check_known_names("TransformerConfig field", kwargs, fields)
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            required = [
+                name
+                for name, parameter in signature.parameters.items()
+                if name != "self" and parameter.default is inspect.Parameter.empty
+            ]
+            raise ValueError(
+                f"Received invalid TransformerConfig arguments: {error}. "
+                f"Expected the required fields {required} (by keyword) and "
+                "optional fields by keyword."
+            ) from None
+        dataclass_init(self, *args, **kwargs)
+
+    return __init__
+
+
+TransformerConfig.__init__ = _checked_arguments(TransformerConfig.__init__)
 
 
 @dataclasses.dataclass(frozen=True)

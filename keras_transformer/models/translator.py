@@ -16,8 +16,10 @@ Reading order: texts -> `source_tokenizer` -> ids -> the `Transformer`
 same path is saved into the export (`keras_transformer.export`).
 """
 
+import collections.abc
 import dataclasses
 import math
+import numbers
 import os
 import re
 
@@ -27,12 +29,15 @@ import numpy as np
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
-from keras_transformer.recipes import TOKENIZERS
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 
 tf = import_tensorflow(__name__)
+
+# The tokenizer kinds `from_texts` trains, defined once, here (recipes and
+# scripts/train.py take them from this tuple).
+TOKENIZERS = ("character", "word", "sentencepiece")
 
 # Texts decoded per call of the compiled decoding function.
 DEFAULT_TRANSLATE_BATCH_SIZE = 64
@@ -45,6 +50,13 @@ XLA_STEPS_PER_PROGRAM = 300
 # Without explicit limits, `from_texts` allows this much more than the
 # longest training text, so slightly longer inputs still translate.
 LENGTH_MARGIN = 1.5
+# TransformerConfig fields that the tokenizers set, never the caller.
+DERIVED_FIELDS = ("source_vocabulary_size", "target_vocabulary_size", "padding_id")
+# Stands in for the vocabulary sizes when model fields are checked before
+# any tokenizer is trained (`check_model_fields`).
+_PLACEHOLDER_VOCABULARY_SIZE = 1000
+# A SentencePiece size to suggest: recipes.CORPUS's, for 10k-1M pairs.
+SUGGESTED_SENTENCEPIECE_SIZE = 4000
 
 
 def _tokenizer_class(name):
@@ -55,6 +67,86 @@ def _tokenizer_class(name):
     return {"character": tokenizers.CharacterTokenizer, "word": tokenizers.WordTokenizer}[
         name
     ]
+
+
+def check_tokenizer_arguments(tokenizer, vocabulary_size, options):
+    """Raises `ValueError` for tokenizer settings `from_texts` would refuse
+    only after reading the corpus, or not at all.
+
+    Args:
+        tokenizer: str, one of `TOKENIZERS`.
+        vocabulary_size: int or None.
+        options: mapping of further arguments of the tokenizer's
+            `from_texts` (e.g. `model_type`, `min_frequency`).
+    """
+    validation.check_choice("tokenizer", tokenizer, TOKENIZERS)
+    validation.check_positive_int("vocabulary_size", vocabulary_size, allow_none=True)
+    if tokenizer == "sentencepiece" and vocabulary_size is None:
+        raise ValueError(
+            "Received vocabulary_size=None with tokenizer='sentencepiece': a "
+            "SentencePiece model has a fixed number of pieces, so it needs "
+            f"one. Pass vocabulary_size={SUGGESTED_SENTENCEPIECE_SIZE} (the "
+            "corpus recipe's, for 10k-1M sentence pairs; SentencePiece says "
+            "the largest size a smaller corpus allows), or use "
+            "tokenizer='word' or 'character', whose size may be None."
+        )
+    if vocabulary_size is not None and vocabulary_size <= len(tokenizers.SPECIAL_TOKENS):
+        raise ValueError(
+            "Received an invalid value for argument vocabulary_size, expected "
+            f"more than the {len(tokenizers.SPECIAL_TOKENS)} special tokens. "
+            f"Received: vocabulary_size={vocabulary_size}"
+        )
+    if not isinstance(options, collections.abc.Mapping):
+        raise ValueError(
+            "Received an invalid value for argument tokenizer_options, "
+            f"expected a dict. Received: tokenizer_options={options!r}"
+        )
+    for name in ("vocabulary_size", "max_vocabulary_size"):
+        if name in options:
+            raise ValueError(
+                f"Received tokenizer_options with {name}={options[name]!r}: the "
+                "vocabulary size is an argument of its own. Pass "
+                "vocabulary_size= instead."
+            )
+    _tokenizer_class(tokenizer).check_training_options(dict(options))
+
+
+def check_model_fields(fields):
+    """Raises `ValueError` unless `fields` are `TransformerConfig` fields
+    that make a valid config with the tokenizers' vocabulary sizes.
+
+    Every rule of `TransformerConfig` is checked now, with placeholder
+    vocabulary sizes, so a recipe or a `from_texts` call fails before any
+    tokenizer is trained.
+
+    Args:
+        fields: mapping of `TransformerConfig` fields, without
+            `DERIVED_FIELDS`.
+    """
+    if not isinstance(fields, collections.abc.Mapping):
+        raise ValueError(
+            "Received an invalid value for the model fields, expected a dict "
+            f"of TransformerConfig fields. Received: {fields!r}"
+        )
+    for field in DERIVED_FIELDS:
+        if field in fields:
+            raise ValueError(
+                f"Received {field}={fields[field]!r}: from_texts takes the "
+                "vocabulary sizes and the padding id from the tokenizers it "
+                "trains. Pass vocabulary_size= to size them, and leave "
+                f"{field} out."
+            )
+    validation.check_known_names(
+        "TransformerConfig field",
+        fields,
+        [field.name for field in dataclasses.fields(TransformerConfig)
+         if field.name not in DERIVED_FIELDS],
+    )  # fmt: skip
+    TransformerConfig(
+        source_vocabulary_size=_PLACEHOLDER_VOCABULARY_SIZE,
+        target_vocabulary_size=_PLACEHOLDER_VOCABULARY_SIZE,
+        **fields,
+    )
 
 
 def _train_tokenizer(name, texts, vocabulary_size, options):
@@ -96,6 +188,28 @@ def _texts(name, value):
             f"strings. Received: {name}={_short_repr(value)}"
         )
     return [str(v) for v in value]
+
+
+def _check_model_data(name, value, method):
+    """Refuses what is neither texts nor data `keras.Model.<method>` takes
+    (Keras would fail later with a `KeyError` or an unclear message)."""
+    wrong = (
+        value is None
+        or isinstance(value, (str, bytes, numbers.Number))
+        or (
+            isinstance(value, (list, tuple))
+            and any(isinstance(v, (str, bytes)) or _is_text_list(v) for v in value)
+        )
+    )
+    if wrong:
+        raise ValueError(
+            f"Received an invalid value for argument {name}, expected texts "
+            "(a list of source strings, with their targets as y, or a "
+            "tf.data.Dataset of (source, target) strings) or batches of ids "
+            f"as keras.Model.{method} takes them (a dict of 'source_ids' and "
+            "'target_ids' arrays with labels, or a tf.data.Dataset of them). "
+            f"Received: {name}={_short_repr(value)}"
+        )
 
 
 def _short_repr(value):
@@ -226,28 +340,19 @@ class Translator(Transformer):
                 "sources and targets must pair up and be non-empty, but received "
                 f"{len(sources)} sources and {len(targets)} targets."
             )
-        validation.check_choice("tokenizer", tokenizer, TOKENIZERS)
-        validation.check_positive_int(
-            "vocabulary_size", vocabulary_size, allow_none=True
-        )
-        if not isinstance(joint_vocabulary, bool):
-            raise ValueError(
-                "Received an invalid value for argument joint_vocabulary, "
-                f"expected a bool. Received: joint_vocabulary={joint_vocabulary!r}"
-            )
-        if tokenizer_options is not None and not isinstance(tokenizer_options, dict):
-            raise ValueError(
-                "Received an invalid value for argument tokenizer_options, "
-                f"expected a dict. Received: tokenizer_options={tokenizer_options!r}"
-            )
-        for field in ("source_vocabulary_size", "target_vocabulary_size"):
-            if field in config:
+        for name, texts in (("sources", sources), ("targets", targets)):
+            if not any(texts):
                 raise ValueError(
-                    f"Received {field}={config[field]!r}: from_texts takes the "
-                    "vocabulary sizes from the tokenizers it trains. Pass "
-                    "vocabulary_size= to size them."
+                    f"Received an invalid value for argument {name}, expected "
+                    f"texts to learn a vocabulary from, but all {len(texts)} "
+                    f"{name} are empty strings. Check the file or column they "
+                    "were read from."
                 )
-        options = dict(tokenizer_options or {})
+        options = {} if tokenizer_options is None else tokenizer_options
+        check_tokenizer_arguments(tokenizer, vocabulary_size, options)
+        options = dict(options)
+        joint_vocabulary = validation.check_bool("joint_vocabulary", joint_vocabulary)
+        check_model_fields(config)
         if joint_vocabulary:
             source_tokenizer = target_tokenizer = _train_tokenizer(
                 tokenizer, sources + targets, vocabulary_size, options
@@ -314,7 +419,9 @@ class Translator(Transformer):
             warmup_steps: int or None. Steps of linear warm-up; None takes
                 5% of the run (1000 steps when `fit` cannot count them).
             total_steps: int or None. Updates of the whole run, for the
-                cosine decay to 0; None lets each `fit` set it.
+                cosine decay to 0, longer than `warmup_steps` (a longer
+                warm-up is refused, never shortened); None lets each `fit`
+                set it.
             label_smoothing: float in [0, 1).
             jit_compile: `"auto"`, True or False. `"auto"` compiles with XLA
                 under a TPU strategy, and for a `fit` on texts long enough to
@@ -404,6 +511,11 @@ class Translator(Transformer):
             unless it repeats, its cardinality is set (Keras then knows the
             epoch length from the first epoch on).
         """
+        validation.check_positive_int(
+            "tokens_per_batch", tokens_per_batch, allow_none=True
+        )
+        shuffle = validation.check_bool("shuffle", shuffle)
+        static_shapes = validation.check_bool("static_shapes", static_shapes)
         dataset = pipeline.make_translation_dataset(
             _texts("sources", sources),
             _texts("targets", targets),
@@ -470,14 +582,25 @@ class Translator(Transformer):
                 from it when it holds a checkpoint
                 (`keras_transformer.checkpointing.fit_resumable`; texts
                 only).
-            checkpoint_every: int or None. Steps between checkpoints.
+            checkpoint_every: int or None. Steps between checkpoints (needs
+                `checkpoint_dir`).
             **kwargs: other `keras.Model.fit` arguments.
 
         Returns:
             A `keras.callbacks.History`.
         """
+        # Keras trains nothing, without a word, for epochs < 1.
+        epochs = validation.check_positive_int("epochs", epochs)
+        validation.check_positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+        if checkpoint_every is not None and checkpoint_dir is None:
+            raise ValueError(
+                f"Received checkpoint_every={checkpoint_every} without "
+                "checkpoint_dir: nothing would be checkpointed. Pass "
+                "checkpoint_dir= as well."
+            )
         texts = self._as_texts("x", x, y)
         if texts is None:
+            _check_model_data("x", x, "fit")
             if checkpoint_dir is not None:
                 raise ValueError(
                     "checkpoint_dir works with texts (lists of strings or a "
@@ -511,7 +634,9 @@ class Translator(Transformer):
             )
         if validation_data is not None:
             validation_texts = self._as_texts("validation_data", *_pair(validation_data))
-            if validation_texts is not None:
+            if validation_texts is None:
+                _check_model_data("validation_data", validation_data, "fit")
+            else:
                 validation_data = self.make_dataset(
                     *validation_texts,
                     batch_size=batch_size,
@@ -616,6 +741,7 @@ class Translator(Transformer):
         """`keras.Model.evaluate` on texts (as in `fit`) or on ids."""
         texts = self._as_texts("x", x, y)
         if texts is None:
+            _check_model_data("x", x, "evaluate")
             return super().evaluate(x, y, batch_size=batch_size, **kwargs)
         dataset = self.make_dataset(
             *texts,
@@ -669,7 +795,38 @@ class Translator(Transformer):
             `(ids, scores)`.
         """
         decode = self._decoder("ids", method, max_length, False, options)
-        source_ids = np.asarray(source_ids)
+        source_ids = self._check_source_ids(source_ids)
+        outputs = decode(source_ids, _seed_tensor(seed))
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+    def _check_source_ids(self, source_ids):
+        """`source_ids` as an int32 `(batch, source_length)` array that fits
+        the model, or a `ValueError` naming it."""
+        expected = (
+            "expected an int array of shape (batch, source_length), padded "
+            f"with padding_id={self.padding_id}"
+        )
+        try:
+            source_ids = np.asarray(source_ids)
+        except ValueError:
+            raise ValueError(
+                f"Received an invalid value for argument source_ids, {expected}; "
+                "received rows of different lengths. Pad them, e.g. "
+                "tokenizer.tokenize(texts).to_tensor()."
+            ) from None
+        if source_ids.ndim != 2:
+            raise ValueError(
+                f"Received an invalid value for argument source_ids, {expected}. "
+                f"Received shape {source_ids.shape}"
+                + (": wrap one sequence in a list, [ids]." if source_ids.ndim == 1 else ".")
+            )
+        if source_ids.shape[1] > self.max_source_length:
+            raise ValueError(
+                f"Received source_ids of length {source_ids.shape[1]}, more "
+                "than the model's maximum source length of "
+                f"{self.max_source_length}. Sources are never truncated: "
+                "split long texts."
+            )
         if source_ids.dtype.kind not in "iu":
             raise ValueError(
                 "Received an invalid value for argument source_ids, expected "
@@ -679,8 +836,7 @@ class Translator(Transformer):
         _token_ids.check_values(
             "source_ids", source_ids, self.transformer_layers.source_vocabulary_size
         )
-        outputs = decode(source_ids.astype("int32"), _seed_tensor(seed))
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+        return source_ids.astype("int32")
 
     def translate(
         self,
@@ -741,9 +897,11 @@ class Translator(Transformer):
             try:
                 outputs = decode(tf.constant(batch, tf.string), seed_tensor)
             except tf.errors.InvalidArgumentError as error:
+                # The graph's own words, without TensorFlow's trace around them.
+                check = re.search(r"assertion failed: \[(.*?)\] \[", error.message, re.S)
                 raise ValueError(
                     f"Cannot translate texts {start}..{start + len(batch) - 1}: "
-                    f"{error.message}"
+                    + (check.group(1).replace("\\'", "'") if check else error.message)
                 ) from None
             translations.extend(
                 text.decode("utf-8") for text in outputs.numpy()[: len(texts) - start]
@@ -826,6 +984,12 @@ class Translator(Transformer):
             if source_ids.shape[1] == 0:
                 raise ValueError(
                     f"Cannot show attention for {text!r}: it has no tokens."
+                )
+            if source_ids.shape[1] > self.max_source_length:
+                raise ValueError(
+                    f"Cannot show attention for {_short_repr(text)}: it has "
+                    f"{source_ids.shape[1]} tokens, more than the model's "
+                    f"maximum source length of {self.max_source_length}."
                 )
             generated = [int(i) for i in self.generate(source_ids, max_length=max_length)[0]]
             eos = self.target_tokenizer.eos_id

@@ -304,3 +304,13 @@ def test_make_translation_dataset_rejects_bad_arguments(tokenizers, overrides, m
     }
     with pytest.raises(ValueError, match=match):
         data.make_translation_dataset(**arguments)
+
+
+def test_a_corpus_of_empty_sources_says_so_not_to_raise_the_limits():
+    tokenizer = data.CharacterTokenizer.from_texts(["ab"])
+    with pytest.raises(ValueError) as info:
+        data.make_translation_dataset(["", ""], ["a", "b"], tokenizer, tokenizer, batch_size=2)
+    message = str(info.value)
+    assert "2 with an empty source" in message
+    assert "give sources of at least one token" in message
+    assert "max_source_length" not in message

@@ -395,3 +395,19 @@ def test_the_tokenizer_outlives_keras_clear_session(tokenizer):
     keras.backend.clear_session()
     traced = tf.function(tokenizer.detokenize, autograph=False)
     assert decoded(traced(tf.ragged.constant(expected))) == ROUND_TRIP_TEXTS
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"model_type": "word"}, "argument model_type"),
+        ({"modeltype": "bpe"}, "Did you mean 'model_type'?"),
+        ({"character_coverage": True}, "argument character_coverage"),
+        ({"byte_fallback": 0}, "argument byte_fallback"),
+        ({"normalization": "NFKC"}, "argument normalization"),
+        ({"min_frequency": 2}, "unknown SentencePieceTokenizer.from_texts option 'min_frequency'"),
+    ],
+)
+def test_training_options_are_checked_without_training(options, match):
+    with pytest.raises(ValueError, match=match):
+        data.SentencePieceTokenizer.check_training_options(options)

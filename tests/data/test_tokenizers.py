@@ -1,4 +1,5 @@
 import json
+import re
 import os
 
 import keras
@@ -327,3 +328,22 @@ def test_serialize_rejects_what_is_not_a_registered_tokenizer():
 
     with pytest.raises(ValueError, match="not one of the registered"):
         data.serialize_tokenizer(Unregistered(list(data.SPECIAL_TOKENS)))
+
+
+@pytest.mark.parametrize(
+    "tokenizer_class, texts, kwargs, match",
+    [
+        (data.WordTokenizer, ["a b"], {"lower": True}, "unknown WordTokenizer.from_texts option 'lower'. Did you mean 'lowercase'?"),
+        (data.WordTokenizer, ["a b"], {"min_freq": 2}, "Did you mean 'min_frequency'?"),
+        (data.CharacterTokenizer, ["ab"], {"lowercase": True}, "unknown CharacterTokenizer.from_texts option 'lowercase'"),
+        (data.WordTokenizer, ["a b"], {"lowercase": "no"}, "argument lowercase"),
+        (data.CharacterTokenizer, ["", ""], {}, "all 2 texts are empty"),
+        (data.WordTokenizer, ["  ", "\t"], {}, "all 2 texts are empty (or only spaces)"),
+        (data.WordTokenizer, ["a b", "c"], {"min_frequency": 2}, "none is seen min_frequency=2 times"),
+    ],
+)  # fmt: skip
+def test_from_texts_refuses_unknown_options_and_corpora_without_tokens(
+    tokenizer_class, texts, kwargs, match
+):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        tokenizer_class.from_texts(texts, **kwargs)

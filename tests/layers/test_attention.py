@@ -590,3 +590,52 @@ def test_query_key_and_value_kernels_start_independent():
     ]
     assert not np.allclose(kernels[0], kernels[1])
     assert not np.allclose(kernels[1], kernels[2])
+
+
+def test_query_and_value_of_different_batch_sizes_are_refused_at_build():
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    with pytest.raises(ValueError, match=r"same batch size, but received query shape \(1, 3, 8\), value shape \(2, 4, 8\)"):
+        attention(random_floats(1, 3, 8), random_floats(2, 4, 8))
+
+
+def test_a_key_of_another_batch_size_is_refused_at_build():
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    with pytest.raises(ValueError, match=r"key shape \(3, 4, 8\)"):
+        attention(random_floats(2, 3, 8), random_floats(2, 4, 8), random_floats(3, 4, 8))
+
+
+def test_a_batch_size_mismatch_after_build_is_refused_at_call():
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    attention(random_floats(2, 3, 8), random_floats(2, 4, 8))
+    with pytest.raises(ValueError, match="same batch size"):
+        attention(random_floats(2, 3, 8), random_floats(1, 4, 8))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda layer: layer(random_floats(1, 3, 6)), r"built for query with 8 features, but received query of shape \(1, 3, 6\)"),
+        (lambda layer: layer(random_floats(1, 3, 8), random_floats(1, 3, 6)), r"built for value with 8 features, but received value of shape \(1, 3, 6\)"),
+        (lambda layer: layer(random_floats(1, 3, 8), random_floats(1, 3, 8), random_floats(1, 3, 5)), r"built for key with 8 features"),
+        (lambda layer: layer(random_floats(3, 8)), r"expected query of rank 3, but received a tensor of shape \(3, 8\)"),
+    ],
+)  # fmt: skip
+def test_inputs_unlike_those_built_for_are_refused_naming_their_shapes(call, message):
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    attention(random_floats(1, 3, 8))
+    with pytest.raises(ValueError, match=message):
+        call(attention)
+
+
+def test_value_and_key_may_be_narrower_than_the_query_when_built_so():
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    output = attention(random_floats(2, 3, 8), random_floats(2, 5, 6), random_floats(2, 5, 4))
+    assert tuple(output.shape) == (2, 3, 8)
+
+
+def test_an_empty_batch_attends_to_an_empty_result():
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    output, scores = attention(
+        random_floats(0, 3, 8), value_mask=np.ones((0, 3), bool), return_attention_scores=True
+    )
+    assert tuple(output.shape) == (0, 3, 8) and tuple(scores.shape) == (0, 2, 3, 3)

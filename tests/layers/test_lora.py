@@ -155,7 +155,7 @@ def test_fresh_adapter_leaves_outputs_unchanged(use_dora):
 
 
 def test_adapter_a_is_he_uniform():
-    layer = built_layer(input_dim=32, rank=8)
+    layer = built_layer(units=8, input_dim=32, rank=8)
     a = to_numpy(layer.lora_kernel_a)
     limit = math.sqrt(6.0 / 32)
     assert np.all(np.abs(a) <= limit) and np.abs(a).max() > 0.8 * limit
@@ -724,3 +724,38 @@ def _base_weights(adapted_model, base_model):
     by_path = {v.path: to_numpy(v) for v in adapted_model.weights}
     assert len(by_path) == len(adapted_model.weights), "variable paths collide"
     return [by_path[v.path] for v in base_model.weights]
+
+
+@pytest.mark.parametrize(
+    "units, input_dim, rank",
+    [(8, 8, 64), (8, 8, 9), (4, 32, 5), (32, 3, 4), (1, 1, 2)],
+)
+def test_a_rank_above_the_kernels_is_refused_at_build(units, input_dim, rank):
+    layer = layers.LoRADense(units, rank=rank)
+    largest = min(units, input_dim)
+    with pytest.raises(ValueError, match=f"expected at most min.*= {largest}.*Received: rank={rank}"):
+        layer.build((None, input_dim))
+    assert not layer.built
+
+
+def test_a_rank_equal_to_the_kernels_builds():
+    assert built_layer(units=4, input_dim=6, rank=4).lora_kernel_a.shape == (6, 4)
+
+
+def test_enable_lora_refuses_a_rank_above_the_kernels_and_adds_nothing():
+    layer = built_layer(units=4, input_dim=6)
+    with pytest.raises(ValueError, match="Received: rank=5"):
+        layer.enable_lora(rank=5)
+    assert not layer.lora_enabled
+    layer.enable_lora(rank=4)
+    assert layer.lora_enabled
+
+
+def test_enable_lora_on_a_model_checks_every_rank_before_adapting_any():
+    inputs = keras.Input((16,))
+    wide = layers.LoRADense(16, name="wide")(inputs)
+    narrow = layers.LoRADense(2, name="narrow")(wide)
+    model = keras.Model(inputs, narrow)
+    with pytest.raises(ValueError, match="layer 'narrow'"):
+        layers.enable_lora(model, target_layers=("wide", "narrow"), rank=4)
+    assert not any(layer.lora_enabled for layer in model.layers[1:])

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -195,5 +197,36 @@ def test_bad_configurations_are_refused_with_the_field_named(overrides, message)
 
 
 def test_unknown_config_fields_are_refused():
-    with pytest.raises(ValueError, match="unknown TransformerConfig fields"):
+    with pytest.raises(ValueError, match="unknown TransformerConfig field .d_model."):
         models.TransformerConfig.from_dict({**SMALL, "d_model": 16})
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"hiden_dim": 16}, "unknown TransformerConfig field 'hiden_dim'. Did you mean 'hidden_dim'?"),
+        ({"hidden_size": 16}, "Did you mean 'hidden_dim'?"),
+        ({"num_layers": 2}, "Expected one of activation, attention_dropout"),
+        ({"vocabulary_size": 10}, "unknown TransformerConfig field 'vocabulary_size'. Did you mean '"),
+        ({"droput": 0.1}, "Did you mean 'dropout'?"),
+        ({"position_encodings": "rotary"}, "Did you mean 'position_encoding'?"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_config_keyword_is_a_value_error_suggesting_the_field(
+    arguments, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        models.TransformerConfig(**SMALL, **arguments)
+
+
+def test_a_config_without_its_vocabulary_sizes_names_the_required_fields():
+    with pytest.raises(ValueError, match="required fields .'source_vocabulary_size', 'target_vocabulary_size'"):
+        models.TransformerConfig(hidden_dim=16)
+
+
+def test_a_config_keeps_its_signature_for_introspection():
+    import inspect
+
+    parameters = inspect.signature(models.TransformerConfig).parameters
+    assert list(parameters)[:2] == ["source_vocabulary_size", "target_vocabulary_size"]
+    assert models.TransformerConfig(3, 3, padding_id=0).target_vocabulary_size == 3

@@ -161,7 +161,7 @@ def test_compile_with_total_steps_decays_to_zero_and_takes_keras_overrides():
     assert not schedule.follows_fit
     assert float(schedule(9)) == pytest.approx(5e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(ValueError, match="warm-up must be shorter than the run"):
+    with pytest.raises(ValueError, match="expected at most total_steps="):
         translator.compile(warmup_steps=100, total_steps=10)
 
     translator.compile(optimizer="sgd", metrics=[metrics.MaskedAccuracy()])
@@ -563,3 +563,208 @@ def test_a_translator_composed_from_the_librarys_blocks_decodes_saves_and_export
     served = tf.saved_model.load(export_dir)
     translations = served.translate(tf.constant(texts)).numpy()
     assert [text.decode() for text in translations] == greedy
+
+
+# --- Bad input: refused before any work, naming the argument ----------------
+
+FROM_TEXTS_REFUSALS = [
+    (dict(sources=["", ""], targets=["a", "b"]), "all 2 sources are empty"),
+    (dict(sources=["a", "b"], targets=["", ""]), "all 2 targets are empty"),
+    (dict(tokenizer="sentencepiece"), "SentencePiece model has a fixed number"),
+    (dict(tokenizer="sentencepiece", vocabulary_size=None), "vocabulary_size=4000"),
+    (dict(vocabulary_size=4), "more than the 4 special tokens"),
+    (dict(hidden_size=16), "unknown TransformerConfig field 'hidden_size'. Did you mean 'hidden_dim'"),
+    (dict(num_head=2), "Did you mean 'num_heads'"),
+    (dict(dropuot=0.1), "Did you mean 'dropout'"),
+    (dict(padding_id=0), "padding_id=0: from_texts takes"),
+    (dict(target_vocabulary_size=9), "from_texts takes the vocabulary sizes"),
+    (dict(hidden_dim=30, num_heads=4), "expected a multiple of num_heads=4"),
+    (dict(dropout=1.5), "argument dropout"),
+    (dict(joint_vocabulary="yes"), "argument joint_vocabulary"),
+    (dict(joint_vocabulary=1), "argument joint_vocabulary"),
+    (dict(tokenizer_options={"lower": True}), "unknown CharacterTokenizer.from_texts option 'lower'"),
+    (dict(tokenizer="word", tokenizer_options={"lower": True}), "Did you mean 'lowercase'"),
+    (dict(tokenizer="word", tokenizer_options={"lowercase": "no"}), "argument lowercase"),
+    (dict(tokenizer_options={"min_frequency": 0}), "argument min_frequency"),
+    (dict(tokenizer_options={"max_vocabulary_size": 9}), "Pass vocabulary_size= instead"),
+    (dict(tokenizer_options=[("min_frequency", 1)]), "argument tokenizer_options"),
+    (
+        dict(tokenizer="sentencepiece", vocabulary_size=30, tokenizer_options={"model_type": "word"}),
+        "argument model_type",
+    ),
+    (
+        dict(tokenizer="sentencepiece", vocabulary_size=30, tokenizer_options={"model_typ": "bpe"}),
+        "Did you mean 'model_type'",
+    ),
+    (
+        dict(tokenizer="sentencepiece", vocabulary_size=30,
+             tokenizer_options={"character_coverage": 0.0}),
+        "argument character_coverage",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides, message", FROM_TEXTS_REFUSALS)
+def test_from_texts_refuses_bad_arguments_before_training_a_tokenizer(
+    overrides, message, monkeypatch
+):
+    def trained(*args, **kwargs):
+        raise AssertionError("a tokenizer was trained")
+
+    from keras_transformer.models import translator as module
+
+    monkeypatch.setattr(module, "_train_tokenizer", trained)
+    arguments = dict(sources=SOURCES, targets=TARGETS, tokenizer="character")
+    arguments.update(overrides)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Translator.from_texts(**arguments)
+
+
+COMPILE_REFUSALS = [
+    (dict(warmup_steps=100, total_steps=10), "expected at most total_steps=10"),
+    (dict(warmup_steps=11, total_steps=10), "Received: warmup_steps=11"),
+    (dict(warmup_steps=-1), "argument warmup_steps"),
+    (dict(warmup_steps=2.5), "argument warmup_steps"),
+    (dict(total_steps=0), "argument total_steps"),
+    (dict(learning_rate=0.0), "argument learning_rate"),
+    (dict(learning_rate=float("nan")), "argument learning_rate"),
+    (dict(label_smoothing=1.0), "argument label_smoothing"),
+    (dict(jit_compile="on"), "argument jit_compile"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", COMPILE_REFUSALS)
+def test_compile_refuses_bad_recipe_arguments(translator, arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        translator.compile(**arguments)
+
+
+def test_compile_keeps_a_warm_up_as_long_as_the_run():
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2, warmup_steps=10, total_steps=10)
+    schedule = learning_rate_schedule(translator.optimizer)
+    # Not shortened: the rate peaks at the last step.
+    assert float(schedule(5)) == pytest.approx(5e-3)
+    assert float(schedule(10)) == pytest.approx(1e-2)
+
+
+FIT_REFUSALS = [
+    (dict(epochs=-1), "Received: epochs=-1"),
+    (dict(epochs=0), "Received: epochs=0"),
+    (dict(epochs=1.5), "Received: epochs=1.5"),
+    (dict(epochs=None), "Received: epochs=None"),
+    (dict(checkpoint_every=0, checkpoint_dir="unused"), "Received: checkpoint_every=0"),
+    (dict(checkpoint_every=-3, checkpoint_dir="unused"), "argument checkpoint_every"),
+    (dict(checkpoint_every=2), "checkpoint_every=2 without checkpoint_dir"),
+    (dict(tokens_per_batch=0), "Received: tokens_per_batch=0"),
+    (dict(tokens_per_batch=-5), "argument tokens_per_batch"),
+    (dict(batch_size=0), "argument batch_size"),
+    (dict(shuffle="no"), "argument shuffle"),
+    (dict(static_shapes=1), "argument static_shapes"),
+    (dict(x=None, y=None), "argument x, expected texts"),
+    (dict(x=42, y=None), "Received: x=42"),
+    (dict(x="5 March 2021", y="2021-03-05"), "argument x, expected texts"),
+    (dict(x=["5 March 2021", 3], y=TARGETS[:2]), "argument x, expected texts"),
+    (dict(y=None), "argument y, expected a list of strings"),
+    (dict(y=TARGETS[:3]), "4 sources and 3 targets"),
+    (dict(validation_data=(SOURCES,)), "argument validation_data"),
+    (dict(validation_data=42), "argument validation_data"),
+    (dict(validation_data=(SOURCES, TARGETS[:1])), "4 sources and 1 targets"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", FIT_REFUSALS)
+def test_fit_refuses_bad_arguments_before_training(translator, arguments, message):
+    call = dict(x=SOURCES, y=TARGETS, verbose=0)
+    call.update(arguments)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        translator.fit(**call)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(x=None), "argument x, expected texts"),
+        (dict(x=3.5), "Received: x=3.5"),
+        (dict(x=SOURCES, y=None), "argument y"),
+        (dict(x=[], y=[]), "at least one example"),
+    ],
+)
+def test_evaluate_refuses_what_is_neither_texts_nor_batches(translator, arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        translator.evaluate(**arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(tokens_per_batch=0), "Received: tokens_per_batch=0"),
+        (dict(tokens_per_batch=2.5), "argument tokens_per_batch"),
+        (dict(shuffle="yes"), "argument shuffle"),
+        (dict(static_shapes=None), "argument static_shapes"),
+        (dict(sources=["", ""], targets=["a", "b"]), "give sources of at least one token"),
+    ],
+)
+def test_make_dataset_refuses_bad_arguments_naming_them(translator, arguments, message):
+    call = dict(sources=SOURCES, targets=TARGETS)
+    call.update(arguments)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        translator.make_dataset(**call)
+
+
+GENERATE_REFUSALS = [
+    (np.array([4, 5]), "shape (batch, source_length), padded with padding_id=0. Received shape (2,): wrap"),
+    ([[4, 5], [4]], "received rows of different lengths"),
+    (np.zeros((1, 2, 3), "int32"), "Received shape (1, 2, 3)"),
+    (np.int32(4), "Received shape ()"),
+    (None, "argument source_ids"),
+    ("5 March", "argument source_ids"),
+    (np.full((1, 19), 4), "length 19, more than the model's maximum source length of 18"),
+    (np.array([[4.0, 5.0]]), "expected integer token ids"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source_ids, message", GENERATE_REFUSALS)
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_generate_refuses_ids_of_the_wrong_shape_naming_source_ids(
+    translator, source_ids, message, method
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        translator.generate(source_ids, method=method)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_an_empty_batch_gives_an_empty_result(translator, method):
+    ids = translator.generate(np.zeros((0, 5), "int32"), method=method, max_length=4)
+    assert ids.shape == (0, 4) and ids.dtype == np.int32
+    assert translator.translate([], method=method) == []
+
+
+def test_an_empty_batch_decodes_eagerly_too(translator):
+    empty = np.zeros((0, 3), "int32")
+    assert decoding.greedy_decode(translator, empty, 4).shape == (0, 4)
+    beams = decoding.beam_search_decode(translator, empty, 4, beam_size=2)
+    assert np.asarray(beams).shape == (0, 4)
+    assert translator.attention_scores([]) == []
+
+
+def test_length_zero_sources_decode_like_empty_texts(translator):
+    # A source of only padding, like the empty text, decodes finitely.
+    ids = translator.generate(np.zeros((2, 0), "int32"), max_length=3)
+    assert ids.shape == (2, 3)
+    assert translator.translate(["", "1 May"])[0] == ""
+
+
+def test_attention_scores_refuse_a_text_longer_than_the_model(translator):
+    with pytest.raises(ValueError, match="19 tokens, more than the model's maximum"):
+        translator.attention_scores(["x" * 19])
+
+
+def test_a_text_too_long_to_translate_is_named_without_tensorflows_trace(translator):
+    with pytest.raises(ValueError) as info:
+        translator.translate(["x" * 30])
+    assert str(info.value) == (
+        "Cannot translate texts 0..0: A text to translate has more tokens than "
+        "the model's maximum source length of 18 tokens. Texts are never "
+        "truncated: split long texts before translating."
+    )

@@ -175,3 +175,58 @@ def test_a_keras_translator_file_is_scored_on_its_own_translations(
         expected = sacrebleu.corpus_chrf(translate(SOURCES[:4], beam), [TARGETS[:4]])
         assert run["test"][decoding]["chrf"] == pytest.approx(expected.score)
     assert run["name"] == "tiny" and run["parameters"] > 0
+
+
+def usage_error(capsys, *arguments):
+    """evaluate.py's main on `arguments`: checks exit status 2 and returns
+    the one stderr line."""
+    with pytest.raises(SystemExit) as error:
+        load_script("evaluate").main([str(argument) for argument in arguments])
+    stderr = capsys.readouterr().err
+    assert error.value.code == 2, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        ({"--model": "{root}/missing.keras"}, "--model: Cannot load the .keras file '{root}/missing.keras': no such file"),
+        ({"--model": "{root}/test.en"}, "--model: Received an invalid value for argument filepath, expected a path ending in .keras"),
+        ({"--model": "{root}/broken.keras"}, "--model: Cannot load the .keras file '{root}/broken.keras'"),
+        ({"--model": "{root}"}, "--model: '{root}' is not a SavedModel"),
+        ({"--target": "{root}/short.de"}, "--source/--target: Parallel files must have the same number of lines, but '{root}/test.en' has 4 and '{root}/short.de' has 1."),
+        ({"--source": "{root}/latin1.en"}, "--source/--target: '{root}/latin1.en' line 1 is not valid UTF-8"),
+        ({"--source": "{root}/missing.en"}, "--source/--target: File not found: '{root}/missing.en'."),
+        ({"--source": "{root}/empty", "--target": "{root}/empty"}, "--source/--target: {root}/empty holds no test sentence"),
+        ({"--run-record": "{root}/missing.json"}, "--run-record: cannot read {root}/missing.json as JSON: [Errno 2]"),
+        ({"--run-record": "{root}/broken.json"}, "--run-record: cannot read {root}/broken.json as JSON: Expecting"),
+        ({"--run-record": "{root}/list.json"}, "--run-record: {root}/list.json holds a list, expected a JSON object"),
+        ({"--results": "{root}/broken.json"}, "--results: cannot read {root}/broken.json as JSON"),
+        ({"--results": "{root}/run.json"}, "--results: {root}/run.json holds an object, expected a JSON list"),
+        ({"--results": "{root}/list.json"}, "--results: {root}/list.json is not a list of runs written by this script"),
+        ({"--beam-size": "0"}, "argument --beam-size: expected a positive integer, got 0"),
+        ({"--length-penalty": "-1"}, "--length-penalty: Received an invalid value for argument length_penalty"),
+        ({"--length-penalty": "nan"}, "--length-penalty: Received an invalid value for argument length_penalty"),
+    ],
+)  # fmt: skip
+def test_a_bad_flag_or_file_is_one_usage_line_naming_it(files, capsys, change, line):
+    (files / "short.de").write_text("ein Satz\n")
+    (files / "latin1.en").write_bytes("caf\u00e9\n".encode("latin-1"))
+    (files / "empty").write_text("")
+    (files / "broken.json").write_text("{not json")
+    (files / "list.json").write_text("[1, 2]")
+    (files / "broken.keras").write_bytes(b"not a zip archive")
+    arguments = {
+        "--model": "{root}/model.keras",
+        "--source": "{root}/test.en",
+        "--target": "{root}/test.de",
+        "--results": "{root}/docs/runs.json",
+        "--output": "{root}/docs/quality.md",
+        "--plot": "{root}/docs/quality_bleu.png",
+        **change,
+    }
+    flat = [part.format(root=files) for pair in arguments.items() for part in pair]
+    assert usage_error(capsys, *flat).startswith(
+        "evaluate.py: error: " + line.format(root=files)
+    )
+    assert not (files / "docs").exists()

@@ -82,12 +82,56 @@ def test_lines_of_stdin_are_translated_with_beam_search(export_dir, loaded):
     assert result.stdout.split("\n") == expected(loaded, TEXTS, "translate_beam") + [""]
 
 
-def test_a_folder_that_is_not_an_export_is_reported(tmp_path):
-    with pytest.raises(SystemExit, match="is not a SavedModel folder"):
-        load_script("serve").main([str(tmp_path), "5 March 2021"])
+def usage_error(capsys, *arguments):
+    """serve.py's main on `arguments`: its exit status and stderr line."""
+    with pytest.raises(SystemExit) as error:
+        load_script("serve").main([str(argument) for argument in arguments])
+    stderr = capsys.readouterr().err
+    assert error.value.code == 2, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+def test_a_folder_that_is_not_an_export_is_reported(tmp_path, capsys):
+    line = usage_error(capsys, tmp_path, "5 March 2021")
+    assert line == f"serve.py: error: export_dir: {str(tmp_path)!r} is not a SavedModel folder"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root / "missing", "export_dir: no such folder: "),
+        (lambda root: root / "file.txt", "export_dir: no such folder: "),
+        (lambda root: root / "base", "holds versions 3, 1: pass "),
+        (lambda root: root / "base" / "3", "is not a SavedModel folder"),
+    ],
+)
+def test_a_missing_or_wrong_export_dir_is_a_usage_error(tmp_path, capsys, make, message):
+    (tmp_path / "file.txt").write_text("not a folder")
+    for version in ("1", "3"):
+        (tmp_path / "base" / version).mkdir(parents=True)
+    line = usage_error(capsys, make(tmp_path), "5 March 2021")
+    assert line.startswith("serve.py: error: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--batch_size", "0", "x"], "--batch_size must be positive, got 0"),
+        (["--batch_size", "two", "x"], "invalid int value: 'two'"),
+        ([], "the following arguments are required: export_dir"),
+    ],
+)
+def test_bad_flags_are_usage_errors(capsys, arguments, message):
+    assert message in usage_error(capsys, *arguments)
 
 
 def test_a_text_too_long_for_the_model_is_reported_with_the_limit(export_dir, capsys):
-    with pytest.raises(SystemExit, match="maximum source length of 12 tokens"):
+    with pytest.raises(SystemExit) as error:
         load_script("serve").main([export_dir, "1 May", "5 March 2021 and more"])
-    assert capsys.readouterr().out == ""
+    captured = capsys.readouterr()
+    assert error.value.code == 2
+    assert captured.err.splitlines()[-1].startswith(
+        "serve.py: error: A text to translate has more tokens"
+    )
+    assert "maximum source length of 12 tokens" in captured.err
+    assert captured.out == ""

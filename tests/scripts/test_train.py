@@ -211,3 +211,112 @@ def test_every_transformer_config_field_is_a_flag_of_the_same_name():
         2,
         False,
     )
+
+
+# Files for the corpus flags: {name} in an argument is replaced by its path.
+CORPUS_FILES = {
+    "two": b"one\ntwo\n",
+    "three": b"uno\ndos\ntres\n",
+    "latin1": "caf\u00e9\n".encode("latin-1") + b"ok\n",
+    "empty": b"",
+    "blank": b"\n\n",
+    "pairs": b"a\tb\nc\td\n",
+    "notab": b"a\tb\nno tab here\n",
+}
+
+
+def usage_error(capsys, tmp_path, arguments):
+    """train.py's parse_args on `arguments`: checks exit status 2 and returns
+    the one stderr line."""
+    for name, content in CORPUS_FILES.items():
+        (tmp_path / name).write_bytes(content)
+    arguments = [argument.format(**{name: tmp_path / name for name in CORPUS_FILES})
+                 for argument in arguments]  # fmt: skip
+    with pytest.raises(SystemExit) as error:
+        load_script("train").parse_args(arguments)
+    stderr = capsys.readouterr().err
+    assert error.value.code == 2, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "arguments, line",
+    [
+        (["--dropout", "1.5"], "--dropout: expected a float in the range [0, 1), received 1.5"),
+        (["--dropout", "-0.1"], "--dropout: expected a float in the range [0, 1), received -0.1"),
+        (["--attention-dropout", "1"], "--attention-dropout: expected a float in the range [0, 1), received 1.0"),
+        (["--learning-rate", "-1"], "--learning-rate: expected a positive finite number, received -1.0"),
+        (["--learning-rate", "0"], "--learning-rate: expected a positive finite number, received 0.0"),
+        (["--learning-rate", "inf"], "--learning-rate: expected a positive finite number, received inf"),
+        (["--label-smoothing", "1.0"], "--label-smoothing: expected a float in the range [0, 1), received 1.0"),
+        (["--warmup-steps", "-3"], "--warmup-steps: expected a non-negative integer, received -3"),
+        (["--hidden-dim", "30", "--num-heads", "4"], "--hidden-dim: expected a multiple of num_heads=4, received 30"),
+        (["--hidden-dim", "0"], "--hidden-dim: expected a positive integer, received 0"),
+        (["--num-heads", "3"], "--hidden-dim: expected a multiple of num_heads=3, received 64"),
+        (["--num-key-value-heads", "3"], "--num-heads: expected a multiple of num_key_value_heads=3, received 4"),
+        (["--num-encoder-layers", "0"], "--num-encoder-layers: expected a positive integer, received 0"),
+        (["--intermediate-dim", "-8"], "--intermediate-dim: expected a positive integer, received -8"),
+        (["--max-source-length", "0"], "--max-source-length: expected a positive integer, received 0"),
+        (["--layer-norm-epsilon", "0"], "--layer-norm-epsilon: expected a positive finite number, received 0.0"),
+        (["--activation", "sigmoidal"], "--activation: expected 'geglu', 'swiglu' or the name of a Keras"),
+        (["--position-encoding", "rotary", "--hidden-dim", "12"], "--hidden-dim: expected hidden_dim / num_heads to be even"),
+        (["--position-encoding", "absolute"], "--position-encoding: expected one of 'sinusoidal'"),
+        (["--norm-placement", "middle"], "--norm-placement: expected one of 'post'"),
+        (["--vocabulary-size", "3"], "--vocabulary-size: expected more than the 4 special tokens, received 3"),
+        (["--tokenizer", "sentencepiece"], "--vocabulary-size: Received vocabulary_size=None with tokenizer='sentencepiece'"),
+        (["--length-penalty", "-2"], "--length-penalty: expected a non-negative finite number, received -2.0"),
+        (["--num-examples", "-1"], "--num-examples: expected 0 or more, received -1"),
+        (["--checkpoint-dir", "{two}"], "--checkpoint-dir: {two} is a file; expected a folder (created when missing)"),
+        (["--output-dir", "{two}"], "--output-dir: {two} is a file; expected a folder"),
+        (["--log-dir", "{two}"], "--log-dir: {two} is a file; expected a folder"),
+        (["--source", "{two}", "--target", "{three}"], "--source/--target: Parallel files must have the same number of lines, but '{two}' has 2 and '{three}' has 3."),
+        (["--source", "{latin1}", "--target", "{two}"], "--source/--target: '{latin1}' line 1 is not valid UTF-8"),
+        (["--source", "{two}", "--target", "{latin1}"], "--source/--target: '{latin1}' line 1 is not valid UTF-8"),
+        (["--tsv", "{notab}"], "--tsv: Malformed TSV line 2 in '{notab}': expected at least 2 tab-separated columns, found 1"),
+        (["--tsv", "{latin1}"], "--tsv: '{latin1}' line 1 is not valid UTF-8"),
+        (["--tsv", "{empty}"], "--tsv: {empty} holds no pairs"),
+        (["--tsv", "{blank}"], "--tsv: {blank} holds no pairs"),
+        (["--source", "{empty}", "--target", "{empty}"], "--source/--target: {empty} holds no text"),
+        (["--source", "{blank}", "--target", "{blank}"], "--source/--target: {blank} holds no text"),
+        (["--tsv", "{pairs}", "--valid-tsv", "{notab}"], "--valid-tsv: Malformed TSV line 2"),
+        (["--tsv", "{pairs}", "--valid-source", "{two}", "--valid-target", "{three}"], "--valid-source/--valid-target: Parallel files must have the same number of lines"),
+    ],
+)  # fmt: skip
+def test_a_bad_flag_or_file_is_one_usage_line_naming_it(tmp_path, capsys, arguments, line):
+    expected = "train.py: error: " + line.format(
+        **{name: tmp_path / name for name in CORPUS_FILES}
+    )
+    assert usage_error(capsys, tmp_path, arguments).startswith(expected)
+
+
+def test_a_warm_up_longer_than_the_run_is_a_usage_error_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        run_script(
+            *TINY[:-4], "--num-train", "40", "--num-test", "4",
+            "--warmup-steps", "100000",
+            "--output-dir", tmp_path / "saved", "--log-dir", tmp_path / "logs",
+        )  # fmt: skip
+    assert error.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "train.py: error: --warmup-steps: expected at most total_steps="
+    )
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_bad_flag_prints_no_traceback_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import SCRIPTS, SUBPROCESS_TIMEOUT
+
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train.py"), "--dropout", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "train.py: error: --dropout: expected a float in the range [0, 1), received 1.5"
+    )
