@@ -45,29 +45,27 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder of Multi30k files")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--base-epochs", type=positive_int, default=2)
-    parser.add_argument("--finetune-epochs", type=positive_int, default=6)
-    parser.add_argument("--ranks", type=positive_int, nargs=2, default=[4, 8])
-    parser.add_argument("--num-test", type=positive_int, default=400,
+    parser.add_argument("--base-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--ranks", type=int, nargs=2, default=[4, 8])
+    parser.add_argument("--num-test", type=int, default=400,
                         help="held-out pairs of each domain")  # fmt: skip
     parser.add_argument("--full-learning-rate", type=float, default=1e-3)
     parser.add_argument("--lora-learning-rate", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a one-minute check")
     args = parser.parse_args(argv)
+    for flag in ("base_epochs", "finetune_epochs", "num_test"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: expected a positive integer")
+    if min(args.ranks) < 1:
+        parser.error("--ranks: expected positive integers")
     for name in ("train", "val", "test_2016_flickr"):
         for side in ("en", "de"):
             path = os.path.join(args.data_dir, f"{name}.{side}")
             if not os.path.isfile(path):
                 parser.error(f"--data-dir: no such file: {path}")
     return args
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def split_domains(args):

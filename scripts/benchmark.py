@@ -20,6 +20,8 @@ Sections (`--sections`, default all):
   and without `TransformerConfig.remat`.
 - serving: the exported `translate` endpoint against in-process decoding.
 - scaling: training step time as the sequence length and the depth grow.
+- adapters: serving latency of an export with named LoRA adapters against
+  the merged export and the plain base (`--sections adapters`).
 
     python scripts/benchmark.py                      # all sections, ~30 min on 2 cores
     python scripts/benchmark.py --sections training decoding --repeats 7
@@ -51,7 +53,7 @@ if SCRIPTS not in sys.path:
 
 import keras  # noqa: E402
 
-from benchmarks import decoding, lora, remat, report, scaling  # noqa: E402
+from benchmarks import adapters, decoding, lora, remat, report, scaling  # noqa: E402
 from benchmarks import serving, training  # noqa: E402
 from benchmarks.common import REPOSITORY, SMOKE, Settings  # noqa: E402
 
@@ -62,6 +64,7 @@ SECTIONS = {
     "remat": remat.run,
     "serving": serving.run,
     "scaling": scaling.run,
+    "adapters": adapters.run,
 }
 SECTION_NAMES = tuple(SECTIONS)
 

@@ -495,13 +495,7 @@ class LoRADense(keras.layers.Layer):
         if received != expected:
             raise ValueError(self._load_mismatch_message(expected, received))
         for name, variable in variables.items():
-            value = np.asarray(store[name])
-            if value.shape != tuple(variable.shape):
-                raise ValueError(
-                    f"Layer '{self.name}' cannot load '{name}': expected shape "
-                    f"{tuple(variable.shape)}, received {value.shape}."
-                )
-            variable.assign(value)
+            assign_saved(variable, store[name], f"Layer '{self.name}' cannot load '{name}'")
         if saved_state is not None:
             self._merged = bool(saved_state["merged"])
 
@@ -564,6 +558,17 @@ class LoRADense(keras.layers.Layer):
             }
         )
         return config
+
+
+def assign_saved(variable, value, where):
+    """Assigns a saved array to `variable`; a `ValueError` starting with
+    `where` when the shapes differ."""
+    value = np.asarray(value)
+    if value.shape != tuple(variable.shape):
+        raise ValueError(
+            f"{where}: expected shape {tuple(variable.shape)}, received {value.shape}."
+        )
+    variable.assign(value)
 
 
 def _lora_dense_layers(model):

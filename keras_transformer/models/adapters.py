@@ -212,13 +212,7 @@ class AdapterBank(keras.layers.Layer):
                 f"{sorted(variables)}."
             )
         for key, variable in variables.items():
-            value = np.asarray(store[key])
-            if value.shape != tuple(variable.shape):
-                raise ValueError(
-                    f"The adapter bank cannot load '{key}': expected shape "
-                    f"{tuple(variable.shape)}, received {value.shape}."
-                )
-            variable.assign(value)
+            lora.assign_saved(variable, store[key], f"The adapter bank cannot load '{key}'")
 
 
 def _key(name, path, kernel):
@@ -227,8 +221,13 @@ def _key(name, path, kernel):
     return "|".join((name, path.replace("/", "|"), kernel))
 
 
+def is_valid_name(name):
+    """Whether `name` can name an adapter: letters, digits, "_" and "-"."""
+    return isinstance(name, str) and bool(_NAME_PATTERN.fullmatch(name))
+
+
 def _check_name(name):
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+    if not is_valid_name(name):
         raise ValueError(
             "Received an invalid value for argument name, expected a non-empty "
             "adapter name of letters, digits, '_' and '-'. Received: "
@@ -508,18 +507,7 @@ def merge_adapter(translator, name):
     """
     spec = _spec(translator, name)
     bank = _bank(translator)
-    merged = type(translator).from_config(
-        {**base_config(translator), "name": translator.name}
-    )
-    bank_ids = {id(variable) for variable in bank.weights}
-    base = [v for v in translator.weights if id(v) not in bank_ids]
-    if [tuple(v.shape) for v in base] != [tuple(v.shape) for v in merged.weights]:
-        raise ValueError(
-            f"Cannot merge the adapter {name!r}: the rebuilt translator's "
-            "weights do not line up with this one's."
-        )
-    for target, source in zip(merged.weights, base):
-        target.assign(source)
+    merged = without_adapters(translator)
     layers_by_path = lora._lora_dense_layers(merged)
     for path in spec.paths:
         kernel_a, kernel_b = bank.kernels(name, path)
@@ -528,6 +516,24 @@ def merge_adapter(translator, name):
             ops.add(layer.kernel, ops.multiply(ops.matmul(kernel_a, kernel_b), spec.scale))
         )
     return merged
+
+
+def without_adapters(translator):
+    """A new translator of the same config and base weights, no adapters."""
+    copy = type(translator).from_config(
+        {**base_config(translator), "name": translator.name}
+    )
+    bank = _bank(translator)
+    bank_ids = set() if bank is None else {id(v) for v in bank.weights}
+    base = [v for v in translator.weights if id(v) not in bank_ids]
+    if [tuple(v.shape) for v in base] != [tuple(v.shape) for v in copy.weights]:
+        raise ValueError(
+            f"Cannot copy the base of translator '{translator.name}': the "
+            "rebuilt translator's weights do not line up with its own."
+        )
+    for target, source in zip(copy.weights, base):
+        target.assign(source)
+    return copy
 
 
 def get_config(translator):
