@@ -21,6 +21,23 @@ Endpoints of the export:
   tensors, `{"texts"} -> {"translations"}`, for TF Serving and
   `saved_model_cli`.
 
+An export of a translator with named LoRA adapters
+(`keras_transformer.models.adapters`) serves the base from `serve`,
+`translate` and `translate_beam` as above, and every adapter from
+`serving_default`, which then takes `{"texts", "adapter"}`: tf.string
+`[batch]` each, one adapter name per text, `""` for the base (TF Serving
+signatures have no optional inputs, so "no adapter" is spelled `""`). The
+choice is per text, as vLLM and S-LoRA choose per request: REST clients send
+`{"instances": [{"texts": "a text", "adapter": "dogs"},
+{"texts": "another", "adapter": ""}]}` and one server batch may mix adapters.
+The export holds one greedy decoding loop per adapter (and one for the base);
+a batch is split by adapter name, each group decoded by its adapter's loop
+with the adapter's `(A, B)` pairs fixed in it, and the translations put back
+in order. A batch of one adapter runs one loop, at the cost of the adapter's
+low-rank products; a mixed batch runs one loop per adapter present, one after
+the other. An unknown name fails the call with an `InvalidArgumentError`
+naming the adapters the export serves.
+
 How `translate` and `translate_beam` treat awkward inputs:
 
 - Empty and whitespace-only texts translate to `""`: they have no source
@@ -41,6 +58,7 @@ The directory also holds `assets.extra/translator.json`: the limits, decoding
 settings and tokenizer configs the export was made with.
 """
 
+import contextlib
 import json
 import os
 
@@ -67,6 +85,7 @@ def export_translator(
     beam_size=4,
     length_penalty=0.6,
     jit_compile=False,
+    adapters=None,
 ):
     """Writes a SavedModel that translates strings, atomically.
 
@@ -93,6 +112,11 @@ def export_translator(
             compiles once, on its first request (seconds); later requests
             decode several times faster on a CPU (see docs/benchmarks.md).
             The server's TensorFlow must include XLA (pip's does).
+        adapters: None, or `(names, using)` for a translator with named
+            adapters (`keras_transformer.models.adapters.export_adapters`):
+            `using(name)` is a context in which the model computes with
+            adapter `name` (None: the base). `serving_default` then takes an
+            adapter name per text (see the module docstring).
 
     Returns:
         `export_dir`, as given.
@@ -107,7 +131,6 @@ def export_translator(
     ```
     """
     transformer_layers = decoding.model_layers(model)
-    max_source_length = transformer_layers.max_source_length
     max_target_length = transformer_layers.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length
@@ -135,34 +158,51 @@ def export_translator(
             f"Cannot export to {final_dir!r}: it exists and is not a folder."
         )
 
-    metadata = {
-        "keras_transformer_version": __version__,
-        "endpoints": list(ENDPOINTS),
-        "max_source_length": max_source_length,
-        "max_target_length": max_target_length,
-        "max_decode_length": max_decode_length,
-        "beam_size": beam_size,
-        "length_penalty": float(length_penalty),
-        "jit_compile": jit_compile,
-        "source_tokenizer": _tokenizer_record(source_tokenizer),
-        "target_tokenizer": _tokenizer_record(target_tokenizer),
-    }
-    # The folder the export is staged in is made first: a parent that is a
-    # file or cannot be written fails here, before any endpoint is traced.
-    with _files.staged_folder(final_dir, "the export") as staging:
-        archive = _build_archive(
+    adapter_names, using = adapters if adapters is not None else ([], None)
+    # The base endpoints are traced while the archive is written, so the
+    # model computes without any adapter from here to the end.
+    with using(None) if using is not None else contextlib.nullcontext():
+        _write_export(
             model,
             transformer_layers,
             source_tokenizer,
             target_tokenizer,
-            max_decode_length=max_decode_length,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            jit_compile=jit_compile,
+            final_dir,
+            dict(
+                max_decode_length=max_decode_length,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+                jit_compile=jit_compile,
+                adapters=(adapter_names, using),
+            ),
+        )
+    return export_dir
+
+
+def _write_export(model, parts, source_tokenizer, target_tokenizer, final_dir, settings):
+    adapter_names = settings["adapters"][0]
+    metadata = {
+        "keras_transformer_version": __version__,
+        "endpoints": list(ENDPOINTS),
+        "max_source_length": parts.max_source_length,
+        "max_target_length": parts.max_target_length,
+        "max_decode_length": settings["max_decode_length"],
+        "beam_size": settings["beam_size"],
+        "length_penalty": float(settings["length_penalty"]),
+        "jit_compile": settings["jit_compile"],
+        "source_tokenizer": _tokenizer_record(source_tokenizer),
+        "target_tokenizer": _tokenizer_record(target_tokenizer),
+    }
+    if adapter_names:
+        metadata["adapters"] = list(adapter_names)
+    # The folder the export is staged in is made first: a parent that is a
+    # file or cannot be written fails here, before any endpoint is traced.
+    with _files.staged_folder(final_dir, "the export") as staging:
+        archive = _build_archive(
+            model, parts, source_tokenizer, target_tokenizer, **settings
         )
         archive.write_out(staging, verbose=False)
         _write_metadata(staging, metadata)
-    return export_dir
 
 
 def load_translator(path):
@@ -214,6 +254,7 @@ def _build_archive(
     beam_size,
     length_penalty,
     jit_compile,
+    adapters,
 ):
     max_source_length = transformer_layers.max_source_length
     max_target_length = transformer_layers.max_target_length
@@ -271,12 +312,76 @@ def _build_archive(
         translator(decoding.BeamSampler(beam_size, length_penalty)),
         input_signature=[texts_spec],
     )
+    adapter_names, using = adapters
+    if not adapter_names:
+        archive.add_endpoint(
+            "serving_default",
+            lambda texts: {"translations": translate(texts)},
+            input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
+        )
+        return archive
+    decoders = []
+    for name in [None, *adapter_names]:
+        # Traced now, while `using` holds: the adapter is fixed in the loop.
+        with using(name):
+            decoders.append(
+                tf.function(
+                    translator(decoding.GreedySampler()),
+                    input_signature=[texts_spec],
+                    autograph=False,
+                ).get_concrete_function()
+            )
+    route = _adapter_router(["", *adapter_names], decoders)
     archive.add_endpoint(
         "serving_default",
-        lambda texts: {"translations": translate(texts)},
-        input_signature=[tf.TensorSpec([None], tf.string, name="texts")],
+        lambda texts, adapter: {"translations": route(texts, adapter)},
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="texts"),
+            tf.TensorSpec([None], tf.string, name="adapter"),
+        ],
     )
     return archive
+
+
+def _adapter_router(names, decoders):
+    """texts, adapter names `[batch]` -> translations, each text decoded by
+    the decoder of its adapter (`names[i]` -> `decoders[i]`)."""
+    known = ", ".join(repr(name) for name in names)
+
+    def route(texts, adapter):
+        matches = tf.equal(tf.expand_dims(adapter, 1), tf.constant(names)[None, :])
+        found = tf.reduce_any(matches, axis=1)
+        checks = [
+            tf.debugging.assert_equal(
+                tf.size(adapter),
+                tf.size(texts),
+                message="serving_default needs one adapter name per text "
+                "(\"\" for the base).",
+            ),
+            tf.debugging.Assert(
+                tf.reduce_all(found),
+                [
+                    f"Unknown adapter name; this export serves {known} "
+                    "('' is the base). Received:",
+                    tf.boolean_mask(adapter, tf.logical_not(found)),
+                ],
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            index = tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+        groups = tf.dynamic_partition(texts, index, len(names))
+        positions = tf.dynamic_partition(tf.range(tf.size(texts)), index, len(names))
+        translations = [
+            tf.cond(
+                tf.size(group) > 0,
+                lambda group=group, decode=decode: decode(group),
+                lambda: tf.zeros([0], tf.string),
+            )
+            for group, decode in zip(groups, decoders)
+        ]
+        return tf.dynamic_stitch(positions, translations)
+
+    return route
 
 
 def _assert_fits(ids, max_length, argument, side):

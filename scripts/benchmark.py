@@ -23,6 +23,8 @@ Sections (`--sections`, default all):
 - fit_path: the corpus recipe's `Translator.fit` against its own
   fixed-shape compiled step, the old fit path and keras-hub's layers in
   the same pipeline (tokens per second).
+- adapters: serving latency of an export with named LoRA adapters against
+  the merged export and the plain base (`--sections adapters`).
 
     python scripts/benchmark.py                      # all sections, ~30 min on 2 cores
     python scripts/benchmark.py --sections training decoding --repeats 7
@@ -54,7 +56,7 @@ if SCRIPTS not in sys.path:
 
 import keras  # noqa: E402
 
-from benchmarks import decoding, lora, remat, report, scaling  # noqa: E402
+from benchmarks import adapters, decoding, lora, remat, report, scaling  # noqa: E402
 from benchmarks import fit_path, serving, training  # noqa: E402
 from benchmarks.common import REPOSITORY, SMOKE, Settings  # noqa: E402
 
@@ -66,6 +68,7 @@ SECTIONS = {
     "serving": serving.run,
     "scaling": scaling.run,
     "fit_path": fit_path.run,
+    "adapters": adapters.run,
 }
 SECTION_NAMES = tuple(SECTIONS)
 

@@ -6,6 +6,10 @@ the tokenizers and the decoding loop.
     python scripts/serve.py saved_models/dates "5 March 2021" "March 6, 2020"
     printf '5 March 2021\\nMarch 6, 2020\\n' | python scripts/serve.py saved_models/dates
     python scripts/serve.py --beam saved_models/dates "5 March 2021"
+    python scripts/serve.py --adapter dmy saved_models/multi "5 March 2021"
+
+`--adapter NAME` translates with one of the named LoRA adapters of an export
+made from a translator with adapters (greedy; "" is the base).
 
 Prints one translation per input, in order. Without texts on the command
 line, every line of stdin is one text (an empty line gives an empty line).
@@ -33,6 +37,9 @@ def build_parser():
     parser.add_argument(
         "--batch_size", type=int, default=64, help="texts per call (default 64)"
     )
+    parser.add_argument(
+        "--adapter", help="named LoRA adapter of the export to translate with"
+    )
     return parser
 
 
@@ -46,7 +53,22 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    if args.adapter is not None and args.beam:
+        parser.error("--adapter: adapters are served greedily; drop --beam")
     return args
+
+
+def adapter_translate(translator, export_dir, name):
+    """texts -> translations with adapter `name` (serving_default's route)."""
+    signature = translator.signatures["serving_default"]
+    if "adapter" not in signature.structured_input_signature[1]:
+        raise SystemExit(f"error: the export at {export_dir!r} serves no adapters.")
+
+    def translate(texts):
+        names = tf.fill(tf.shape(texts), name)
+        return signature(texts=texts, adapter=names)["translations"]
+
+    return translate
 
 
 def load(export_dir):
@@ -91,6 +113,8 @@ def main(argv=None):
     args = parse_args(argv)
     translator = load(args.export_dir)
     translate = translator.translate_beam if args.beam else translator.translate
+    if args.adapter is not None:
+        translate = adapter_translate(translator, args.export_dir, args.adapter)
     texts = [text.encode("utf-8", "surrogateescape") for text in args.texts]
     if not args.texts:
         texts = read_stdin_lines()

@@ -12,6 +12,13 @@ subwords, see keras_transformer.recipes) and reports sacreBLEU:
     python scripts/train.py --source train.en --target train.de \\
         --valid-source val.en --valid-target val.de --name en_de
 
+With --base and --adapter it fine-tunes a named LoRA adapter of a trained
+translator on the corpus instead (the base stays as it is) and writes the
+adapter file, `<output-dir>/<name>/<adapter>.npz`, and a run record:
+
+    python scripts/train.py --base saved_models/en_de/en_de.keras \
+        --adapter medical --adapter-rank 8 --source med.en --target med.de
+
 Every TransformerConfig field is a flag of the same name (--hidden-dim,
 --num-encoder-layers, --remat, ...). Writes TensorBoard logs and a PNG of
 the curves under `<log-dir>/<name>/`, the `.keras` file and the SavedModel
@@ -41,6 +48,7 @@ import tensorflow as tf  # noqa: E402
 from keras_transformer import _files, callbacks, data, distribute  # noqa: E402
 from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
+from keras_transformer import adapter_training  # noqa: E402
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The default run must reach this held-out exact match on the date task.
@@ -107,6 +115,15 @@ def build_parser():
     fit.add_argument("--tpu", help="TPU name or address for --strategy tpu/auto")
     fit.add_argument("--checkpoint-dir", help="checkpoint here; resume when present")
     fit.add_argument("--checkpoint-every", type=positive_int, help="steps (default: epoch)")
+    adapter = parser.add_argument_group("LoRA adapter (fine-tune a trained model)")
+    adapter.add_argument("--base", help="the trained translator (.keras) to adapt")
+    adapter.add_argument("--adapter", help="name of the adapter to train")
+    adapter.add_argument("--adapter-rank", type=positive_int, default=8)
+    adapter.add_argument("--adapter-alpha", type=float, help="default: 2 * rank")
+    adapter.add_argument(
+        "--adapter-target", action="append",
+        help="layer path pattern (repeatable); default: attention query/value",
+    )  # fmt: skip
     decode = parser.add_argument_group("decoding and output")
     decode.add_argument("--beam-size", type=positive_int, help="score with beam search")
     decode.add_argument("--length-penalty", type=float)
@@ -146,7 +163,9 @@ def parse_args(argv=None):
         if path is not None and not os.path.isfile(path):
             parser.error(f"--{flag.replace('_', '-')}: no such file: {path}")
     args.recipe = recipes.CORPUS if args.corpus else recipes.DATE_TASK
-    args.name = args.name or ("translator" if args.corpus else "dates")
+    if args.base or args.adapter:
+        adapter_training.check_flags(parser, args)
+    args.name = args.name or args.adapter or ("translator" if args.corpus else "dates")
     check_arguments(parser, args)
     return args
 
@@ -371,6 +390,8 @@ def main(argv=None):
     batch_size = recipe_value(args, "batch_size")
     args.global_batch_size = distribute.global_batch_size(batch_size, strategy)
     args.replicas = strategy.num_replicas_in_sync
+    if args.adapter:
+        return adapter_training.train(args, load_pairs(args), score, started)
     try:
         with chief_writes_outputs(args, strategy):
             code = train_and_export(args, strategy, started)

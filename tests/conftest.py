@@ -394,3 +394,79 @@ def run_python(code, *args):
         timeout=SUBPROCESS_TIMEOUT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
+
+
+# A trained tiny translator with two named LoRA adapters, shared by the
+# adapter tests of tests/models/test_adapters.py and tests/test_export.py.
+ADAPTER_TEXTS = ["5 March 2021", "17 May 2020", "1 June 1999", "3 April 2000",
+                 "28 August 1987", "9 December 2012"]  # fmt: skip
+
+
+def _day_month_year(iso):
+    year, month, day = iso.split("-")
+    return f"{day}-{month}-{year}"
+
+
+@pytest.fixture(scope="session")
+def adapted(tmp_path_factory):
+    """`SimpleNamespace(translator, base_path, base_logits, inputs, ...)`.
+
+    The translator learned the date task briefly (ISO dates), then two
+    adapters on shifted domains of the same characters: "dmy" writes
+    day-month-year, "rev" writes the ISO date backwards. No adapter is
+    active; tests that activate one go through `adapter_translator`, which
+    deactivates it again. `base_path` holds the base before any adapter,
+    `base_logits` its logits on `inputs`.
+    """
+    import types
+
+    from keras_transformer import data
+    from keras_transformer.models import Translator, adapters
+
+    pairs = data.generate_date_pairs(96, seed=5)
+    sources = [source for source, _ in pairs]
+    targets = [target for _, target in pairs]
+    keras.utils.set_random_seed(11)
+    translator = Translator.from_texts(
+        sources + ADAPTER_TEXTS, targets + ["2021-03-05"] * len(ADAPTER_TEXTS),
+        tokenizer="character", num_encoder_layers=1, num_decoder_layers=1,
+        hidden_dim=16, num_heads=2, intermediate_dim=32, dropout=0.0,
+    )  # fmt: skip
+    translator.compile(learning_rate=1e-2, warmup_steps=5)
+    translator.fit(sources, targets, epochs=6, batch_size=16, verbose=0)
+    base_path = str(tmp_path_factory.mktemp("adapters") / "base.keras")
+    translator.save(base_path)
+    source_ids = translator.source_tokenizer.tokenize(ADAPTER_TEXTS).to_tensor()
+    inputs = {
+        "source_ids": source_ids.numpy(),
+        "target_ids": np.tile(np.arange(1, 9, dtype="int32"), (len(ADAPTER_TEXTS), 1)),
+    }
+    base_logits = to_numpy(translator(inputs, training=False))
+    base_translations = translator.translate(ADAPTER_TEXTS)
+    domains = {
+        "dmy": [_day_month_year(target) for target in targets],
+        "rev": [target[::-1] for target in targets],
+    }
+    for name, shifted in domains.items():
+        adapters.train_adapter(
+            translator, name, sources, shifted, rank=4, alpha=8, epochs=4,
+            batch_size=16, learning_rate=2e-2, warmup_steps=2, verbose=0,
+        )  # fmt: skip
+    translator.set_adapter(None)
+    return types.SimpleNamespace(
+        translator=translator,
+        base_path=base_path,
+        inputs=inputs,
+        base_logits=base_logits,
+        base_translations=base_translations,
+        texts=ADAPTER_TEXTS,
+        sources=sources,
+        domains=domains,
+    )
+
+
+@pytest.fixture
+def adapter_translator(adapted):
+    """The shared adapted translator, with no adapter active afterwards."""
+    yield adapted.translator
+    adapted.translator.set_adapter(None)

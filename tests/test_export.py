@@ -540,3 +540,89 @@ def test_a_truncated_keras_file_fails_to_load_and_is_left_as_it_was(tmp_path):
         keras.models.load_model(path)
 
     assert path.read_bytes() == truncated
+
+
+# Exports of a translator with named LoRA adapters (the shared `adapted`
+# fixture of tests/conftest.py); each kind is written once per module.
+
+_ADAPTER_EXPORTS = {}
+
+
+@pytest.fixture(scope="module")
+def adapter_export(adapted, tmp_path_factory):
+    """The adapted translator's export with every adapter (version folder)."""
+    if "multi" not in _ADAPTER_EXPORTS:
+        base = tmp_path_factory.mktemp("adapter_exports") / "multi"
+        _ADAPTER_EXPORTS["multi"] = adapted.translator.export(str(base))
+    return _ADAPTER_EXPORTS["multi"]
+
+
+def in_memory(translator, texts, names):
+    """Each text translated alone by the translator with its adapter active."""
+    translations = []
+    for text, name in zip(texts, names):
+        translator.set_adapter(name or None)
+        translations.extend(translator.translate([text]))
+    translator.set_adapter(None)
+    return translations
+
+
+def serve_with_adapters(export_dir, texts, names):
+    signature = export.load_translator(export_dir).signatures["serving_default"]
+    outputs = signature(
+        texts=tf.constant(texts, tf.string), adapter=tf.constant(names, tf.string)
+    )
+    return as_strings(outputs["translations"])
+
+
+def test_an_export_with_two_adapters_answers_each_text_with_its_adapter(
+    adapted, adapter_export
+):
+    texts = adapted.texts * 2
+    names = ["dmy", "", "rev", "rev", "dmy", "", "", "dmy", "rev", "", "dmy", "rev"]
+    served = serve_with_adapters(adapter_export, texts, names)
+    assert served == in_memory(adapted.translator, texts, names)
+    # The adapters really differ, so routing is what made the answers match.
+    assert len({served[0], served[1], served[2]}) == 3 or served[0] != served[1]
+
+
+def test_a_batch_of_one_adapter_and_an_empty_batch_are_served(adapted, adapter_export):
+    texts = adapted.texts[:3]
+    assert serve_with_adapters(adapter_export, texts, ["rev"] * 3) == in_memory(
+        adapted.translator, texts, ["rev"] * 3
+    )
+    assert serve_with_adapters(adapter_export, [], []) == []
+
+
+def test_an_export_with_adapters_serves_the_base_from_its_other_endpoints(
+    adapted, adapter_export
+):
+    loaded = export.load_translator(adapter_export)
+    texts = adapted.texts
+    assert as_strings(loaded.translate(tf.constant(texts))) == adapted.base_translations
+    signature = loaded.signatures["serving_default"]
+    _, inputs = signature.structured_input_signature
+    assert sorted(inputs) == ["adapter", "texts"]
+    with open(os.path.join(adapter_export, export.METADATA_PATH), encoding="utf-8") as file:
+        assert json.load(file)["adapters"] == ["dmy", "rev"]
+
+
+def test_an_unknown_adapter_name_is_refused_naming_the_served_ones(adapter_export):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"this export serves '', 'dmy', 'rev'"
+    ) as error:
+        serve_with_adapters(adapter_export, ["5 March 2021", "1 June"], ["dmy", "cats"])
+    assert "cats" in error.value.message
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one adapter name per text"):
+        serve_with_adapters(adapter_export, ["5 March 2021", "1 June"], ["dmy"])
+
+
+def test_a_merged_export_serves_one_adapter_with_the_plain_signature(adapted, tmp_path):
+    version = adapted.translator.export(str(tmp_path / "merged"), merge_adapter="dmy")
+    loaded = export.load_translator(version)
+    _, inputs = loaded.signatures["serving_default"].structured_input_signature
+    assert list(inputs) == ["texts"]
+    served = as_strings(loaded.translate(tf.constant(adapted.texts)))
+    assert served == in_memory(adapted.translator, adapted.texts, ["dmy"] * 6)
+    with pytest.raises(ValueError, match="Received: name='cats'"):
+        adapted.translator.export(str(tmp_path / "other"), merge_adapter="cats")

@@ -41,6 +41,8 @@ _OUTPUT_SETTINGS = ("rank", "alpha", "use_rslora", "use_dora")
 _SETTINGS = (*_OUTPUT_SETTINGS, "lora_dropout")
 # Layout of the "lora_state" entry a layer writes next to its variables.
 _STATE_FIELDS = ("merged", "rank", "alpha", "lora_dropout", "use_rslora", "use_dora")
+# Query and value projections of every attention layer (Hu et al.'s choice).
+DEFAULT_TARGET_LAYERS = ("*query", "*value")
 
 
 def _check_adapter_arguments(rank, alpha, lora_dropout, use_rslora, use_dora):
@@ -187,6 +189,7 @@ class LoRADense(keras.layers.Layer):
         self.lora_merged_norm = None
         self.lora_dropout_layer = None
         self._merged = False
+        self._attached_adapter = None
 
     def build(self, input_shape):
         input_dim = validation.check_last_dim(
@@ -367,19 +370,64 @@ class LoRADense(keras.layers.Layer):
             branch_inputs = inputs
             if self.lora_dropout_layer is not None:
                 branch_inputs = self.lora_dropout_layer(inputs, training=training)
-            branch = ops.matmul(
-                ops.matmul(
-                    branch_inputs, ops.cast(self.lora_kernel_a, self.compute_dtype)
+            outputs = ops.add(
+                outputs,
+                self._low_rank_update(
+                    branch_inputs,
+                    self.lora_kernel_a,
+                    self.lora_kernel_b,
+                    self.lora_scale,
                 ),
-                ops.cast(self.lora_kernel_b, self.compute_dtype),
             )
-            outputs = ops.add(outputs, ops.multiply(branch, self.lora_scale))
             if self.use_dora:
                 ratio = self._dora_ratio(_column_norms(self._updated_kernel()))
                 outputs = ops.multiply(outputs, ops.cast(ratio, self.compute_dtype))
+        attached = self._attached_adapter
+        if attached is not None:
+            outputs = ops.add(
+                outputs,
+                self._low_rank_update(
+                    inputs, attached.kernel_a, attached.kernel_b, attached.scale
+                ),
+            )
         if self.bias is not None:
             outputs = ops.add(outputs, ops.cast(self.bias, self.compute_dtype))
         return self.activation(outputs)
+
+    def _low_rank_update(self, inputs, kernel_a, kernel_b, scale):
+        """`scale * inputs @ A @ B` in the compute dtype."""
+        branch = ops.matmul(
+            ops.matmul(inputs, ops.cast(kernel_a, self.compute_dtype)),
+            ops.cast(kernel_b, self.compute_dtype),
+        )
+        return ops.multiply(branch, scale)
+
+    @property
+    def attached_adapter(self):
+        """The adapter held outside the layer that `attach` added, or None."""
+        return self._attached_adapter
+
+    def attach(self, adapter):
+        """Adds an adapter held outside the layer to its outputs (None: none).
+
+        For low-rank updates whose variables live elsewhere, such as the
+        named adapters of a `Translator` (`keras_transformer.models.adapters`),
+        which keeps several per layer and attaches the active one. `adapter`
+        has `kernel_a` `(d_in, rank)`, `kernel_b` `(rank, units)` and a float
+        `scale`; the output gains `scale * inputs @ kernel_a @ kernel_b`.
+        Nothing is saved with the layer, and functions traced before the
+        call keep the adapter they were traced with (trace again).
+
+        Args:
+            adapter: the adapter, or None to compute the layer alone again.
+        """
+        if adapter is not None and self.lora_enabled:
+            raise ValueError(
+                f"Layer '{self.name}' has its own LoRA adapter (enable_lora), "
+                "so another adapter cannot be attached to it. Use one kind of "
+                "adapter per layer."
+            )
+        self._attached_adapter = adapter
 
     def _check_merge_state(self, merging):
         action = "merge" if merging else "unmerge"
@@ -461,13 +509,7 @@ class LoRADense(keras.layers.Layer):
         if received != expected:
             raise ValueError(self._load_mismatch_message(expected, received))
         for name, variable in variables.items():
-            value = np.asarray(store[name])
-            if value.shape != tuple(variable.shape):
-                raise ValueError(
-                    f"Layer '{self.name}' cannot load '{name}': expected shape "
-                    f"{tuple(variable.shape)}, received {value.shape}."
-                )
-            variable.assign(value)
+            assign_saved(variable, store[name], f"Layer '{self.name}' cannot load '{name}'")
         if saved_state is not None:
             self._merged = bool(saved_state["merged"])
 
@@ -532,6 +574,17 @@ class LoRADense(keras.layers.Layer):
         return config
 
 
+def assign_saved(variable, value, where):
+    """Assigns a saved array to `variable`; a `ValueError` starting with
+    `where` when the shapes differ."""
+    value = np.asarray(value)
+    if value.shape != tuple(variable.shape):
+        raise ValueError(
+            f"{where}: expected shape {tuple(variable.shape)}, received {value.shape}."
+        )
+    variable.assign(value)
+
+
 def _lora_dense_layers(model):
     """Maps the layer path of every `LoRADense` under `model` to the layer."""
     found = {}
@@ -589,7 +642,7 @@ def _forget_traced_functions(model):
 
 def enable_lora(
     model,
-    target_layers=("*query", "*value"),
+    target_layers=DEFAULT_TARGET_LAYERS,
     rank=8,
     alpha=None,
     lora_dropout=0.0,
@@ -617,6 +670,38 @@ def enable_lora(
     Returns:
         The list of adapted layer paths.
     """
+    settings = _check_adapter_arguments(
+        rank, alpha, lora_dropout, use_rslora, use_dora
+    )
+    matched = match_layers(model, target_layers)
+    for path, layer in matched.items():
+        if layer.attached_adapter is not None:
+            raise ValueError(
+                f"Layer '{path}' has a named adapter attached. Use one kind "
+                "of adapter per layer."
+            )
+    # Every layer checked first so an error never leaves the model half adapted.
+    for layer in matched.values():
+        layer._check_rank_fits(settings["rank"], layer.kernel.shape[0])
+    for layer in matched.values():
+        layer.enable_lora(**settings)
+    if freeze_base:
+        _freeze_all_but_adapters(model)
+    _forget_traced_functions(model)
+    return list(matched)
+
+
+def match_layers(model, target_layers):
+    """The built `LoRADense` layers without an adapter whose path matches.
+
+    Args:
+        model: a built model (or layer) containing `LoRADense` layers.
+        target_layers: str or sequence of str. Layer path patterns, as in
+            `enable_lora`.
+
+    Returns:
+        A dict of layer path -> `LoRADense`, in model order.
+    """
     patterns = (target_layers,) if isinstance(target_layers, str) else target_layers
     if (
         not isinstance(patterns, (list, tuple))
@@ -628,9 +713,6 @@ def enable_lora(
             "layer path pattern or a non-empty list of them. Received: "
             f"target_layers={target_layers!r}"
         )
-    settings = _check_adapter_arguments(
-        rank, alpha, lora_dropout, use_rslora, use_dora
-    )
     layers_by_path = _lora_dense_layers(model)
     matched = {
         path: layer
@@ -654,15 +736,7 @@ def enable_lora(
                 f"Layer '{path}' is not built yet. Build the model (call it on "
                 "an input) before enabling LoRA."
             )
-    # Every layer checked first so an error never leaves the model half adapted.
-    for layer in matched.values():
-        layer._check_rank_fits(settings["rank"], layer.kernel.shape[0])
-    for layer in matched.values():
-        layer.enable_lora(**settings)
-    if freeze_base:
-        _freeze_all_but_adapters(model)
-    _forget_traced_functions(model)
-    return list(matched)
+    return matched
 
 
 def _change_merge_state(model, merge):
@@ -726,17 +800,32 @@ def save_lora_weights(model, filepath):
         "version": _FILE_VERSION,
         "adapters": {path: layer._adapter_settings for path, layer in adapted.items()},
     }
-    arrays[_METADATA_KEY] = np.array(json.dumps(metadata))
-    with _files.atomic_write(filepath, "wb", "LoRA weights") as file:
+    write_npz(filepath, arrays, metadata, "LoRA weights")
+
+
+def write_npz(filepath, arrays, metadata, what, metadata_key=_METADATA_KEY):
+    """Writes `arrays` and a JSON `metadata` entry to an `.npz` file,
+    atomically (`_files.atomic_write`): an existing file is never lost or
+    left half-written."""
+    arrays = {**arrays, metadata_key: np.array(json.dumps(metadata))}
+    with _files.atomic_write(filepath, "wb", what) as file:
         np.savez(file, **arrays)
 
 
-def _read_lora_file(filepath):
-    if not os.path.isfile(filepath):
-        raise ValueError(f"LoRA weights file not found: {filepath!r}.")
-    not_ours = (
-        f"{filepath!r} is not a LoRA weights file written by save_lora_weights"
-    )
+def read_npz(filepath, not_ours, file_format, version, metadata_key=_METADATA_KEY):
+    """Reads an archive of `write_npz`: `(arrays, metadata)`, or a ValueError.
+
+    Args:
+        filepath: str. The file.
+        not_ours: str. The start of every error message, e.g. "'x.npz' is not
+            a LoRA weights file written by save_lora_weights".
+        file_format: str. The "format" the metadata must name.
+        version: int. The "version" it must have.
+        metadata_key: str. The entry holding the JSON metadata.
+
+    Returns:
+        A dict of the floating-point arrays by key, and the metadata dict.
+    """
     try:
         archive = np.load(filepath, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -745,9 +834,9 @@ def _read_lora_file(filepath):
         raise ValueError(f"{not_ours}: it holds a single array.")
     with archive:
         arrays = {key: archive[key] for key in archive.files}
-    metadata = arrays.pop(_METADATA_KEY, None)
+    metadata = arrays.pop(metadata_key, None)
     if metadata is None:
-        raise ValueError(f"{not_ours}: it has no '{_METADATA_KEY}' entry.")
+        raise ValueError(f"{not_ours}: it has no '{metadata_key}' entry.")
     try:
         metadata = json.loads(metadata.item()) if metadata.dtype.kind == "U" else None
     except json.JSONDecodeError as error:
@@ -757,11 +846,27 @@ def _read_lora_file(filepath):
     if not isinstance(metadata, dict):
         raise ValueError(f"{not_ours}: its metadata is not a JSON object.")
     found = (metadata.get("format"), metadata.get("version"))
-    if found != (_FILE_FORMAT, _FILE_VERSION):
+    if found != (file_format, version):
         raise ValueError(
-            f"{not_ours}: expected format {_FILE_FORMAT!r} version "
-            f"{_FILE_VERSION}, found {found[0]!r} version {found[1]!r}."
+            f"{not_ours}: expected format {file_format!r} version "
+            f"{version}, found {found[0]!r} version {found[1]!r}."
         )
+    for key, array in arrays.items():
+        if array.dtype.kind != "f":
+            raise ValueError(
+                f"{not_ours}: {key!r} holds {array.dtype} values, expected "
+                "floating-point weights."
+            )
+    return arrays, metadata
+
+
+def _read_lora_file(filepath):
+    if not os.path.isfile(filepath):
+        raise ValueError(f"LoRA weights file not found: {filepath!r}.")
+    not_ours = (
+        f"{filepath!r} is not a LoRA weights file written by save_lora_weights"
+    )
+    arrays, metadata = read_npz(filepath, not_ours, _FILE_FORMAT, _FILE_VERSION)
     adapters = metadata.get("adapters")
     if not isinstance(adapters, dict):
         raise ValueError(f"{not_ours}: its metadata lists no adapters.")
@@ -775,12 +880,6 @@ def _read_lora_file(filepath):
                 f"{not_ours}: the settings of the adapter {path!r} are invalid "
                 f"({error}). Received: {settings!r}"
             ) from None
-    for key, array in arrays.items():
-        if array.dtype.kind != "f":
-            raise ValueError(
-                f"{not_ours}: {key!r} holds {array.dtype} values, expected "
-                "floating-point weights."
-            )
     return arrays, adapters
 
 

@@ -31,6 +31,7 @@ from keras_transformer import callbacks, decoding, distribute, export, losses, m
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
+from keras_transformer.models import adapters as adapters_lib
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 
 tf = import_tensorflow(__name__)
@@ -227,7 +228,7 @@ def _text_pairs(dataset):
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class Translator(Transformer):
+class Translator(adapters_lib.AdapterMethods, Transformer):
     """An encoder-decoder Transformer that translates text.
 
     A `Transformer` (a functional `keras.Model`: ids in, logits out) that
@@ -246,6 +247,9 @@ class Translator(Transformer):
             library's blocks, instead of `config`.
         dtype: optional dtype policy of the layers built from `config`
             (`"mixed_bfloat16"`, `"mixed_float16"`); logits stay float32.
+        adapters: optional list of named LoRA adapter records (what
+            `get_config` writes; use `add_adapter` to make them).
+        active_adapter: optional name of the adapter active after loading.
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Example:
@@ -268,6 +272,8 @@ class Translator(Transformer):
         target_tokenizer=None,
         transformer_layers=None,
         dtype=None,
+        adapters=None,
+        active_adapter=None,
         **kwargs,
     ):
         if isinstance(source_tokenizer, dict):
@@ -292,6 +298,7 @@ class Translator(Transformer):
         self._jit_compile_auto = False
         # One compiled decoding function per setting, reused across calls.
         self._decoders = _DecoderCache()
+        adapters_lib.restore(self, adapters, active_adapter)
 
     @classmethod
     def from_texts(
@@ -1024,6 +1031,7 @@ class Translator(Transformer):
             **super().get_config(),
             "source_tokenizer": tokenizers.serialize_tokenizer(self.source_tokenizer),
             "target_tokenizer": tokenizers.serialize_tokenizer(self.target_tokenizer),
+            **adapters_lib.get_config(self),
         }
 
     def export(
@@ -1034,6 +1042,7 @@ class Translator(Transformer):
         beam_size=4,
         length_penalty=0.6,
         jit_compile=False,
+        merge_adapter=None,
     ):
         """Exports a SavedModel for TensorFlow Serving into `path/<version>/`.
 
@@ -1051,16 +1060,27 @@ class Translator(Transformer):
         `POST /v1/models/translator:predict` with
         `{"instances": ["a text", "another"]}`.
 
+        With adapters, `serving_default` takes `{"texts", "adapter"}` (an
+        adapter name per text, `""` for the base) and the other endpoints
+        serve the base (see `keras_transformer.export`); with
+        `merge_adapter=name` the export is of `merge_adapter(name)`: one
+        adapter at the base's cost, the signatures of a plain export.
+
         Args:
             path: str. The model's base folder (holding version folders).
             version: int or None. The version folder; None takes the next
                 integer after the largest existing one (1 for a new folder).
             max_decode_length, beam_size, length_penalty, jit_compile: see
                 `keras_transformer.export.export_translator`.
+            merge_adapter: str or None. Export this adapter merged.
 
         Returns:
             str, the version folder written.
         """
+        if merge_adapter is not None:
+            return self.merge_adapter(merge_adapter).export(
+                path, version, max_decode_length, beam_size, length_penalty, jit_compile
+            )
         base = os.fspath(path)
         if os.path.exists(base) and not os.path.isdir(base):
             raise ValueError(
@@ -1090,6 +1110,7 @@ class Translator(Transformer):
             beam_size=beam_size,
             length_penalty=length_penalty,
             jit_compile=jit_compile,
+            adapters=adapters_lib.export_adapters(self),
         )
         return target
 

@@ -589,6 +589,27 @@ def skipped_row(label, reason, width):
     return [label, f"skipped ({reason})"] + [""] * (width - 2)
 
 
+def latency_bars(latencies, batch_sizes):
+    """A `draw` for `plot`: horizontal bars of median ms per call, one bar
+    per batch size for each label of `latencies` ({(label, batch): s})."""
+
+    def draw(pyplot):
+        labels = list(dict.fromkeys(label for label, _ in latencies))
+        width = 0.8 / len(batch_sizes)
+        for offset, batch_size in enumerate(batch_sizes):
+            pyplot.barh(
+                np.arange(len(labels)) + offset * width,
+                [latencies[(label, batch_size)] * 1e3 for label in labels],
+                width,
+                label=f"batch {batch_size}",
+            )
+        pyplot.yticks(np.arange(len(labels)), labels, fontsize=8)
+        pyplot.xlabel("ms per call (median)")
+        pyplot.legend()
+
+    return draw
+
+
 def plot(path, draw):
     """Draws with `draw(pyplot)` into a PNG at `path` (Agg backend)."""
     import matplotlib

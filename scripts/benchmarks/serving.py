@@ -5,7 +5,6 @@ import os
 import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_transformer import data, decoding, export, losses, models
@@ -15,6 +14,7 @@ from benchmarks.common import (
     SectionResult,
     Table,
     agreement_note,
+    latency_bars,
     ms,
     plot,
     ratio,
@@ -146,21 +146,10 @@ def run(settings, options):
                     ]
                 )
 
-    def draw(pyplot):
-        labels = list(dict.fromkeys(label for label, _ in latencies))
-        width = 0.8 / len(settings.serving_batch_sizes)
-        for offset, batch_size in enumerate(settings.serving_batch_sizes):
-            pyplot.barh(
-                np.arange(len(labels)) + offset * width,
-                [latencies[(label, batch_size)] * 1e3 for label in labels],
-                width,
-                label=f"batch {batch_size}",
-            )
-        pyplot.yticks(np.arange(len(labels)), labels, fontsize=8)
-        pyplot.xlabel("ms per call (median)")
-        pyplot.legend()
-
-    plot_name = plot(os.path.join(options.output_dir, "benchmark_serving.png"), draw)
+    plot_name = plot(
+        os.path.join(options.output_dir, "benchmark_serving.png"),
+        latency_bars(latencies, settings.serving_batch_sizes),
+    )
     return SectionResult(
         "serving",
         "5. Serving: exported `translate` vs in-process decoding",

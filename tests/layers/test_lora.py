@@ -273,6 +273,43 @@ def test_trainable_parameter_count_is_rank_times_d_in_plus_d_out(use_dora):
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == expected
 
 
+def test_an_attached_adapter_adds_scale_x_a_b_and_detaching_restores_the_layer():
+    layer = built_layer()
+    x = random_floats(3, D_IN, seed=4)
+    plain = to_numpy(layer(x))
+    a = random_floats(D_IN, RANK, seed=5)
+    b = random_floats(RANK, UNITS, seed=6)
+
+    class Adapter:
+        kernel_a, kernel_b, scale = a, b, 1.5
+
+    layer.attach(Adapter)
+    assert layer.attached_adapter is Adapter
+    expected = numpy_lora(
+        x, to_numpy(layer.kernel), to_numpy(layer.bias), a, b, 1.5
+    )
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, atol=1e-5)
+    # Nothing is saved with the layer, and the layer's own state is untouched.
+    assert not layer.lora_enabled and len(layer.weights) == 2
+    layer.attach(None)
+    np.testing.assert_array_equal(to_numpy(layer(x)), plain)
+
+
+def test_an_adapter_is_attached_to_a_layer_without_its_own_adapter_only():
+    layer = built_layer(rank=RANK)
+
+    class Adapter:
+        kernel_a, kernel_b, scale = np.zeros((D_IN, 1)), np.zeros((1, UNITS)), 1.0
+
+    with pytest.raises(ValueError, match="has its own LoRA adapter"):
+        layer.attach(Adapter)
+    plain = built_layer()
+    plain.attach(Adapter)
+    model = keras.Sequential([keras.Input((D_IN,)), plain])
+    with pytest.raises(ValueError, match="has a named adapter attached"):
+        layers.enable_lora(model, target_layers="*")
+
+
 def test_layer_enable_lora_freezes_kernel_and_bias():
     layer = built_layer()
     layer.enable_lora(RANK)

@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from keras_transformer import export
 from tests.conftest import SCRIPTS, load_script
-from tests.test_export import SUBPROCESS_TIMEOUT, shared_translator
+from tests.test_export import (  # noqa: F401 (adapter_export is a fixture)
+    SUBPROCESS_TIMEOUT,
+    adapter_export,
+    in_memory,
+    shared_translator,
+)
 
 SERVE = str(SCRIPTS / "serve.py")
 TEXTS = ["5 March 2021", "", "17 May 2020", "1 June"]
@@ -135,3 +140,38 @@ def test_a_text_too_long_for_the_model_is_reported_with_the_limit(export_dir, ca
     )
     assert "maximum source length of 12 tokens" in captured.err
     assert captured.out == ""
+
+
+def serve_in_process(*args):
+    """serve.py's main in this process; returns its printed lines."""
+    import contextlib
+    import io
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        load_script("serve").main([str(arg) for arg in args])
+    return output.getvalue().split("\n")[:-1]
+
+
+def test_adapter_translates_with_that_adapter_of_the_export(adapted, adapter_export):
+    texts = adapted.texts[:3]
+    assert serve_in_process("--adapter", "rev", adapter_export, *texts) == in_memory(
+        adapted.translator, texts, ["rev"] * 3
+    )
+
+
+def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export):
+    with pytest.raises(SystemExit, match="this export serves '', 'dmy', 'rev'"):
+        serve_in_process("--adapter", "cats", adapter_export, "5 March 2021")
+
+
+def test_adapter_on_an_export_without_adapters_is_reported(export_dir):
+    with pytest.raises(SystemExit, match="serves no adapters"):
+        serve_in_process("--adapter", "rev", export_dir, "5 March 2021")
+
+
+def test_adapter_with_beam_is_a_usage_error(export_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("serve").main(["--adapter", "rev", "--beam", export_dir, "5 May"])
+    assert exit_info.value.code == 2
+    assert "--adapter: adapters are served greedily" in capsys.readouterr().err

@@ -320,3 +320,60 @@ def test_a_bad_flag_prints_no_traceback_in_a_fresh_process(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "train.py: error: --dropout: expected a float in the range [0, 1), received 1.5"
     )
+
+
+def test_base_and_adapter_fine_tune_an_adapter_and_write_it_with_a_run_record(
+    adapted, tmp_path
+):
+    import keras
+
+    code, stdout = run_script(
+        "--base", adapted.base_path, "--adapter", "more", "--adapter-rank", "2",
+        "--epochs", "1", "--num-train", "64", "--num-test", "8",
+        "--output-dir", tmp_path / "saved", "--log-dir", tmp_path / "logs",
+    )  # fmt: skip
+    assert code == 0
+    path = tmp_path / "saved" / "more" / "more.npz"
+    with open(tmp_path / "logs" / "more" / "run.json", encoding="utf-8") as file:
+        record = json.load(file)
+    assert record["adapter"]["rank"] == 2 and record["adapter"]["alpha"] == 4.0
+    assert record["adapter"]["file_bytes"] == path.stat().st_size
+    assert record["base"] == adapted.base_path
+    assert record["training_seconds"] > 0
+    fresh = keras.saving.load_model(adapted.base_path)
+    assert fresh.load_adapter(path) == "more"
+    fresh.set_adapter("more")
+    assert record["trainable_parameters"] == sum(
+        int(tf.size(v)) for v in fresh.trainable_weights
+    )
+    assert "adapter: held-out exact match" in stdout
+    assert "base: held-out exact match" in stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--adapter", "x"], "--base and --adapter go together"),
+        (["--base", "{keras}"], "--base and --adapter go together"),
+        (["--base", "{present}", "--adapter", "x"], "--base: expected a .keras file"),
+        (["--base", "{keras}", "--adapter", "a b"], "--adapter: expected a name"),
+        (["--base", "{keras}", "--adapter", "x", "--hidden-dim", "8"],
+         "--hidden-dim: the model comes from --base"),
+        (["--base", "{keras}", "--adapter", "x", "--adapter-rank", "0"],
+         "expected a positive integer, got 0"),
+        (["--base", "{keras}", "--adapter", "x", "--precision", "mixed_float16"],
+         "--precision: not available with --adapter"),
+    ],
+)  # fmt: skip
+def test_bad_adapter_flags_exit_with_a_usage_error(tmp_path, capsys, arguments, message):
+    present = tmp_path / "present.txt"
+    present.write_text("a\tb\n", encoding="utf-8")
+    keras_file = tmp_path / "base.keras"
+    keras_file.write_bytes(b"")
+    paths = {"present": present, "keras": keras_file}
+    with pytest.raises(SystemExit) as error:
+        load_script("train").parse_args(
+            [argument.format(**paths) for argument in arguments]
+        )
+    assert error.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
