@@ -66,7 +66,7 @@ SMOKE_RECIPE = dataclasses.replace(
 )
 # (training pairs, held-out pairs, steps per host launch)
 FULL_SIZES = (20000, 1000, 32)
-SMOKE_SIZES = (256, 16, 4)
+SMOKE_SIZES = (64, 4, 2)
 DATE_TASK_TARGET = 0.99
 
 

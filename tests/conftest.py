@@ -6,6 +6,7 @@ inside a functional model with identical outputs, one `fit` step, and the
 `mixed_float16` / `mixed_bfloat16` policies.
 """
 
+import dataclasses
 import importlib.util
 import os
 import pathlib
@@ -32,11 +33,57 @@ def load_script(name):
 
 @pytest.fixture(autouse=True)
 def _isolate_keras_state():
-    """Each test starts from the same seeds, float32 policy and a clear session."""
+    """Each test starts from the same seeds, float32 policy and a clear session.
+
+    `free_memory=False`: Keras' default runs a full `gc.collect()`, 0.2-0.5 s
+    of CPU per test once TensorFlow is loaded (minutes over the suite);
+    Python's own collector still frees what the tests leave behind.
+    """
     keras.utils.set_random_seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
+
+
+# Scheduling. `--dist loadfile` runs each file on one worker, and xdist sends
+# the files with the most tests first, so a file of one long test (a script
+# smoke run) used to start last and keep one worker busy alone at the end.
+# Files that take long go first instead, longest first, the rest after them
+# by number of tests: the two workers finish together. A stale list costs
+# balance, never correctness. CPU seconds measured on 2 cores (2026-12).
+LONGEST_FILES = (
+    "tests/test_checkpointing.py",  # killed and resumed children: ~150 s
+    "tests/test_distribute.py",  # mirrored and two-worker children: ~90 s
+    "tests/test_tpu_path.py",  # XLA training, Colab smoke run: ~140 s
+    "tests/scripts/test_benchmark.py",  # benchmark smoke run: ~100 s
+    "tests/models/test_translator.py",
+    "tests/test_export.py",
+    "tests/scripts/test_train.py",
+    "tests/test_readme.py",
+    "tests/test_hardening.py",
+    "tests/scripts/test_benchmark_gpu.py",
+    "tests/test_backends.py",
+    "tests/data/test_subword.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        # Keep the collection order below (xdist would sort by test count).
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Orders whole files: `LONGEST_FILES` first, then by number of tests."""
+    by_file = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    rank = {path: index for index, path in enumerate(LONGEST_FILES)}
+    order = sorted(
+        by_file,
+        key=lambda path: (rank.get(path, len(rank)), -len(by_file[path])),
+    )
+    items[:] = [item for path in order for item in by_file[path]]
 
 
 @pytest.fixture
@@ -351,8 +398,10 @@ def run_layer_test(
     return eager_outputs
 
 
-# A subprocess imports TensorFlow and loads a SavedModel or model (~10 s).
-SUBPROCESS_TIMEOUT = 180
+# A subprocess imports TensorFlow and loads a SavedModel or model: ~10 s of
+# CPU, but minutes of wall time on a machine shared by busy processes. Only
+# a guard against a hang.
+SUBPROCESS_TIMEOUT = 600
 
 
 def save_then_fail_a_second_save(model, folder, monkeypatch):
@@ -383,7 +432,11 @@ def save_then_fail_a_second_save(model, folder, monkeypatch):
 
 
 def run_python(code, *args):
-    """Runs `code` in a fresh Python process; returns the CompletedProcess."""
+    """Runs `code` in a fresh Python process; returns the CompletedProcess.
+
+    Each process costs ~10 s of CPU to import TensorFlow: run every check
+    that needs a fresh process in one call where the checks allow it.
+    """
     import subprocess
     import sys
 
@@ -470,3 +523,106 @@ def adapter_translator(adapted):
     """The shared adapted translator, with no adapter active afterwards."""
     yield adapted.translator
     adapted.translator.set_adapter(None)
+
+
+# --- One trained and exported tiny date translator for the session ----------
+#
+# Training and exporting take ~20 s of CPU, so every file that serves,
+# exports or reloads a trained model shares this one (tests/test_export.py,
+# tests/scripts/test_serve.py). Session-scoped: under `pytest -n 2 --dist
+# loadfile` each worker builds it at most once.
+
+DATE_SOURCES = ["5 March 2021", "17 May 2020", "1 June 1999"]
+DATE_TARGETS = ["2021-03-05", "2020-05-17", "1999-06-01"]
+DATE_MAX_SOURCE_LENGTH = 12
+DATE_MAX_TARGET_LENGTH = 11
+EXPORT_BEAM_SIZE = 3
+EXPORT_LENGTH_PENALTY = 0.6
+
+
+@dataclasses.dataclass
+class ExportedTranslator:
+    """A trained model, its tokenizers and the folder it was exported to."""
+
+    model: keras.Model
+    source_tokenizer: object
+    target_tokenizer: object
+    export_dir: str
+
+
+def build_dates_model():
+    """An untrained one-layer model sized for the date texts, seeded.
+
+    Returns (model, source tokenizer, target tokenizer): character
+    tokenizers of `DATE_SOURCES` and `DATE_TARGETS`, hidden size 16, no
+    dropout, `DATE_MAX_SOURCE_LENGTH` and `DATE_MAX_TARGET_LENGTH`.
+    """
+    from keras_transformer import data, models
+
+    source_tokenizer = data.CharacterTokenizer.from_texts(DATE_SOURCES)
+    target_tokenizer = data.CharacterTokenizer.from_texts(DATE_TARGETS)
+    keras.utils.set_random_seed(7)
+    config = models.TransformerConfig(
+        source_vocabulary_size=source_tokenizer.vocabulary_size,
+        target_vocabulary_size=target_tokenizer.vocabulary_size,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        hidden_dim=16,
+        num_heads=2,
+        intermediate_dim=32,
+        dropout=0.0,
+        max_source_length=DATE_MAX_SOURCE_LENGTH,
+        max_target_length=DATE_MAX_TARGET_LENGTH,
+    )
+    return models.build_transformer(config), source_tokenizer, target_tokenizer
+
+
+def _train_briefly(model, source_tokenizer, target_tokenizer, steps=60):
+    """Enough steps for varied translations that end with EOS."""
+    from keras_transformer import data, losses
+
+    inputs, labels = next(
+        iter(
+            data.make_translation_dataset(
+                DATE_SOURCES,
+                DATE_TARGETS,
+                source_tokenizer,
+                target_tokenizer,
+                batch_size=len(DATE_SOURCES),
+                shuffle=False,
+            )
+        )
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=losses.MaskedSparseCategoricalCrossentropy(),
+    )
+    for _ in range(steps):
+        model.train_on_batch(inputs, labels)
+
+
+@pytest.fixture(scope="session")
+def exported_translator(tmp_path_factory):
+    """`build_dates_model` trained briefly and exported once per session.
+
+    Exported with `export_translator(..., beam_size=EXPORT_BEAM_SIZE,
+    length_penalty=EXPORT_LENGTH_PENALTY)` into a folder whose two parents
+    did not exist (export_translator creates them). Returns an
+    `ExportedTranslator`; treat it as read-only (copy the export folder
+    before changing it).
+    """
+    from keras_transformer import export
+
+    model, source_tokenizer, target_tokenizer = build_dates_model()
+    _train_briefly(model, source_tokenizer, target_tokenizer)
+    export_dir = str(tmp_path_factory.mktemp("exports") / "saved" / "dates")
+    returned = export.export_translator(
+        model,
+        source_tokenizer,
+        target_tokenizer,
+        export_dir,
+        beam_size=EXPORT_BEAM_SIZE,
+        length_penalty=EXPORT_LENGTH_PENALTY,
+    )
+    assert returned == export_dir
+    return ExportedTranslator(model, source_tokenizer, target_tokenizer, export_dir)

@@ -1,117 +1,38 @@
 """SavedModel export of a translator, and `.keras` save/load of the model."""
 
-import dataclasses
 import json
 import os
+import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer import data, decoding, export, losses, models, schedules
-from tests.conftest import run_python, to_numpy
+from keras_transformer import data, decoding, export, losses, schedules
+from tests.conftest import (
+    DATE_MAX_SOURCE_LENGTH,
+    DATE_MAX_TARGET_LENGTH,
+    DATE_SOURCES,
+    EXPORT_BEAM_SIZE,
+    EXPORT_LENGTH_PENALTY,
+    build_dates_model,
+    run_python,
+    to_numpy,
+)
 
-SOURCE_TEXTS = ["5 March 2021", "17 May 2020", "1 June 1999"]
-TARGET_TEXTS = ["2021-03-05", "2020-05-17", "1999-06-01"]
-MAX_SOURCE_LENGTH = 12
-MAX_TARGET_LENGTH = 11
+MAX_SOURCE_LENGTH = DATE_MAX_SOURCE_LENGTH
+MAX_TARGET_LENGTH = DATE_MAX_TARGET_LENGTH
 MAX_DECODE_LENGTH = MAX_TARGET_LENGTH  # the default of export_translator
-BEAM_SIZE = 3
-LENGTH_PENALTY = 0.6
-# Each subprocess imports TensorFlow and loads the SavedModel (~10 s).
-SUBPROCESS_TIMEOUT = 180
-
-
-@dataclasses.dataclass
-class Translator:
-    model: keras.Model
-    source_tokenizer: data.Tokenizer
-    target_tokenizer: data.Tokenizer
-    export_dir: str
-
-
-def tiny_config(source_tokenizer, target_tokenizer):
-    return models.TransformerConfig(
-        source_vocabulary_size=source_tokenizer.vocabulary_size,
-        target_vocabulary_size=target_tokenizer.vocabulary_size,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-        hidden_dim=16,
-        num_heads=2,
-        intermediate_dim=32,
-        dropout=0.0,
-        max_source_length=MAX_SOURCE_LENGTH,
-        max_target_length=MAX_TARGET_LENGTH,
-    )
-
-
-def build_translator():
-    source_tokenizer = data.CharacterTokenizer.from_texts(SOURCE_TEXTS)
-    target_tokenizer = data.CharacterTokenizer.from_texts(TARGET_TEXTS)
-    keras.utils.set_random_seed(7)
-    model = models.build_transformer(tiny_config(source_tokenizer, target_tokenizer))
-    return model, source_tokenizer, target_tokenizer
-
-
-def train_briefly(model, source_tokenizer, target_tokenizer, steps=60):
-    """Enough steps for varied translations that end with EOS."""
-    inputs, labels = next(
-        iter(
-            data.make_translation_dataset(
-                SOURCE_TEXTS,
-                TARGET_TEXTS,
-                source_tokenizer,
-                target_tokenizer,
-                batch_size=len(SOURCE_TEXTS),
-                shuffle=False,
-            )
-        )
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
-        loss=losses.MaskedSparseCategoricalCrossentropy(),
-    )
-    for _ in range(steps):
-        model.train_on_batch(inputs, labels)
-
-
-_SHARED = {}
-
-
-def shared_translator(tmp_path_factory):
-    """One exported translator for the whole session (exports are slow).
-
-    A plain function with a cache rather than a fixture, so that
-    `tests/scripts/test_serve.py` reuses the same export.
-    """
-    if "translator" not in _SHARED:
-        model, source_tokenizer, target_tokenizer = build_translator()
-        train_briefly(model, source_tokenizer, target_tokenizer)
-        # Two missing parent folders: export_translator creates them.
-        export_dir = str(tmp_path_factory.mktemp("exports") / "saved" / "dates")
-        returned = export.export_translator(
-            model,
-            source_tokenizer,
-            target_tokenizer,
-            export_dir,
-            beam_size=BEAM_SIZE,
-            length_penalty=LENGTH_PENALTY,
-        )
-        assert returned == export_dir
-        _SHARED["translator"] = Translator(
-            model, source_tokenizer, target_tokenizer, export_dir
-        )
-    return _SHARED["translator"]
+BEAM_SIZE = EXPORT_BEAM_SIZE
+LENGTH_PENALTY = EXPORT_LENGTH_PENALTY
 
 
 @pytest.fixture(scope="module")
-def translator(tmp_path_factory):
-    return shared_translator(tmp_path_factory)
+def translator(exported_translator):
+    return exported_translator
 
 
 @pytest.fixture(scope="module")
@@ -142,61 +63,75 @@ def as_strings(tensor):
     return [text.decode("utf-8") for text in tensor.numpy()]
 
 
-SERVE_WITHOUT_LIBRARY = r"""
-import json, pathlib, sys
+# One fresh process runs every check that needs TensorFlow alone (each
+# process imports TensorFlow and loads a SavedModel: ~10 s of CPU): the
+# plain and the XLA export serve their endpoints, and saved_model_cli runs
+# the serving signature. Each check reports its own result or traceback.
+FRESH_PROCESS = r"""
+import json, pathlib, sys, traceback
 import numpy as np
 import tensorflow as tf
 
-export_dir, work = sys.argv[1], pathlib.Path(sys.argv[2])
-translator = tf.saved_model.load(export_dir)
-logits = translator.serve(
-    source_ids=tf.constant(np.load(work / "source_ids.npy")),
-    target_ids=tf.constant(np.load(work / "target_ids.npy")),
+work = pathlib.Path(sys.argv[1])
+checks = json.loads((work / "checks.json").read_text())
+
+
+def serve(check):
+    translator = tf.saved_model.load(check["export_dir"])
+    result = {}
+    if "source_ids" in check:
+        logits = translator.serve(
+            source_ids=tf.constant(check["source_ids"], tf.int32),
+            target_ids=tf.constant(check["target_ids"], tf.int32),
+        )
+        result["logits"] = logits.numpy().tolist()
+    texts = tf.constant(check["texts"])
+    for name in ("translate", "translate_beam"):
+        translations = getattr(translator, name)(texts).numpy()
+        result[name] = [text.decode("utf-8") for text in translations]
+    return result
+
+
+def saved_model_cli(check):
+    # The module the `saved_model_cli` command runs, found through this
+    # Python rather than PATH.
+    from tensorflow.python.tools import saved_model_cli as cli
+
+    sys.argv = ["saved_model_cli", *check["arguments"]]
+    try:
+        cli.main()
+    except SystemExit as exit:
+        if exit.code not in (None, 0):
+            raise
+    translations = np.load(check["output"], allow_pickle=True)
+    return [text.decode("utf-8") for text in translations]
+
+
+results = {}
+for name, check in checks.items():
+    try:
+        results[name] = {"result": globals()[check.pop("kind")](check)}
+    except BaseException:
+        results[name] = {"error": traceback.format_exc()}
+results["imported"] = sorted(
+    name for name in sys.modules if name.startswith("keras_transformer")
 )
-np.save(work / "logits.npy", logits.numpy())
-texts = tf.constant(json.loads((work / "texts.json").read_text()))
-result = {
-    name: [text.decode("utf-8") for text in getattr(translator, name)(texts).numpy()]
-    for name in ("translate", "translate_beam")
-}
-(work / "translations.json").write_text(json.dumps(result))
-imported = sorted(name for name in sys.modules if name.startswith("keras_transformer"))
-assert not imported, imported
+(work / "results.json").write_text(json.dumps(results))
 """
 
-
-@pytest.mark.slow
-def test_a_process_without_keras_transformer_serves_what_the_model_computes(
-    translator, tmp_path
-):
-    source_ids = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]], "int32")
-    target_ids = np.array([[2, 4, 5, 0], [2, 6, 7, 8]], "int32")
-    texts = ["5 March 2021", "1 June", "17 May 20"]
-    np.save(tmp_path / "source_ids.npy", source_ids)
-    np.save(tmp_path / "target_ids.npy", target_ids)
-    (tmp_path / "texts.json").write_text(json.dumps(texts))
-
-    result = run_python(SERVE_WITHOUT_LIBRARY, translator.export_dir, str(tmp_path))
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected_logits = to_numpy(
-        translator.model({"source_ids": source_ids, "target_ids": target_ids})
-    )
-    np.testing.assert_allclose(
-        np.load(tmp_path / "logits.npy"), expected_logits, atol=1e-5
-    )
-    translations = json.loads((tmp_path / "translations.json").read_text())
-    assert translations["translate"] == decode_in_process(translator, texts)
-    assert translations["translate_beam"] == decode_in_process(
-        translator, texts, beam=True
-    )
+SERVE_SOURCE_IDS = [[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]]
+SERVE_TARGET_IDS = [[2, 4, 5, 0], [2, 6, 7, 8]]
+SERVE_TEXTS = ["5 March 2021", "1 June", "17 May 20"]
+XLA_SOURCE_IDS = [[5, 6, 7]]
+XLA_TARGET_IDS = [[2, 4]]
+XLA_TEXTS = ["5 March 2021", "1 June", "", "17 May 20"]
+CLI_TEXTS = ["5 March 2021", "1 June"]
 
 
-@pytest.mark.slow
-def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
-    translator, loaded, tmp_path
-):
-    export_dir = str(tmp_path / "dates_xla")
+@pytest.fixture(scope="module")
+def xla_export_dir(translator, tmp_path_factory):
+    """The shared translator exported again with `jit_compile=True`."""
+    export_dir = str(tmp_path_factory.mktemp("xla") / "dates_xla")
     export.export_translator(
         translator.model,
         translator.source_tokenizer,
@@ -206,56 +141,109 @@ def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
         length_penalty=LENGTH_PENALTY,
         jit_compile=True,
     )
-    saved_model = (tmp_path / "dates_xla" / "saved_model.pb").read_bytes()
-    assert b"_XlaMustCompile" in saved_model
-    texts = ["5 March 2021", "1 June", "", "17 May 20"]
-    np.save(tmp_path / "source_ids.npy", np.array([[5, 6, 7]], "int32"))
-    np.save(tmp_path / "target_ids.npy", np.array([[2, 4]], "int32"))
-    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    return export_dir
 
-    result = run_python(SERVE_WITHOUT_LIBRARY, export_dir, str(tmp_path))
 
+@pytest.fixture(scope="module")
+def fresh_process(translator, xla_export_dir, tmp_path_factory):
+    """What one Python process without keras_transformer computes.
+
+    Returns {check name: its result}; a check that failed raises here with
+    its traceback when a test asks for it (`fresh_process_result`).
+    """
+    work = tmp_path_factory.mktemp("fresh_process")
+    checks = {
+        "plain": {
+            "kind": "serve",
+            "export_dir": translator.export_dir,
+            "source_ids": SERVE_SOURCE_IDS,
+            "target_ids": SERVE_TARGET_IDS,
+            "texts": SERVE_TEXTS,
+        },
+        "xla": {
+            "kind": "serve",
+            "export_dir": xla_export_dir,
+            "source_ids": XLA_SOURCE_IDS,
+            "target_ids": XLA_TARGET_IDS,
+            "texts": XLA_TEXTS,
+        },
+        "saved_model_cli": {
+            "kind": "saved_model_cli",
+            "arguments": [
+                "run",
+                "--dir", translator.export_dir,
+                "--tag_set", "serve",
+                "--signature_def", "serving_default",
+                "--input_exprs", f"texts={json.dumps(CLI_TEXTS)}",
+                "--outdir", str(work),
+            ],  # fmt: skip
+            "output": str(work / "translations.npy"),
+        },
+    }
+    (work / "checks.json").write_text(json.dumps(checks))
+    result = run_python(FRESH_PROCESS, str(work))
     assert result.returncode == 0, result.stderr[-3000:]
-    translations = json.loads((tmp_path / "translations.json").read_text())
+    results = json.loads((work / "results.json").read_text())
+    assert results.pop("imported") == [], "the process imported keras_transformer"
+    return results
+
+
+def fresh_process_result(fresh_process, name):
+    outcome = fresh_process[name]
+    assert "error" not in outcome, f"{name} failed:\n{outcome.get('error')}"
+    return outcome["result"]
+
+
+@pytest.mark.slow
+def test_a_process_without_keras_transformer_serves_what_the_model_computes(
+    translator, fresh_process
+):
+    served = fresh_process_result(fresh_process, "plain")
+    expected_logits = to_numpy(
+        translator.model(
+            {
+                "source_ids": np.array(SERVE_SOURCE_IDS, "int32"),
+                "target_ids": np.array(SERVE_TARGET_IDS, "int32"),
+            }
+        )
+    )
+    np.testing.assert_allclose(np.array(served["logits"]), expected_logits, atol=1e-5)
+    assert served["translate"] == decode_in_process(translator, SERVE_TEXTS)
+    assert served["translate_beam"] == decode_in_process(
+        translator, SERVE_TEXTS, beam=True
+    )
+
+
+@pytest.mark.slow
+def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
+    translator, loaded, xla_export_dir, fresh_process
+):
+    saved_model = (pathlib.Path(xla_export_dir) / "saved_model.pb").read_bytes()
+    assert b"_XlaMustCompile" in saved_model
+    served = fresh_process_result(fresh_process, "xla")
+    expected_logits = to_numpy(
+        translator.model(
+            {
+                "source_ids": np.array(XLA_SOURCE_IDS, "int32"),
+                "target_ids": np.array(XLA_TARGET_IDS, "int32"),
+            }
+        )
+    )
+    np.testing.assert_allclose(np.array(served["logits"]), expected_logits, atol=1e-5)
     for endpoint in ("translate", "translate_beam"):
-        plain = as_strings(getattr(loaded, endpoint)(tf.constant(texts)))
-        assert translations[endpoint] == plain
+        plain = as_strings(getattr(loaded, endpoint)(tf.constant(XLA_TEXTS)))
+        assert served[endpoint] == plain
     # Padding to the maximum length must not truncate a longer text.
-    xla_loaded = export.load_translator(export_dir)
+    xla_loaded = export.load_translator(xla_export_dir)
     too_long = tf.constant(["x" * (MAX_SOURCE_LENGTH + 1)])
     with pytest.raises(tf.errors.InvalidArgumentError, match="maximum source length"):
         xla_loaded.translate(too_long)
 
 
 @pytest.mark.slow
-def test_saved_model_cli_runs_the_serving_default_signature(translator, tmp_path):
-    texts = ["5 March 2021", "1 June"]
-    result = subprocess.run(
-        [
-            "saved_model_cli",
-            "run",
-            "--dir",
-            translator.export_dir,
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--input_exprs",
-            f"texts={json.dumps(texts)}",
-            "--outdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    translations = np.load(tmp_path / "translations.npy", allow_pickle=True)
-    assert [text.decode("utf-8") for text in translations] == decode_in_process(
-        translator, texts
-    )
+def test_saved_model_cli_runs_the_serving_default_signature(translator, fresh_process):
+    translations = fresh_process_result(fresh_process, "saved_model_cli")
+    assert translations == decode_in_process(translator, CLI_TEXTS)
 
 
 def test_serving_default_names_its_input_texts_and_output_translations(loaded):
@@ -478,7 +466,7 @@ def test_bad_decoding_settings_are_refused_before_writing(
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(translator, tmp_path):
-    larger = data.CharacterTokenizer.from_texts(SOURCE_TEXTS + ["xyzw"])
+    larger = data.CharacterTokenizer.from_texts(DATE_SOURCES + ["xyzw"])
     with pytest.raises(ValueError, match="source_tokenizer with"):
         export.export_translator(
             translator.model,
@@ -497,7 +485,7 @@ INPUTS = {"source_ids": SOURCE_IDS, "target_ids": TARGET_IDS}
 
 
 def compiled_model():
-    model, _, _ = build_translator()
+    model, _, _ = build_dates_model()
     model.compile(
         optimizer=schedules.transformer_optimizer(d_model=16, warmup_steps=4),
         loss=losses.MaskedSparseCategoricalCrossentropy(label_smoothing=0.1),
@@ -510,6 +498,7 @@ def fit_steps(model, steps):
     model.fit(INPUTS, LABELS, batch_size=2, epochs=steps, shuffle=False, verbose=0)
 
 
+@pytest.mark.slow
 def test_keras_file_round_trips_outputs_and_training_continues_from_it(tmp_path):
     model = compiled_model()
     fit_steps(model, 2)
@@ -530,7 +519,7 @@ def test_keras_file_round_trips_outputs_and_training_continues_from_it(tmp_path)
 
 
 def test_a_truncated_keras_file_fails_to_load_and_is_left_as_it_was(tmp_path):
-    model, _, _ = build_translator()
+    model, _, _ = build_dates_model()
     path = tmp_path / "model.keras"
     model.save(path)
     truncated = path.read_bytes()[: path.stat().st_size // 2]

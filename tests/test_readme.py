@@ -1,7 +1,14 @@
 """The README's examples run as written."""
 
+import contextlib
+import io
+import json
 import pathlib
 import re
+
+import pytest
+
+from tests.conftest import run_python
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -10,28 +17,37 @@ def _python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_examples_run_in_order_and_print_what_they_claim(capsys):
+@pytest.fixture(scope="module")
+def readme_run():
+    """The README's python blocks run once, in order, in one namespace.
+
+    Returns (namespace, printed output). The quickstart trains a Translator:
+    both tests below read this one run instead of training it twice.
+    """
     blocks = _python_blocks()
     assert blocks, "README.md has no python example"
     namespace = {}
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
-    printed = capsys.readouterr().out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)
+    return namespace, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_readme_python_examples_run_in_order_and_print_what_they_claim(readme_run):
+    _, printed = readme_run
     assert "True True" in printed
     assert "(1, 3, 1000)" in printed
     # q and v in one encoder self-attention, one decoder self- and cross-attention.
     assert "6 projections adapted; 3072 trainable parameters" in printed
 
 
+@pytest.mark.slow
 def test_readme_quickstart_export_serves_the_same_strings_in_a_fresh_process(
-    capsys,
+    readme_run,
 ):
-    import json
-
-    from tests.conftest import run_python
-
-    namespace = {}
-    exec(compile(_python_blocks()[0], str(README), "exec"), namespace)
+    namespace, _ = readme_run
     code = (
         "import json, sys\n"
         "import tensorflow as tf\n"

@@ -130,7 +130,9 @@ def xla_training(pairs):
     several steps per execution, as scripts/colab_tpu.py trains on a TPU,
     long enough for its translations to depend on the source; its history.
     (Float32: XLA compiles bfloat16 slowly on CPUs; mixed_bfloat16 training
-    without XLA is covered by tests/test_precision.py.)"""
+    without XLA is covered by tests/test_precision.py.) Two length buckets:
+    XLA compiles one training program per batch shape, about 10 s each on a
+    CPU, and two shapes exercise the per-bucket programs as well as eight."""
     keras.utils.set_random_seed(0)
     translator = Translator.from_texts(
         *pairs,
@@ -147,11 +149,17 @@ def xla_training(pairs):
         optimizer=keras.optimizers.Adam(1e-2), jit_compile=True, steps_per_execution=4
     )
     history = translator.fit(
-        *pairs, batch_size=BATCH_SIZE, epochs=4, static_shapes=True, verbose=0
+        *pairs,
+        batch_size=BATCH_SIZE,
+        epochs=4,
+        static_shapes=True,
+        bucket_boundaries=BOUNDARIES,
+        verbose=0,
     )
     return translator, history.history
 
 
+@pytest.mark.slow
 def test_a_translator_trains_under_xla_on_full_batches_of_few_shapes(
     pairs, xla_training
 ):
@@ -159,15 +167,24 @@ def test_a_translator_trains_under_xla_on_full_batches_of_few_shapes(
     # Keras would quietly fall back to no XLA for a model it cannot compile.
     assert translator.jit_compile is True
     assert np.all(np.isfinite(history["loss"]))
-    # The batches fit made: repeating ones drop the remainder, finite ones
-    # fill it with padding rows (held-out pairs are all kept).
-    for repeat in (True, False):
-        dataset = translator.make_dataset(
-            *pairs, batch_size=BATCH_SIZE, repeat=repeat, static_shapes=True
-        )
-        shapes = batch_shapes(dataset.take(20))
-        assert {shape[0] for shape in shapes} == {BATCH_SIZE}
-        assert len(set(shapes)) <= DEFAULT_NUM_BUCKETS
+    # The batches fit makes: repeating ones drop the remainder, finite ones
+    # fill it with padding rows (held-out pairs are all kept); one shape per
+    # bucket, with the default buckets and with the two the fixture trained on.
+    for boundaries, num_buckets in (
+        (None, DEFAULT_NUM_BUCKETS),
+        (BOUNDARIES, len(BOUNDARIES) + 1),
+    ):
+        for repeat in (True, False):
+            dataset = translator.make_dataset(
+                *pairs,
+                batch_size=BATCH_SIZE,
+                repeat=repeat,
+                static_shapes=True,
+                bucket_boundaries=boundaries,
+            )
+            shapes = batch_shapes(dataset.take(20))
+            assert {shape[0] for shape in shapes} == {BATCH_SIZE}
+            assert len(set(shapes)) <= num_buckets, (boundaries, shapes)
     held_out_rows = sum(
         int(np.any(to_numpy(labels) != data.PAD_ID, axis=1).sum())
         for _, labels in dataset
@@ -187,6 +204,7 @@ def host_copy(xla_training):
     return host
 
 
+@pytest.mark.slow
 def test_the_host_copy_holds_the_trained_weights(xla_training, host_copy):
     assert xla_training[0].weights and host_copy is not xla_training[0]
     for trained, copied in zip(xla_training[0].weights, host_copy.weights):
@@ -196,6 +214,7 @@ def test_the_host_copy_holds_the_trained_weights(xla_training, host_copy):
 TEXTS = ["5 March 2021", "the 1st of May, 1999", "12/24/1970"]
 
 
+@pytest.mark.slow
 def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(host_copy):
     ragged = host_copy.source_tokenizer.tokenize(TEXTS)
     max_length = MAX_TARGET_LENGTH
@@ -217,6 +236,7 @@ def test_greedy_decoding_under_xla_on_fixed_length_sources_matches_eager(host_co
     assert decode.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.slow
 def test_the_host_copy_translates_the_same_under_xla_in_fixed_size_batches(
     host_copy,
 ):

@@ -25,6 +25,7 @@ SOURCE = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]], "int32")
 TARGET = np.array([[2, 5, 6, 0, 0, 0], [2, 7, 8, 9, 10, 11]], "int32")
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_variant_and_skips_a_missing_keras_hub(
     tmp_path, monkeypatch
 ):

@@ -1,21 +1,17 @@
 """scripts/serve.py: translating with an export and TensorFlow alone."""
 
 import ast
-import os
+import json
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
 from keras_transformer import export
-from tests.conftest import SCRIPTS, load_script
+from tests.conftest import SCRIPTS, load_script, run_python
 from tests.test_export import (  # noqa: F401 (adapter_export is a fixture)
-    SUBPROCESS_TIMEOUT,
     adapter_export,
     in_memory,
-    shared_translator,
 )
 
 SERVE = str(SCRIPTS / "serve.py")
@@ -23,8 +19,8 @@ TEXTS = ["5 March 2021", "", "17 May 2020", "1 June"]
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return shared_translator(tmp_path_factory).export_dir
+def export_dir(exported_translator):
+    return exported_translator.export_dir
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +33,36 @@ def expected(loaded, texts, endpoint="translate"):
     return [text.decode("utf-8") for text in translations]
 
 
-def run(*args, stdin=None):
-    return subprocess.run(
-        [sys.executable, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-
-
-# Runs serve.py as __main__, then fails if it pulled in keras_transformer.
-WITHOUT_LIBRARY = """
-import runpy, sys
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+# Runs serve.py as __main__ once per command line (arguments, stdin text),
+# all in one process (each Python process imports TensorFlow: ~10 s of CPU),
+# then fails if it pulled in keras_transformer. Writes what each run printed.
+WITHOUT_LIBRARY = r"""
+import contextlib, io, json, runpy, sys
+script, runs = sys.argv[1], json.loads(sys.argv[2])
+printed = []
+for arguments, stdin in runs:
+    sys.argv = [script, *arguments]
+    sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode("utf-8")))
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        runpy.run_path(script, run_name="__main__")
+    printed.append(output.getvalue())
 imported = sorted(name for name in sys.modules if name.startswith("keras_transformer"))
 assert not imported, imported
+print(json.dumps(printed))
 """
+
+
+@pytest.fixture(scope="module")
+def printed(export_dir):
+    """What serve.py printed: texts as arguments, then stdin with --beam."""
+    runs = [
+        ([export_dir, *TEXTS], None),
+        (["--beam", "--batch_size", "3", export_dir], "\n".join(TEXTS) + "\n"),
+    ]
+    result = run_python(WITHOUT_LIBRARY, SERVE, json.dumps(runs))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_serve_never_imports_keras_transformer():
@@ -70,21 +77,13 @@ def test_serve_never_imports_keras_transformer():
 
 
 @pytest.mark.slow
-def test_texts_on_the_command_line_are_translated_one_per_line(export_dir, loaded):
-    result = run("-c", WITHOUT_LIBRARY, SERVE, export_dir, *TEXTS)
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n") == expected(loaded, TEXTS) + [""]
+def test_texts_on_the_command_line_are_translated_one_per_line(printed, loaded):
+    assert printed[0].split("\n") == expected(loaded, TEXTS) + [""]
 
 
 @pytest.mark.slow
-def test_lines_of_stdin_are_translated_with_beam_search(export_dir, loaded):
-    result = run(
-        SERVE, "--beam", "--batch_size", "3", export_dir, stdin="\n".join(TEXTS) + "\n"
-    )
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n") == expected(loaded, TEXTS, "translate_beam") + [""]
+def test_lines_of_stdin_are_translated_with_beam_search(printed, loaded):
+    assert printed[1].split("\n") == expected(loaded, TEXTS, "translate_beam") + [""]
 
 
 def usage_error(capsys, *arguments):
