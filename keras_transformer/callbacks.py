@@ -261,3 +261,75 @@ class CheckpointAveraging(keras.callbacks.Callback):
     def _snapshot(self):
         self.snapshots.append(self.model.get_weights())
         del self.snapshots[: -self.num_checkpoints]
+
+
+# A step this many times slower than the epoch's median step compiled a new
+# program (a new batch shape under XLA, or the first trace).
+_COMPILE_STEP_FACTOR = 4.0
+
+
+class TrainingSpeed(keras.callbacks.Callback):
+    """Logs tokens per second of training, and the time spent compiling.
+
+    At the end of every epoch it writes into `logs` (so the progress line,
+    `History` and TensorBoard show them): `source_tokens_per_second` and
+    `target_tokens_per_second`, the epoch's real (non-padding) tokens over
+    the wall time of its training steps, validation and other callbacks
+    excluded; and `compile_seconds`, the time of the epoch's steps that took
+    more than 4 times the median step, less a median step each: the first
+    trace, and under XLA one compilation per new batch shape.
+
+    Args:
+        source_tokens: int. Source tokens in one epoch.
+        target_tokens: int. Target tokens in one epoch (the labels: the
+            target and its end token).
+
+    Attributes:
+        epochs: list of dicts `{"epoch", "training_seconds",
+            "compile_seconds", "steps", "source_tokens_per_second",
+            "target_tokens_per_second"}`, one per epoch.
+
+    Example:
+
+    ```python
+    speed = TrainingSpeed(source_tokens=120_000, target_tokens=130_000)
+    model.fit(dataset, epochs=2, callbacks=[speed])
+    speed.epochs[-1]["target_tokens_per_second"]
+    ```
+    """
+
+    def __init__(self, source_tokens, target_tokens):
+        super().__init__()
+        self.source_tokens = check_positive_int("source_tokens", source_tokens)
+        self.target_tokens = check_positive_int("target_tokens", target_tokens)
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._step_ends = [time.perf_counter()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step_ends.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        steps = np.diff(self._step_ends)
+        if not len(steps):
+            return
+        seconds = float(steps.sum())
+        median = float(np.median(steps))
+        slow = steps[steps > _COMPILE_STEP_FACTOR * median]
+        record = {
+            "epoch": epoch + 1,
+            "training_seconds": seconds,
+            "compile_seconds": float((slow - median).sum()),
+            "steps": len(steps),
+            "source_tokens_per_second": self.source_tokens / seconds,
+            "target_tokens_per_second": self.target_tokens / seconds,
+        }
+        self.epochs.append(record)
+        if logs is not None:
+            for key in (
+                "source_tokens_per_second",
+                "target_tokens_per_second",
+                "compile_seconds",
+            ):
+                logs[key] = record[key]

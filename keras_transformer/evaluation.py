@@ -4,6 +4,8 @@ BLEU and chrF need the optional package sacrebleu, imported when called.
 """
 
 import dataclasses
+import os
+import re
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,3 +66,26 @@ def _require(module_name, hint):
         return __import__(module_name)
     except ImportError as error:
         raise ImportError(f"{module_name} is not installed. {hint}") from error
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"`,;:()]+")
+
+
+def portable_paths(text, root):
+    """`text` with this machine's absolute paths written for any reader.
+
+    Run records and the pages written from them name corpora, models and
+    output folders; a path under `root` (the repository) or beside it
+    becomes relative to it (`saved_models/x.keras`, `../shared/data/...`),
+    any other keeps only its last two parts (`.../m30k/logs`).
+    """
+    root = os.path.abspath(root)
+
+    def shorten(match):
+        path = match.group(0)
+        relative = os.path.relpath(path, root)
+        if not relative.startswith(os.pardir + os.sep + os.pardir):
+            return relative
+        return os.path.join("...", *path.rstrip("/").split("/")[-2:])
+
+    return _ABSOLUTE_PATH.sub(shorten, text)

@@ -27,7 +27,9 @@ def plot_history(history, path, title=None):
     names = [
         name
         for name in history
-        if not name.startswith("val_") and name != "learning_rate"
+        if not name.startswith("val_")
+        and name not in ("learning_rate", "compile_seconds")
+        and not name.endswith("_per_second")
     ]
     for index, name in enumerate(names):
         axes = loss_axes if name == "loss" else accuracy_axes

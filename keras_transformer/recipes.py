@@ -15,14 +15,15 @@ translator = Translator.from_texts(
     vocabulary_size=recipe.vocabulary_size,
     joint_vocabulary=recipe.joint_vocabulary,  # also shares the embeddings
     tokenizer_options=dict(recipe.tokenizer_options), **recipe.model)
-dataset = translator.make_dataset(
-    sources, targets, tokens_per_batch=recipe.tokens_per_batch)
+# fit sets the schedule's run (warm-up, cosine decay to 0 at its last step)
+# and turns XLA on, with static shapes, when the run repays compiling.
 translator.compile(learning_rate=recipe.learning_rate,
                    warmup_steps=recipe.warmup_steps,
-                   total_steps=recipe.epochs * len(dataset),
                    label_smoothing=recipe.label_smoothing)
+longest = max(translator.max_source_length, translator.max_target_length)
 translator.fit(sources, targets, epochs=recipe.epochs,
                tokens_per_batch=recipe.tokens_per_batch,
+               bucket_boundaries=recipe.bucket_boundaries(longest),
                callbacks=recipe.callbacks(translator.translate,
                                           valid_sources, valid_targets))
 translator.translate(test_sources, **recipe.translate_options())
@@ -30,12 +31,15 @@ translator.translate(test_sources, **recipe.translate_options())
 """
 
 import dataclasses
+import math
 import types
 import typing
 
 from keras_transformer import decoding, validation
 
 TOKENIZERS = ("character", "word", "sentencepiece")
+# Length buckets of `Recipe.bucket_boundaries`, at most: one XLA program each.
+MAX_BUCKETS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +53,10 @@ class Recipe:
         joint_vocabulary: bool. One tokenizer and embedding for both sides.
         model: mapping of `TransformerConfig` fields (not the vocabulary
             sizes, which come from the tokenizers).
-        learning_rate: float. Peak Adam learning rate.
-        warmup_steps: int. Linear warm-up steps.
+        learning_rate: float or None. Peak Adam learning rate; None takes
+            `schedules.default_learning_rate` of the model's width.
+        warmup_steps: int or None. Linear warm-up steps; None warms up for
+            5% of the run, whatever its length.
         label_smoothing: float.
         epochs: int. Passes over the training pairs; the learning rate
             decays to 0 at the end of the last (cosine).
@@ -77,8 +83,8 @@ class Recipe:
     vocabulary_size: typing.Optional[int]
     joint_vocabulary: bool
     model: types.MappingProxyType
-    learning_rate: float
-    warmup_steps: int
+    learning_rate: typing.Optional[float]
+    warmup_steps: typing.Optional[int]
     label_smoothing: float
     epochs: int
     batch_size: typing.Optional[int]
@@ -101,8 +107,11 @@ class Recipe:
         validation.check_positive_int(
             "vocabulary_size", self.vocabulary_size, allow_none=True
         )
-        validation.check_positive_float("learning_rate", self.learning_rate)
-        validation.check_non_negative_int("warmup_steps", self.warmup_steps)
+        validation.check_positive_float(
+            "learning_rate", self.learning_rate, allow_none=True
+        )
+        if self.warmup_steps is not None:
+            validation.check_non_negative_int("warmup_steps", self.warmup_steps)
         validation.check_rate("label_smoothing", self.label_smoothing)
         validation.check_positive_int("epochs", self.epochs)
         validation.check_positive_int("batch_size", self.batch_size, allow_none=True)
@@ -127,13 +136,24 @@ class Recipe:
     def bucket_boundaries(self, longest):
         """Length-bucket boundaries for sequences of up to `longest` tokens.
 
-        Buckets `bucket_width` wide, so a batch is padded by less than that;
-        None (no `bucket_width`) lets the pipeline choose.
+        The first bucket holds lengths up to `2 * bucket_width`; each next
+        one is `bucket_width` or a quarter wider, whichever is more, so a
+        batch is padded by at most about a fifth of its length; the eighth
+        holds everything longer (the rare long tail), since under XLA each
+        bucket costs a compilation (15-30 s on 2 CPU cores). None (no
+        `bucket_width`) lets the pipeline choose.
         """
         validation.check_positive_int("longest", longest)
         if self.bucket_width is None:
             return None
-        return list(range(1 + self.bucket_width, longest + 1, self.bucket_width))
+        boundaries = [1 + 2 * self.bucket_width]
+        while len(boundaries) < MAX_BUCKETS - 1:
+            top = boundaries[-1] - 1
+            following = 1 + max(top + self.bucket_width, math.ceil(top * 1.25))
+            if following > longest:
+                break
+            boundaries.append(following)
+        return boundaries if boundaries[0] <= longest else []
 
     def translate_options(self):
         """Keyword arguments of `Translator.translate` for the final scores."""
@@ -200,16 +220,17 @@ DATE_TASK = Recipe(
         "dropout": 0.0,
     },
     learning_rate=5e-3,
-    warmup_steps=300,
+    # 5% of the run (about 80 of its 1565 steps).
+    warmup_steps=None,
     label_smoothing=0.0,
     epochs=5,
     batch_size=64,
 )
 
 # Real corpora: fairseq's transformer_tiny shape with joint subword units,
-# sized for about half an hour on 2 CPU cores (see docs/quality.md for what
-# it reaches on Multi30k; chosen on Multi30k's validation set, meant for any
-# corpus of 10k-1M pairs).
+# sized for half an hour on 2 CPU cores (docs/quality.md has what it reaches
+# on Multi30k; meant for any corpus of 10k-1M pairs, `for_budget` scales its
+# length to another corpus or budget).
 CORPUS = Recipe(
     tokenizer="sentencepiece",
     # Joint unigram model: one vocabulary for both languages lets names and
@@ -226,27 +247,31 @@ CORPUS = Recipe(
         "hidden_dim": 128,
         "num_heads": 4,
         "intermediate_dim": 256,
-        # fairseq uses 0.3 for this shape, over ~60 epochs; a run of a few
-        # epochs barely overfits, and 0.3 slowed it down (Multi30k validation
-        # BLEU after 2 epochs: 1.1 with 0.3, 2.8 with 0.1).
+        # fairseq uses 0.3 for this shape, over ~150 epochs; a run of a
+        # dozen epochs barely overfits, and 0.3 slowed it down (Multi30k
+        # validation BLEU after 2 epochs: 1.1 with 0.3, 2.8 with 0.1).
         "dropout": 0.1,
     },
     # Pre-norm blocks train stably at fairseq's peak rate.
     learning_rate=5e-3,
-    warmup_steps=500,
+    # 5% of the run: the old fixed 500 steps took a third of a 5-epoch run
+    # (validation BLEU 0.6 after the first epoch).
+    warmup_steps=None,
     label_smoothing=0.1,
-    # About 1 s a step of 2048 tokens on 2 CPU cores (scripts/train.py on
-    # Multi30k, 291 steps an epoch): 5 epochs fit in half an hour.
-    epochs=5,
+    # About 130 s an epoch of Multi30k on 2 CPU cores with XLA (which `fit`
+    # turns on for a run this long), validation BLEU included, and about
+    # 2.5 min of compiling: 11 epochs fit in half an hour.
+    epochs=11,
     # For callers that batch by pairs: about 2048 tokens of Multi30k.
     batch_size=64,
     # Small batches give more updates per CPU second, which short runs need
     # more than large-batch efficiency.
     tokens_per_batch=2048,
-    # Batches padded by less than 4 tokens: padding costs CPU time.
+    # Buckets 4 tokens wide for short sentences, a quarter wider for long
+    # ones: little padding, and few shapes for XLA to compile.
     bucket_width=4,
     # The tail of the cosine decay, averaged (fairseq averages the last 10
-    # epochs of 60; a run of a few epochs averages within the last one).
+    # epochs of 150; a run of a dozen epochs averages within the last one).
     checkpoints_averaged=5,
     average_every_n_steps=100,
     bleu_every_n_epochs=1,

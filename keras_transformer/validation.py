@@ -65,6 +65,17 @@ def check_rate(name, value, allow_none=False):
     return float(value)
 
 
+def check_fraction(name, value):
+    """Raises `ValueError` unless `value` is a number in the open range (0, 1)."""
+    if (
+        not isinstance(value, numbers.Real)
+        or isinstance(value, bool)
+        or not 0.0 < value < 1.0
+    ):
+        raise _invalid(name, "a float in the range (0, 1)", value)
+    return float(value)
+
+
 def check_bool(name, value):
     """Raises `ValueError` unless `value` is a bool (NumPy bools included).
 

@@ -20,6 +20,9 @@ Sections (`--sections`, default all):
   and without `TransformerConfig.remat`.
 - serving: the exported `translate` endpoint against in-process decoding.
 - scaling: training step time as the sequence length and the depth grow.
+- fit_path: the corpus recipe's `Translator.fit` against its own
+  fixed-shape compiled step, the old fit path and keras-hub's layers in
+  the same pipeline (tokens per second).
 
     python scripts/benchmark.py                      # all sections, ~30 min on 2 cores
     python scripts/benchmark.py --sections training decoding --repeats 7
@@ -52,7 +55,7 @@ if SCRIPTS not in sys.path:
 import keras  # noqa: E402
 
 from benchmarks import decoding, lora, remat, report, scaling  # noqa: E402
-from benchmarks import serving, training  # noqa: E402
+from benchmarks import fit_path, serving, training  # noqa: E402
 from benchmarks.common import REPOSITORY, SMOKE, Settings  # noqa: E402
 
 SECTIONS = {
@@ -62,6 +65,7 @@ SECTIONS = {
     "remat": remat.run,
     "serving": serving.run,
     "scaling": scaling.run,
+    "fit_path": fit_path.run,
 }
 SECTION_NAMES = tuple(SECTIONS)
 

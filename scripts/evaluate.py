@@ -47,6 +47,7 @@ ANCHORS = (
         "35.8 (cased, Moses-tokenized multi-bleu)",
     ),
 )
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RESULTS = "docs/quality_runs.json"
 DEFAULT_OUTPUT = "docs/quality.md"
 DEFAULT_PLOT = "docs/quality_bleu.png"
@@ -146,6 +147,18 @@ def seconds(value):
 
 def figure(value, digits=1):
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def portable(value):
+    """A run (or any of its parts) with this machine's paths made relative
+    to the repository (`evaluation.portable_paths`)."""
+    if isinstance(value, str):
+        return evaluation.portable_paths(value, REPOSITORY)
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item) for item in value]
+    return value
 
 
 def render(runs):
@@ -268,7 +281,7 @@ def main(argv=None):
     if os.path.exists(args.results):
         with open(args.results, encoding="utf-8") as file:
             runs = [old for old in json.load(file) if old["name"] != name]
-    runs.append(run)
+    runs = portable(runs + [run])
     write_atomically(
         args.results,
         lambda file: file.write(json.dumps(runs, indent=1).encode("utf-8")),

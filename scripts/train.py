@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from keras_transformer import callbacks, data, distribute  # noqa: E402
 from keras_transformer import evaluation, plotting, recipes  # noqa: E402
 from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The default run must reach this held-out exact match on the date task.
 DATE_TASK_TARGET = 0.99
 DATE_TASK_NUM_TRAIN = 20000
@@ -92,11 +94,13 @@ def build_parser():
     fit.add_argument("--precision", choices=PRECISIONS, default="float32")
     fit.add_argument(
         "--jit-compile", choices=("auto", "on", "off"), default="auto",
-        help="XLA for the train step; auto: on under a TPU only",
+        help="XLA for the train step; auto: on under a TPU, and for runs "
+        "long enough to repay compiling one program per length bucket",
     )  # fmt: skip
     fit.add_argument(
-        "--static-shapes", action="store_true",
-        help="pad batches to their length bucket's top (few shapes, for XLA)",
+        "--static-shapes", action=argparse.BooleanOptionalAction,
+        help="pad batches to their length bucket's top (few shapes, for XLA; "
+        "default: when XLA is on)",
     )  # fmt: skip
     fit.add_argument("--strategy", choices=distribute.STRATEGY_NAMES, default="default")
     fit.add_argument("--tpu", help="TPU name or address for --strategy tpu/auto")
@@ -217,18 +221,12 @@ def make_translator(args, train_sources, train_targets, strategy):
             name=args.name,
             **{**args.recipe.model, **config},
         )
-        # Length buckets end in partial batches: count them, so the learning
-        # rate reaches 0 exactly at the last step.
-        steps_per_epoch = len(
-            translator.make_dataset(
-                train_sources, train_targets, shuffle=False, **batching(args, translator)
-            )
-        )
+        # fit fits the schedule to the run (warm-up, decay to 0 at its last
+        # step) and, with jit_compile="auto", turns XLA on when it pays.
         jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
         translator.compile(
             learning_rate=recipe_value(args, "learning_rate"),
             warmup_steps=recipe_value(args, "warmup_steps"),
-            total_steps=recipe_value(args, "epochs") * steps_per_epoch,
             label_smoothing=recipe_value(args, "label_smoothing"),
             jit_compile=jit if distribute.jit_compile_works(strategy) else False,
         )
@@ -265,8 +263,9 @@ def score(args, hypotheses, references):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
-    args.command = "python scripts/train.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
+    args.command = evaluation.portable_paths(
+        "python scripts/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        REPOSITORY,
     )
     # Before any TensorFlow op: a multi-worker strategy configures the runtime.
     strategy = distribute.make_strategy(args.strategy, tpu=args.tpu)
@@ -283,10 +282,13 @@ def main(argv=None):
     return code
 
 
-def write_run_record(path, args, translator, fit_seconds, fit_cpu_seconds, bleu_scores):
+def write_run_record(
+    path, args, translator, fit_seconds, fit_cpu_seconds, bleu_scores, history
+):
     """The JSON `scripts/evaluate.py --run-record` reads for docs/quality.md."""
-    corpus = (
-        args.tsv or f"{args.source} -> {args.target}" if args.corpus else "date task"
+    corpus = evaluation.portable_paths(
+        args.tsv or f"{args.source} -> {args.target}" if args.corpus else "date task",
+        REPOSITORY,
     )
     recipe = args.recipe
     record = {
@@ -323,6 +325,18 @@ def write_run_record(path, args, translator, fit_seconds, fit_cpu_seconds, bleu_
             {key: score[key] for key in ("epoch", "bleu", "training_seconds")}
             for score in bleu_scores
         ],
+        "xla": bool(translator.jit_compile),
+        "compile_seconds": sum(history.get("compile_seconds", [])),
+        "tokens_per_second": [
+            {"epoch": epoch, "source": source, "target": target}
+            for epoch, (source, target) in enumerate(
+                zip(
+                    history.get("source_tokens_per_second", []),
+                    history.get("target_tokens_per_second", []),
+                ),
+                start=1,
+            )
+        ],
     }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as file:
@@ -345,15 +359,21 @@ def train_and_export(args, strategy, started):
     run_dir = os.path.join(args.log_dir, args.name)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     # Validation BLEU (greedy) and checkpoint averaging as the recipe says.
+    # Decoded as one XLA program: once compiled, several times faster than
+    # the traced loop, which matters for a BLEU score every epoch.
     recipe_callbacks = args.recipe.callbacks(
-        translator.translate, test_sources, test_targets
+        functools.partial(translator.translate, jit_compile=True),
+        test_sources,
+        test_targets,
     )
     fit_started, fit_cpu_started = time.perf_counter(), time.process_time()
     history = translator.fit(
         train_sources,
         train_targets,
         epochs=recipe_value(args, "epochs"),
-        validation_data=(test_sources, test_targets),
+        # A corpus is validated by BLEU (the recipe's callback); a loss on
+        # the held-out pairs would compile one more program per bucket.
+        validation_data=None if args.corpus else (test_sources, test_targets),
         seed=args.seed,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
@@ -376,6 +396,7 @@ def train_and_export(args, strategy, started):
                 if isinstance(callback, callbacks.BleuEvaluation)
                 for score in callback.scores
             ],
+            history=history.history,
         )
     curves = os.path.join(run_dir, "curves.png")
     plotting.plot_history(history.history, curves, title=f"{args.name}: training")

@@ -1,7 +1,11 @@
 """The package's public surface and its backend-agnostic promise."""
 
 import ast
+import configparser
+import importlib.metadata
 import pathlib
+import re
+import sys
 
 import pytest
 
@@ -69,3 +73,60 @@ def test_modules_load_on_first_attribute_access_and_are_listed():
 def test_an_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'layer'"):
         keras_transformer.layer
+
+
+REPOSITORY = pathlib.Path(__file__).parent.parent
+
+
+def _requirement_names(lines):
+    """Distribution names of requirement lines, normalised as pip does."""
+    names = set()
+    for line in lines.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.split(r"[\[<>=!~; ]", line, maxsplit=1)[0]
+            names.add(re.sub(r"[-_.]+", "-", name).lower())
+    return names
+
+
+def _third_party_imports(folder):
+    """Top-level names of every module the files under `folder` import."""
+    names = set()
+    for source in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {
+        name
+        for name in names
+        if name not in sys.stdlib_module_names
+        and name not in ("keras_transformer", "tests")
+    }
+
+
+def test_every_module_the_tests_import_is_installed_by_setup_cfg():
+    """A fresh `pip install -e ".[test]"` must give the tests all they import
+    (the torch extra is the optional backend; its tests skip without it)."""
+    config = configparser.ConfigParser()
+    config.read(REPOSITORY / "setup.cfg")
+    declared = _requirement_names(config["options"]["install_requires"])
+    extras = config["options.extras_require"]
+    declared |= _requirement_names(extras["test"]) | _requirement_names(extras["torch"])
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for name in _third_party_imports(REPOSITORY / "tests"):
+        providers = {
+            re.sub(r"[-_.]+", "-", dist).lower()
+            for dist in distributions.get(name, [name])
+        }
+        if not providers & declared:
+            missing[name] = sorted(providers)
+    assert missing == {}, (
+        f"tests import {sorted(missing)} (from the distributions {missing}), which "
+        "setup.cfg installs neither as a dependency nor in the test extra: add them "
+        "to [options.extras_require] test."
+    )
+    # The README's test command runs pytest with -n (pytest-xdist).
+    assert "pytest-xdist" in _requirement_names(extras["test"])

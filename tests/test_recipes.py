@@ -22,7 +22,8 @@ def test_the_date_task_recipe_keeps_the_train_script_defaults():
         "dropout": 0.0,
     }
     assert (recipe.batch_size, recipe.epochs, recipe.learning_rate) == (64, 5, 5e-3)
-    assert (recipe.warmup_steps, recipe.label_smoothing) == (300, 0.0)
+    # The warm-up is a fraction of whatever run the epochs make.
+    assert (recipe.warmup_steps, recipe.label_smoothing) == (None, 0.0)
     assert recipe.tokens_per_batch is None and recipe.checkpoints_averaged == 1
     assert recipe.callbacks(lambda texts: texts, ["a"], ["a"]) == []
     assert recipe.translate_options() == {"method": "greedy"}
@@ -67,9 +68,13 @@ def test_callbacks_evaluate_bleu_then_average():
     assert isinstance(only, callbacks.CheckpointAveraging)
 
 
-def test_bucket_boundaries_are_bucket_width_apart():
+def test_bucket_boundaries_widen_with_length_and_stop_at_eight_buckets():
     recipe = dataclasses.replace(recipes.CORPUS, bucket_width=4)
-    assert recipe.bucket_boundaries(14) == [5, 9, 13]
+    # Tops 8, 12, 16, 20 (4 apart), then a quarter wider: 25, 32, 40.
+    assert recipe.bucket_boundaries(14) == [9, 13]
+    assert recipe.bucket_boundaries(107) == [9, 13, 17, 21, 26, 33, 41]
+    assert len(recipe.bucket_boundaries(10_000)) == recipes.MAX_BUCKETS - 1
+    assert recipe.bucket_boundaries(8) == []
     assert recipes.DATE_TASK.bucket_boundaries(14) is None
 
 

@@ -91,3 +91,74 @@ def test_optimizer_with_schedule_survives_keras_saving(tmp_path):
 def test_bad_arguments_raise_value_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         schedules.TransformerSchedule(**kwargs)
+
+
+def reference_warmup_cosine(iterations, peak, warmup, total, first_step=0):
+    step = np.asarray(iterations, dtype="float64") - first_step
+    rising = peak * (step + 1) / warmup
+    progress = np.clip((step - warmup) / max(1, total - warmup), 0, 1)
+    return np.where(step < warmup, rising, peak * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
+def test_warmup_cosine_follows_its_formula_over_a_run_set_later():
+    schedule = schedules.WarmupCosineDecay(2e-3)
+    # The run unknown: warm-up of 1000 steps, then inverse square root.
+    np.testing.assert_allclose(to_numpy(schedule(999)), 2e-3, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(schedule(3999)), 1e-3, rtol=1e-6)
+    schedule.set_run(400)
+    assert schedule.resolved_warmup_steps() == 20
+    for iterations in [0, 10, 19, 20, 100, 399, 400, 1000]:
+        np.testing.assert_allclose(
+            to_numpy(schedule(iterations)),
+            reference_warmup_cosine(iterations, 2e-3, 20, 400),
+            rtol=1e-5,
+            atol=2e-9,
+        )
+    # A second run starts at the optimizer's step and warms up again.
+    schedule.set_run(100, first_step=400)
+    for iterations in [400, 404, 450, 500]:
+        np.testing.assert_allclose(
+            to_numpy(schedule(iterations)),
+            reference_warmup_cosine(iterations, 2e-3, 5, 100, first_step=400),
+            rtol=1e-5,
+            atol=2e-9,
+        )
+
+
+def test_a_new_run_needs_no_new_trace_of_a_compiled_step():
+    tf = pytest.importorskip("tensorflow")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the run lives in variables on TensorFlow only")
+    schedule = schedules.WarmupCosineDecay(1e-2, total_steps=100)
+    rate = tf.function(lambda step: schedule(step))
+    before = float(rate(tf.constant(50)))
+    schedule.set_run(1000)
+    assert float(rate(tf.constant(50))) != before
+    np.testing.assert_allclose(
+        float(rate(tf.constant(50))),
+        reference_warmup_cosine(50, 1e-2, 50, 1000),
+        rtol=1e-5,
+    )
+    assert rate.experimental_get_tracing_count() == 1
+
+
+def test_warmup_cosine_round_trips_and_refuses_a_warmup_longer_than_the_run():
+    schedule = schedules.WarmupCosineDecay(1e-3, total_steps=50, warmup_steps=5)
+    restored = schedules.WarmupCosineDecay.from_config(schedule.get_config())
+    assert restored.get_config() == schedule.get_config()
+    assert not restored.follows_fit
+    np.testing.assert_allclose(to_numpy(restored(30)), to_numpy(schedule(30)))
+    with pytest.raises(ValueError, match="warm-up must be shorter than the run"):
+        schedules.WarmupCosineDecay(1e-3, total_steps=10, warmup_steps=10)
+    for bad, fragment in (
+        ({"peak_learning_rate": 0}, "peak_learning_rate"),
+        ({"peak_learning_rate": 1e-3, "warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"peak_learning_rate": 1e-3, "total_steps": -1}, "total_steps"),
+    ):
+        with pytest.raises(ValueError, match=f"argument {fragment}"):
+            schedules.WarmupCosineDecay(**bad)
+
+
+@pytest.mark.parametrize("width, expected", [(128, 3e-3), (512, 1.5e-3), (32, 6e-3)])
+def test_the_default_peak_rate_shrinks_with_the_square_root_of_the_width(width, expected):
+    assert schedules.default_learning_rate(width) == pytest.approx(expected)

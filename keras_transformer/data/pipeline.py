@@ -29,7 +29,7 @@ tf = import_tensorflow(__name__)
 logger = logging.getLogger(__name__)
 
 # Automatic bucketing splits [1, longest] into this many equal-width buckets.
-_DEFAULT_NUM_BUCKETS = 8
+DEFAULT_NUM_BUCKETS = 8
 
 
 def _read_lines(path):
@@ -131,7 +131,7 @@ def _check_boundaries(bucket_boundaries):
     return list(bucket_boundaries)
 
 
-def _default_bucket_boundaries(longest, num_buckets=_DEFAULT_NUM_BUCKETS):
+def _default_bucket_boundaries(longest, num_buckets=DEFAULT_NUM_BUCKETS):
     """Equal-width boundaries splitting lengths `[1, longest]` into buckets."""
     width = max(1, math.ceil(longest / num_buckets))
     return list(range(1 + width, longest + 1, width))
@@ -190,6 +190,32 @@ def _drop_unusable(sources, targets, max_source_length, max_target_length):
         tf.ragged.boolean_mask(targets, keep),
         int(source_lengths[keep].max()),
         int(decoder_lengths[keep].max()),
+    )
+
+
+def count_tokens(
+    source_texts,
+    target_texts,
+    source_tokenizer,
+    target_tokenizer,
+    max_source_length=None,
+    max_target_length=None,
+):
+    """Real tokens of one pass of `make_translation_dataset` over the texts.
+
+    Returns:
+        `(source_tokens, label_tokens)`: the source tokens and the labels'
+        (target tokens + [EOS]) of the pairs the dataset keeps, padding
+        excluded; what tokens per second of training count.
+    """
+    sources, targets, _, _ = _drop_unusable(
+        source_tokenizer.tokenize(_check_texts("source_texts", source_texts)),
+        target_tokenizer.tokenize(_check_texts("target_texts", target_texts)),
+        max_source_length,
+        max_target_length,
+    )
+    return int(sources.flat_values.shape[0]), int(
+        targets.flat_values.shape[0] + targets.nrows()
     )
 
 

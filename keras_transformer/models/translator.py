@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import decoding, distribute, export, losses, metrics
+from keras_transformer import callbacks, decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
@@ -37,6 +37,12 @@ tf = import_tensorflow(__name__)
 TOKENIZERS = ("character", "word", "sentencepiece")
 # Texts decoded per call of the compiled decoding function.
 DEFAULT_TRANSLATE_BATCH_SIZE = 64
+# `compile(jit_compile="auto")` turns XLA on for a `fit` on texts with at
+# least this many steps per length bucket: XLA compiles each bucket's shape
+# once (about 15 s for the corpus recipe's model on 2 CPU cores) and runs a
+# step about 1.3x faster (about 0.1 s saved a step), so a bucket repays its
+# compilation after about 150 steps; the rest is margin.
+XLA_STEPS_PER_PROGRAM = 300
 # Without explicit limits, `from_texts` allows this much more than the
 # longest training text, so slightly longer inputs still translate.
 LENGTH_MARGIN = 1.5
@@ -170,6 +176,7 @@ class Translator(Transformer):
             )
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
+        self._jit_compile_auto = False
         # One compiled decoding function per setting, reused across calls.
         self._decoders = _DecoderCache()
 
@@ -277,8 +284,8 @@ class Translator(Transformer):
         optimizer=None,
         loss=None,
         metrics=None,
-        learning_rate=1e-3,
-        warmup_steps=1000,
+        learning_rate=None,
+        warmup_steps=None,
         total_steps=None,
         label_smoothing=0.1,
         jit_compile="auto",
@@ -288,10 +295,13 @@ class Translator(Transformer):
 
         Defaults: `MaskedSparseCategoricalCrossentropy` (padding ignored,
         `label_smoothing`), `MaskedAccuracy` and `SequenceExactMatch`, Adam
-        (0.9, 0.98, 1e-9) whose rate rises linearly for `warmup_steps` to
-        `learning_rate`, then decays: to 0 at `total_steps` on a cosine when
-        given, else as the inverse square root of the step (Vaswani et al.).
-        Under a `mixed_float16` policy the optimizer gets loss scaling.
+        (0.9, 0.98, 1e-9) on a `WarmupCosineDecay` schedule: the rate rises
+        linearly to `learning_rate`, then decays on a cosine to 0 at the
+        end of the run. With `total_steps=None` the run is the next `fit`:
+        `fit` counts the updates it will make and fits the schedule to
+        them (warm-up 5% of the run unless `warmup_steps` is given), so
+        `compile()` then `fit` learns whatever the run's length. Under a
+        `mixed_float16` policy the optimizer gets loss scaling.
 
         Args:
             optimizer: a Keras optimizer (or name) instead of the recipe's;
@@ -299,15 +309,21 @@ class Translator(Transformer):
                 unused.
             loss: a Keras loss instead of the masked cross-entropy.
             metrics: list of metrics instead of the defaults.
-            learning_rate: float. Peak learning rate.
-            warmup_steps: int. Steps of linear warm-up.
-            total_steps: int or None. Steps of the whole run, for the cosine
-                decay to 0.
+            learning_rate: float or None. Peak learning rate; None takes
+                `default_learning_rate(hidden_dim)`, which shrinks as the
+                model widens.
+            warmup_steps: int or None. Steps of linear warm-up; None takes
+                5% of the run (1000 steps when `fit` cannot count them).
+            total_steps: int or None. Updates of the whole run, for the
+                cosine decay to 0; None lets each `fit` set it.
             label_smoothing: float in [0, 1).
             jit_compile: `"auto"`, True or False. `"auto"` compiles with XLA
-                under a TPU strategy only: on CPUs compiling costs more than
-                it saves, and on GPUs it pays only with static shapes
-                (`fit(..., static_shapes=True)`), so pass True there.
+                under a TPU strategy, and for a `fit` on texts long enough to
+                repay the compilations: XLA compiles one program per batch
+                shape (about 15 s each for the corpus recipe's model on a
+                2-core CPU) and then runs each step about 1.3x faster, so
+                `fit` turns it on, with static shapes, when the run has at
+                least `XLA_STEPS_PER_PROGRAM` steps per length bucket.
             **kwargs: other `keras.Model.compile` arguments.
         """
         if optimizer is None:
@@ -318,6 +334,8 @@ class Translator(Transformer):
             )
         if metrics is None:
             metrics = _default_metrics(self.padding_id)
+        # `fit` on texts decides "auto" once it knows the run's length.
+        self._jit_compile_auto = jit_compile == "auto"
         if jit_compile == "auto":
             jit_compile = isinstance(
                 self.distribute_strategy, tf.distribute.TPUStrategy
@@ -348,28 +366,14 @@ class Translator(Transformer):
             self.optimizer.build(self.trainable_variables)
 
     def _recipe_optimizer(self, learning_rate, warmup_steps, total_steps):
+        if learning_rate is None:
+            learning_rate = schedules.default_learning_rate(
+                self.transformer_layers.target_embedding.embedding_dim
+            )
         learning_rate = validation.check_positive_float("learning_rate", learning_rate)
-        warmup_steps = validation.check_non_negative_int("warmup_steps", warmup_steps)
-        validation.check_positive_int("total_steps", total_steps, allow_none=True)
-        if total_steps is not None:
-            warmup_steps = min(warmup_steps, total_steps // 2)
-            # Decaying to 0 at the last step leaves the final weights
-            # settled, which short runs need.
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0,
-                decay_steps=max(1, total_steps - warmup_steps),
-                warmup_target=learning_rate,
-                warmup_steps=warmup_steps,
-            )
-        else:
-            warmup_steps = max(1, warmup_steps)
-            width = self.transformer_layers.target_embedding.embedding_dim
-            # TransformerSchedule peaks at scale * (d * warmup) ** -0.5.
-            schedule = schedules.TransformerSchedule(
-                width,
-                warmup_steps,
-                scale=learning_rate * math.sqrt(width * warmup_steps),
-            )
+        schedule = schedules.WarmupCosineDecay(
+            learning_rate, total_steps=total_steps, warmup_steps=warmup_steps
+        )
         optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
         if _policy_name(self._layers_dtype) == "mixed_float16":
             # compile() wraps the optimizer only when the model's own policy
@@ -431,7 +435,7 @@ class Translator(Transformer):
         validation_data=None,
         shuffle=True,
         seed=0,
-        static_shapes=False,
+        static_shapes=None,
         tokens_per_batch=None,
         bucket_boundaries=None,
         checkpoint_dir=None,
@@ -455,8 +459,9 @@ class Translator(Transformer):
                 pairs, or what Keras takes.
             shuffle: bool. Reshuffle the texts every epoch.
             seed: int. Shuffle seed.
-            static_shapes: bool. Pad every batch to its length bucket's
-                upper bound (few shapes, for XLA on TPU/GPU).
+            static_shapes: bool or None. Pad every batch to its length
+                bucket's upper bound (few shapes, for XLA); None: when XLA
+                compiles the train step (see `compile(jit_compile=...)`).
             tokens_per_batch: int or None. Batch by token count (texts
                 only) instead of `batch_size` pairs.
             bucket_boundaries: list of int or None. Length-bucket
@@ -480,6 +485,9 @@ class Translator(Transformer):
                     "dataset of string pairs); for batches of ids use "
                     "keras_transformer.checkpointing.fit_resumable."
                 )
+            self._fit_schedule_to_run(
+                _steps_of_keras_fit(x, batch_size, epochs, kwargs.get("steps_per_epoch"))
+            )
             return super().fit(
                 x,
                 y,
@@ -492,6 +500,16 @@ class Translator(Transformer):
         batch_size = validation.check_positive_int(
             "batch_size", 64 if batch_size is None else batch_size
         )
+        if static_shapes is None:
+            static_shapes = self._use_xla_for_run(
+                epochs, bucket_boundaries, lambda: self.make_dataset(
+                    *texts,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    tokens_per_batch=tokens_per_batch,
+                    bucket_boundaries=bucket_boundaries,
+                ),
+            )
         if validation_data is not None:
             validation_texts = self._as_texts("validation_data", *_pair(validation_data))
             if validation_texts is not None:
@@ -516,6 +534,21 @@ class Translator(Transformer):
                 bucket_boundaries=bucket_boundaries,
             )
 
+        training_dataset = make_training_dataset(repeat=False)
+        steps_per_epoch = len(training_dataset)
+        self._fit_schedule_to_run(epochs * steps_per_epoch)
+        # Tokens per second and compile time in the progress line and the
+        # history.
+        speed = callbacks.TrainingSpeed(
+            *pipeline.count_tokens(
+                *texts,
+                self.source_tokenizer,
+                self.target_tokenizer,
+                self.max_source_length,
+                self.max_target_length,
+            )
+        )
+        kwargs["callbacks"] = [speed, *(kwargs.get("callbacks") or [])]
         if checkpoint_dir is None:
             # Under a multi-worker strategy a lost worker becomes an error
             # that says what to do, not TensorFlow's raw UnavailableError.
@@ -523,7 +556,7 @@ class Translator(Transformer):
                 self.distribute_strategy, "Rerun every worker."
             ):
                 return super().fit(
-                    make_training_dataset(repeat=False),
+                    training_dataset,
                     epochs=epochs,
                     validation_data=validation_data,
                     # The dataset shuffles itself.
@@ -532,7 +565,6 @@ class Translator(Transformer):
                 )
         from keras_transformer import checkpointing
 
-        steps_per_epoch = len(make_training_dataset(repeat=False))
         return checkpointing.fit_resumable(
             self,
             lambda: make_training_dataset(repeat=True),
@@ -544,6 +576,42 @@ class Translator(Transformer):
             shuffle=False,
             **kwargs,
         )
+
+    def _use_xla_for_run(self, epochs, bucket_boundaries, make_dataset):
+        """Under `jit_compile="auto"`, turns XLA on for a run of enough steps
+        per batch shape; returns whether the run uses XLA (and so static
+        shapes)."""
+        if not (
+            self._jit_compile_auto
+            and keras.backend.backend() == "tensorflow"
+            and distribute.jit_compile_works(self.distribute_strategy)
+        ):
+            return bool(self.jit_compile)
+        programs = (
+            pipeline.DEFAULT_NUM_BUCKETS
+            if bucket_boundaries is None
+            else len(bucket_boundaries) + 1
+        )
+        steps = validation.check_positive_int("epochs", epochs) * len(make_dataset())
+        use_xla = steps >= XLA_STEPS_PER_PROGRAM * programs or bool(self.jit_compile)
+        if use_xla != self.jit_compile:
+            self.jit_compile = use_xla
+            self.train_function = self.test_function = None
+        return use_xla
+
+    def _fit_schedule_to_run(self, steps):
+        """Fits a schedule made by `compile(total_steps=None)` to the `steps`
+        updates the next `fit` makes, counted from the optimizer's step."""
+        schedule = _schedule_following_fit(self.optimizer)
+        if schedule is None or steps is None:
+            return
+        first_step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        if (schedule.total_steps, schedule.first_step) != (steps, first_step):
+            schedule.set_run(steps, first_step)
+            if keras.backend.backend() != "tensorflow":
+                # Elsewhere the run's numbers are constants of the traced
+                # train step: trace it again.
+                self.train_function = None
 
     def evaluate(self, x=None, y=None, batch_size=None, static_shapes=False, **kwargs):
         """`keras.Model.evaluate` on texts (as in `fit`) or on ids."""
@@ -928,6 +996,37 @@ def _token_labels(tokenizer, ids):
     vocabulary = tokenizer.vocabulary
     # A space token would be an invisible tick label.
     return [vocabulary[int(i)].replace(" ", "\u2423") for i in ids]
+
+
+def _schedule_following_fit(optimizer):
+    """The `WarmupCosineDecay` of a recipe optimizer whose run `fit` sets, or
+    None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    # Keras keeps the schedule object only in this private attribute (the
+    # public `learning_rate` is its current value).
+    schedule = getattr(inner, "_learning_rate", None)
+    if isinstance(schedule, schedules.WarmupCosineDecay) and schedule.follows_fit:
+        return schedule
+    return None
+
+
+def _steps_of_keras_fit(x, batch_size, epochs, steps_per_epoch):
+    """Updates `keras.Model.fit` will make on ids, or None when unknown."""
+    if steps_per_epoch is None:
+        if isinstance(x, tf.data.Dataset):
+            cardinality = int(x.cardinality())
+            if cardinality < 0:
+                return None
+            steps_per_epoch = cardinality
+        elif isinstance(x, keras.utils.PyDataset):
+            steps_per_epoch = len(x)
+        elif isinstance(x, dict) and x:
+            # Arrays: Keras batches them by 32 unless told otherwise.
+            rows = len(next(iter(x.values())))
+            steps_per_epoch = math.ceil(rows / (batch_size or 32))
+        else:
+            return None
+    return epochs * steps_per_epoch if isinstance(epochs, int) and epochs > 0 else None
 
 
 def _default_metrics(padding_id):

@@ -54,6 +54,10 @@ class Settings:
     scaling_tokens_per_batch: int = 2048
     scaling_depths: tuple = (1, 2, 4, 8)
     scaling_steps_per_repeat: int = 3
+    fit_pairs: int = 6000
+    fit_vocabulary_size: int = 4000
+    fit_hidden_dim: int = 128
+    fit_tokens_per_batch: int = 2048
 
 
 SMOKE = Settings(
@@ -80,6 +84,10 @@ SMOKE = Settings(
     scaling_tokens_per_batch=32,
     scaling_depths=(1, 2),
     scaling_steps_per_repeat=2,
+    fit_pairs=64,
+    fit_vocabulary_size=50,
+    fit_hidden_dim=16,
+    fit_tokens_per_batch=128,
 )
 
 

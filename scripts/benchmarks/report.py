@@ -51,7 +51,7 @@ def versions():
     }
 
 
-def render(results, context):
+def render(results, context, earlier_goals=()):
     lines = [
         "# Benchmarks",
         "",
@@ -70,7 +70,7 @@ def render(results, context):
         "",
     ]
     goals = [(result, goal) for result in results for goal in result.goals]
-    if goals:
+    if goals or earlier_goals:
         lines += [
             "## Goals",
             "",
@@ -81,6 +81,7 @@ def render(results, context):
             f"| {result.name} | {goal.text} | {goal.verdict()} | {goal.detail} |"
             for result, goal in goals
         ]
+        lines += list(earlier_goals)
         lines.append("")
     for result in results:
         lines += [f"## {result.title}", ""]
@@ -125,17 +126,54 @@ def kept_gpu_section(path):
     return "" if start < 0 else text[start:].strip("\n") + "\n"
 
 
+def kept_sections(path, results):
+    """The sections of the page at `path` that this run does not replace,
+    each headed by the command and date that measured it, and the rows of
+    their goals; ("", []) without a previous page."""
+    try:
+        with open(path, encoding="utf-8") as page:
+            text = page.read()
+    except FileNotFoundError:
+        return "", []
+    text = text.split("\n" + GPU_SECTION)[0]
+    header, *sections = text.split("\n## ")
+    provenance = " ".join(
+        line[2:] for line in header.splitlines()
+        if line.startswith(("- command:", "- date:"))
+    )  # fmt: skip
+    rerun = {result.title for result in results} | {"Goals"}
+    names = {result.name for result in results}
+    kept, goal_rows = [], []
+    for section in sections:
+        title, _, body = section.partition("\n")
+        if title == "Goals":
+            goal_rows = [
+                row for row in body.splitlines()
+                if row.startswith("| ") and row.split(" | ")[0][2:] not in names
+                and not row.startswith(("| section |", "|---"))
+            ]  # fmt: skip
+        elif title not in rerun:
+            if not body.lstrip().startswith("*Measured by"):
+                body = f"\n*Measured by an earlier run ({provenance}).*\n" + body
+            kept.append(f"## {title}\n{body.rstrip()}\n")
+    return "\n".join(kept), goal_rows
+
+
 def write(path, results, context):
     """Writes the page beside `path`, then renames it over `path`, so an
-    interrupted run leaves the previous page whole. The GPU section of the
-    previous page is kept."""
+    interrupted run leaves the previous page whole. Sections of the previous
+    page that this run does not measure are kept, marked with the run that
+    measured them, and so is its GPU section."""
     gpu_section = kept_gpu_section(path)
+    earlier_sections, earlier_goals = kept_sections(path, results)
     handle, temporary = tempfile.mkstemp(
         dir=os.path.dirname(path) or ".", prefix=".benchmarks.", suffix=".md"
     )
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as page:
-            page.write(render(results, context) + "\n")
+            page.write(render(results, context, earlier_goals) + "\n")
+            if earlier_sections:
+                page.write("\n" + earlier_sections)
             if gpu_section:
                 page.write("\n" + gpu_section)
         os.replace(temporary, path)

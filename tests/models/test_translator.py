@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -11,7 +12,9 @@ tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run i
 
 import keras_transformer  # noqa: E402
 from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
+from keras_transformer import schedules  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
+from keras_transformer.models import translator as translator_module  # noqa: E402
 from keras_transformer.models.translator import Translator  # noqa: E402
 from tests.conftest import run_python  # noqa: E402
 
@@ -110,26 +113,81 @@ def test_compile_defaults_are_the_library_recipe(translator):
     assert translator.loss.label_smoothing == 0.1
     assert isinstance(translator.optimizer, keras.optimizers.Adam)
     assert translator.optimizer.beta_2 == 0.98
-    # Inverse-square-root decay after a linear warm-up peaking at 1e-3.
+    # Warm-up then cosine decay, peaking at the width's default rate, over
+    # a run that fit sets; until then an inverse-square-root decay.
     schedule = learning_rate_schedule(translator.optimizer)
-    peak = float(schedule(999))
-    np.testing.assert_allclose(peak, 1e-3, rtol=1e-5)
-    np.testing.assert_allclose(float(schedule(3999)), 1e-3 * 0.5, rtol=1e-5)
-    assert float(schedule(499)) == pytest.approx(0.5e-3, rel=1e-5)
+    assert isinstance(schedule, schedules.WarmupCosineDecay)
+    assert schedule.follows_fit and schedule.total_steps is None
+    peak = schedules.default_learning_rate(translator.config.hidden_dim)
+    assert schedule.peak_learning_rate == pytest.approx(peak)
+    np.testing.assert_allclose(float(schedule(999)), peak, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(3999)), peak * 0.5, rtol=1e-5)
     assert not translator.jit_compile
+
+
+def test_fit_fits_the_default_schedule_to_the_run_it_makes():
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2)
+    translator.fit(SOURCES, TARGETS, batch_size=2, epochs=2, verbose=0)
+    steps = int(translator.optimizer.iterations)
+    schedule = translator_module._schedule_following_fit(translator.optimizer)
+    # 5% warm-up (at least a step), then 0 exactly at the last step.
+    assert (schedule.total_steps, schedule.first_step) == (steps, 0)
+    assert schedule.resolved_warmup_steps() == max(1, round(0.05 * steps))
+    assert float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
+    # A second fit is a new run from where the first ended.
+    translator.fit(SOURCES, TARGETS, batch_size=2, epochs=1, verbose=0)
+    assert schedule.first_step == steps
+    assert schedule.total_steps == int(translator.optimizer.iterations) - steps
+
+
+def test_fit_on_texts_logs_tokens_per_second_and_compile_time():
+    translator = make_translator()
+    translator.compile()
+    history = translator.fit(SOURCES, TARGETS, batch_size=1, epochs=2, verbose=0)
+    for key in ("source_tokens_per_second", "target_tokens_per_second"):
+        assert len(history.history[key]) == 2
+        assert all(value > 0 for value in history.history[key])
+    # The first epoch traces the train step; its steps are not all alike.
+    assert history.history["compile_seconds"][0] > 0
 
 
 def test_compile_with_total_steps_decays_to_zero_and_takes_keras_overrides():
     translator = make_translator()
     translator.compile(learning_rate=5e-3, warmup_steps=10, total_steps=100)
     schedule = learning_rate_schedule(translator.optimizer)
-    assert float(schedule(10)) == pytest.approx(5e-3)
+    assert not schedule.follows_fit
+    assert float(schedule(9)) == pytest.approx(5e-3)
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="warm-up must be shorter than the run"):
+        translator.compile(warmup_steps=100, total_steps=10)
 
     translator.compile(optimizer="sgd", metrics=[metrics.MaskedAccuracy()])
     assert isinstance(translator.optimizer, keras.optimizers.SGD)
     with pytest.raises(ValueError, match="argument jit_compile, expected 'auto'"):
         translator.compile(jit_compile="yes")
+
+
+@pytest.mark.slow
+def test_compile_with_no_arguments_then_a_short_fit_translates():
+    """141 updates (3,000 pairs, 3 epochs): the schedule follows the run, so
+    the rate peaks early instead of never leaving a 1,000-step warm-up."""
+    keras.utils.set_random_seed(0)
+    train, held_out = data.date_task_splits(num_train=3000, num_test=50, seed=0)
+    sources, targets = map(list, zip(*train))
+    translator = Translator.from_texts(sources, targets, tokenizer="character")
+    translator.compile()
+    translator.fit(sources, targets, epochs=3, verbose=0)
+    outputs = translator.translate([source for source, _ in held_out])
+    references = [target for _, target in held_out]
+    iso_dates = [re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) for text in outputs]
+    assert sum(map(bool, iso_dates)) >= 0.9 * len(outputs), outputs[:5]
+    assert len(set(outputs)) >= 0.5 * len(outputs), outputs[:5]
+    correct = sum(
+        a == b for output, reference in zip(outputs, references)
+        for a, b in zip(output, reference)
+    )
+    assert correct >= 0.6 * sum(map(len, references)), outputs[:5]
 
 
 @pytest.mark.slow

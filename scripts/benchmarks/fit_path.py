@@ -1,0 +1,229 @@
+"""Section 7: the corpus recipe's training path, `Translator.fit` on texts,
+next to its own compiled step and to keras-hub's layers in the same
+pipeline.
+
+A synthetic corpus with Multi30k's shape (sentence lengths drawn around
+Multi30k's subword lengths, a joint vocabulary of `fit_vocabulary_size`
+words) trains the corpus recipe's model (4+4 layers, d 128, FFN 256) four
+ways, epoch by epoch in turns, so a change of machine load hits all alike:
+
+- ceiling: the same model's `train_on_batch` on one fixed 128 x 16 batch
+  (2,048 target tokens, no padding), XLA-compiled: what a step costs with
+  nothing around it;
+- old path: `fit` as the library ran it before (dynamic batch shapes, no
+  XLA, buckets 4 tokens wide);
+- new path: `fit` as it runs now under `compile(jit_compile="auto")` with
+  the recipe's buckets (static shapes, XLA);
+- keras-hub: keras-hub's `TransformerEncoder`/`TransformerDecoder` of the
+  same shape in the new path's pipeline (static shapes, XLA).
+
+Tokens per second count real (non-padding) target tokens over the time of
+the training steps (`callbacks.TrainingSpeed`); compile seconds are the
+epoch-1 steps slower than 4x the median.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+from benchmarks.common import (
+    KERAS_HUB,
+    Goal,
+    SectionResult,
+    Skipped,
+    Table,
+    import_keras_hub,
+    peer,
+    progress,
+    ratio,
+    skipped_row,
+)
+from keras_transformer import callbacks, losses, recipes
+from keras_transformer.data import pipeline
+from keras_transformer.models import Translator
+
+CEILING, OLD, NEW = "ceiling: fixed-shape step", "old fit path", "new fit path"
+
+
+def synthetic_corpus(num_pairs, vocabulary_size, seed=0):
+    """Word "sentences" with Multi30k-like lengths (subword tokens: median
+    15 on the source side, 16 on the target side, a long right tail)."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{index}" for index in range(vocabulary_size)]
+
+    def sentences(median):
+        lengths = np.clip(rng.lognormal(np.log(median), 0.35, num_pairs), 2, 60)
+        return [
+            " ".join(rng.choice(words, int(length))) for length in lengths.round()
+        ]
+
+    return sentences(15), sentences(16)
+
+
+def keras_hub_twin(keras_hub, translator):
+    """keras-hub's layers in the translator's shape, as keras-hub's own
+    translation example builds them (learned positions, post-norm)."""
+    config = translator.config
+    vocabulary, width = config.target_vocabulary_size, config.hidden_dim
+    source_ids = keras.Input((None,), dtype="int32", name="source_ids")
+    target_ids = keras.Input((None,), dtype="int32", name="target_ids")
+    embed = keras_hub.layers.TokenAndPositionEmbedding(
+        vocabulary, config.max_source_length, width, mask_zero=True
+    )
+    encoded = embed(source_ids)
+    for _ in range(config.num_encoder_layers):
+        encoded = keras_hub.layers.TransformerEncoder(
+            config.intermediate_dim, config.num_heads, dropout=config.dropout
+        )(encoded)
+    decoded = embed(target_ids)
+    for _ in range(config.num_decoder_layers):
+        decoded = keras_hub.layers.TransformerDecoder(
+            config.intermediate_dim, config.num_heads, dropout=config.dropout
+        )(decoded, encoded)
+    logits = keras.layers.Dense(vocabulary, dtype="float32")(decoded)
+    model = keras.Model({"source_ids": source_ids, "target_ids": target_ids}, logits)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3, beta_2=0.98, epsilon=1e-9),
+        loss=losses.MaskedSparseCategoricalCrossentropy(
+            label_smoothing=0.1, padding_id=translator.padding_id
+        ),
+        jit_compile=True,
+    )
+    return model
+
+
+def run(settings, options):
+    recipe = recipes.CORPUS
+    model_fields = dict(recipe.model)
+    if settings.fit_hidden_dim != model_fields["hidden_dim"]:
+        model_fields.update(
+            hidden_dim=settings.fit_hidden_dim,
+            intermediate_dim=2 * settings.fit_hidden_dim,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+        )
+    sources, targets = synthetic_corpus(settings.fit_pairs, settings.fit_vocabulary_size)
+    translator = Translator.from_texts(
+        sources, targets, tokenizer="word", joint_vocabulary=True, **model_fields
+    )
+    tokens_per_batch = settings.fit_tokens_per_batch
+    longest = max(translator.max_source_length, translator.max_target_length)
+    old_buckets = list(range(1 + recipe.bucket_width, longest + 1, recipe.bucket_width))
+    new_buckets = recipe.bucket_boundaries(longest)
+    source_tokens, target_tokens = pipeline.count_tokens(
+        sources, targets, translator.source_tokenizer, translator.target_tokenizer,
+        translator.max_source_length, translator.max_target_length,
+    )  # fmt: skip
+
+    def dataset(static_shapes, buckets):
+        return translator.make_dataset(
+            sources, targets, tokens_per_batch=tokens_per_batch,
+            bucket_boundaries=buckets, static_shapes=static_shapes,
+        )  # fmt: skip
+
+    def epoch_runner(model, data):
+        """One epoch of `model.fit`; returns (target tokens/s, compile s)."""
+
+        def run_epoch():
+            speed = callbacks.TrainingSpeed(source_tokens, target_tokens)
+            keras.Model.fit(model, data, epochs=1, verbose=0, callbacks=[speed])
+            return speed.epochs[-1]
+
+        return run_epoch
+
+    def ceiling_runner(model):
+        batch = max(1, tokens_per_batch // 16)
+        rng = np.random.default_rng(0)
+        ids = {
+            name: rng.integers(4, settings.fit_vocabulary_size, (batch, 16)).astype("int32")
+            for name in ("source_ids", "target_ids")
+        }  # fmt: skip
+        labels = rng.integers(4, settings.fit_vocabulary_size, (batch, 16)).astype("int32")
+        steps = len(dataset(False, old_buckets))
+
+        def run_epoch():
+            for _ in range(2):
+                model.train_on_batch(ids, labels)
+            started = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(ids, labels)
+            seconds = time.perf_counter() - started
+            return {"target_tokens_per_second": steps * batch * 16 / seconds,
+                    "compile_seconds": 0.0}  # fmt: skip
+
+        return run_epoch
+
+    progress("fit path: building the candidates")
+    candidates = {}
+    translator.compile(jit_compile=True)
+    ceiling = keras.models.clone_model(translator)
+    ceiling.compile(optimizer="adam", loss=translator.loss, jit_compile=True)
+    candidates[CEILING] = ceiling_runner(ceiling)
+    old = Translator.from_config(translator.get_config())
+    old.compile(jit_compile=False)
+    candidates[OLD] = epoch_runner(old, dataset(False, old_buckets))
+    new = Translator.from_config(translator.get_config())
+    new.compile(jit_compile=True)
+    candidates[NEW] = epoch_runner(new, dataset(True, new_buckets))
+    skipped = None
+    try:
+        hub = peer(keras_hub_twin, import_keras_hub(), translator)
+        candidates[KERAS_HUB] = epoch_runner(hub, dataset(True, new_buckets))
+    except Skipped as reason:
+        skipped = str(reason)
+
+    # Epoch 1 of each compiles (counted); the rest are timed in turns.
+    first = {label: run_epoch() for label, run_epoch in candidates.items()}
+    timed = {label: [] for label in candidates}
+    for repeat in range(options.repeats):
+        progress(f"fit path: repeat {repeat + 1}/{options.repeats}")
+        for label, run_epoch in candidates.items():
+            timed[label].append(run_epoch()["target_tokens_per_second"])
+    speed = {label: float(np.median(values)) for label, values in timed.items()}
+
+    headers = ["path", "target tokens/s (median)", "min-max", "compile s (epoch 1)",
+               "vs ceiling", "vs old path"]  # fmt: skip
+    rows = [
+        [
+            label,
+            f"{speed[label]:,.0f}",
+            f"{min(timed[label]):,.0f}-{max(timed[label]):,.0f}",
+            f"{first[label]['compile_seconds']:.0f}",
+            ratio(speed[label], speed[CEILING]),
+            ratio(speed[label], speed[OLD]),
+        ]
+        for label in candidates
+    ]
+    if skipped:
+        rows.append(skipped_row(KERAS_HUB, skipped, len(headers)))
+    overhead = speed[CEILING] / speed[NEW] - 1
+    setup = (
+        f"{settings.fit_pairs:,} synthetic pairs ({target_tokens:,} target tokens an "
+        f"epoch), {tokens_per_batch} tokens a batch, the corpus recipe's model "
+        f"({model_fields['num_encoder_layers']}+{model_fields['num_decoder_layers']} "
+        f"layers, d {model_fields['hidden_dim']}); old buckets {len(old_buckets) + 1}, "
+        f"new {len(new_buckets) + 1}. Epoch 1 of each path compiles and is not timed."
+    )
+    return SectionResult(
+        name="fit_path",
+        title="7. The training path: `Translator.fit` against its own step",
+        setup=setup,
+        tables=[Table(headers, rows)],
+        goals=[
+            Goal(
+                "fit overhead over the compiled step <= 10%",
+                overhead <= 0.10,
+                f"{100 * overhead:.0f}% (padding included)",
+            ),
+            Goal(
+                "fit tokens/s >= 1.3x the old path",
+                speed[NEW] >= 1.3 * speed[OLD],
+                ratio(speed[NEW], speed[OLD]),
+            ),
+        ],
+        notes=[
+            "The ceiling's batch has no padding; the fit paths' tokens/s count real "
+            "tokens only, so padding within length buckets counts as overhead.",
+        ],
+    )
