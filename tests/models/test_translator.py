@@ -125,6 +125,7 @@ def test_compile_defaults_are_the_library_recipe(translator):
     assert not translator.jit_compile
 
 
+@pytest.mark.slow
 def test_fit_fits_the_default_schedule_to_the_run_it_makes():
     translator = make_translator()
     translator.compile(learning_rate=1e-2)
@@ -141,6 +142,7 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
     assert schedule.total_steps == int(translator.optimizer.iterations) - steps
 
 
+@pytest.mark.slow
 def test_fit_on_texts_logs_tokens_per_second_and_compile_time():
     translator = make_translator()
     translator.compile()
@@ -190,6 +192,7 @@ def test_compile_with_no_arguments_then_a_short_fit_translates():
     assert correct >= 0.6 * sum(map(len, references)), outputs[:5]
 
 
+@pytest.mark.slow
 def test_fit_on_texts_a_string_dataset_and_ids_trains_the_same_model():
     translator = make_translator()
     translator.compile(learning_rate=1e-2, warmup_steps=1)
