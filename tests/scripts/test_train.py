@@ -303,6 +303,7 @@ def test_a_warm_up_longer_than_the_run_is_a_usage_error_naming_the_flag(tmp_path
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_flag_prints_no_traceback_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
