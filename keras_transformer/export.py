@@ -133,7 +133,6 @@ def export_translator(
     ```
     """
     parts = decoding.model_layers(model)
-    max_source_length = parts.max_source_length
     max_target_length = parts.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length
@@ -452,7 +451,8 @@ def _build_archive(
 def _adapter_router(names, decoders):
     """texts, adapter names `[batch]` -> translations, each text decoded by
     the decoder of its adapter (`names[i]` -> `decoders[i]`)."""
-    known = ", ".join(repr(name) for name in names)
+    # No quotes: the Assert op escapes them in its message.
+    known = ", ".join(names[1:]) + " and the base (an empty name)"
 
     def route(texts, adapter):
         matches = tf.equal(tf.expand_dims(adapter, 1), tf.constant(names)[None, :])
@@ -467,8 +467,8 @@ def _adapter_router(names, decoders):
             tf.debugging.Assert(
                 tf.reduce_all(found),
                 [
-                    f"Unknown adapter name; this export serves {known} "
-                    "('' is the base). Received:",
+                    f"Unknown adapter name; this export serves {known}. "
+                    "Received:",
                     tf.boolean_mask(adapter, tf.logical_not(found)),
                 ],
             ),
