@@ -179,13 +179,13 @@ def export_translator(
     return export_dir
 
 
-def _write_export(model, parts, source_tokenizer, target_tokenizer, final_dir, settings):
+def _write_export(model, transformer_layers, source_tokenizer, target_tokenizer, final_dir, settings):
     adapter_names = settings["adapters"][0]
     metadata = {
         "keras_transformer_version": __version__,
         "endpoints": list(ENDPOINTS),
-        "max_source_length": parts.max_source_length,
-        "max_target_length": parts.max_target_length,
+        "max_source_length": transformer_layers.max_source_length,
+        "max_target_length": transformer_layers.max_target_length,
         "max_decode_length": settings["max_decode_length"],
         "beam_size": settings["beam_size"],
         "length_penalty": float(settings["length_penalty"]),
@@ -199,7 +199,7 @@ def _write_export(model, parts, source_tokenizer, target_tokenizer, final_dir, s
     # file or cannot be written fails here, before any endpoint is traced.
     with _files.staged_folder(final_dir, "the export") as staging:
         archive = _build_archive(
-            model, parts, source_tokenizer, target_tokenizer, **settings
+            model, transformer_layers, source_tokenizer, target_tokenizer, **settings
         )
         archive.write_out(staging, verbose=False)
         _write_metadata(staging, metadata)
@@ -346,7 +346,8 @@ def _build_archive(
 def _adapter_router(names, decoders):
     """texts, adapter names `[batch]` -> translations, each text decoded by
     the decoder of its adapter (`names[i]` -> `decoders[i]`)."""
-    known = ", ".join(repr(name) for name in names)
+    # No quotes: the Assert op escapes them in its message.
+    known = ", ".join(names[1:]) + " and the base (an empty name)"
 
     def route(texts, adapter):
         matches = tf.equal(tf.expand_dims(adapter, 1), tf.constant(names)[None, :])
@@ -361,8 +362,8 @@ def _adapter_router(names, decoders):
             tf.debugging.Assert(
                 tf.reduce_all(found),
                 [
-                    f"Unknown adapter name; this export serves {known} "
-                    "('' is the base). Received:",
+                    f"Unknown adapter name; this export serves {known}. "
+                    "Received:",
                     tf.boolean_mask(adapter, tf.logical_not(found)),
                 ],
             ),

@@ -548,12 +548,14 @@ def adapter_export(adapted, tmp_path_factory):
 
 def in_memory(translator, texts, names):
     """Each text translated alone by the translator with its adapter active."""
-    translations = []
-    for text, name in zip(texts, names):
+    translations = {}
+    for name in dict.fromkeys(names):
         translator.set_adapter(name or None)
-        translations.extend(translator.translate([text]))
+        for index, (text, owner) in enumerate(zip(texts, names)):
+            if owner == name:
+                translations[index] = translator.translate([text])[0]
     translator.set_adapter(None)
-    return translations
+    return [translations[index] for index in range(len(texts))]
 
 
 def serve_with_adapters(export_dir, texts, names):
@@ -598,7 +600,8 @@ def test_an_export_with_adapters_serves_the_base_from_its_other_endpoints(
 
 def test_an_unknown_adapter_name_is_refused_naming_the_served_ones(adapter_export):
     with pytest.raises(
-        tf.errors.InvalidArgumentError, match=r"this export serves '', 'dmy', 'rev'"
+        tf.errors.InvalidArgumentError,
+        match=r"this export serves dmy, rev and the base \(an empty name\)",
     ) as error:
         serve_with_adapters(adapter_export, ["5 March 2021", "1 June"], ["dmy", "cats"])
     assert "cats" in error.value.message

@@ -349,7 +349,7 @@ def set_adapter(translator, name):
     if name is not None:
         _spec(translator, name)
     bank = _bank(translator)
-    if bank is None:
+    if bank is None or bank._state.active == name:
         return
     bank._state.active = name
     _refresh(translator)
@@ -563,7 +563,12 @@ def restore(translator, adapters, active_adapter=None):
             raise ValueError(f"Received two adapters named {spec.name!r}.")
         lora.match_layers(translator, list(spec.paths))
         _add(translator, spec)
-    set_adapter(translator, active_adapter)
+    if active_adapter is not None:
+        _spec(translator, active_adapter)
+    bank = _bank(translator)
+    if bank is not None:
+        bank._state.active = active_adapter
+        _refresh(translator)
 
 
 class AdapterMethods:

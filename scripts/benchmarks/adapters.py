@@ -78,19 +78,21 @@ def run(settings, options):
                 names = tf.constant([name] * batch_size)
                 return lambda: serving["multi"](texts=texts, adapter=names)
 
-            candidates = {
-                "plain export (base)": synced(lambda: serving["base"](texts=texts)),
-                "multi-adapter export, adapter ''": synced(multi("")),
-                f"multi-adapter export, adapter '{ADAPTERS[0]}'": synced(
-                    multi(ADAPTERS[0])
-                ),
-                f"merged export ('{ADAPTERS[0]}')": synced(
-                    lambda: serving["merged"](texts=texts)
+            calls = {
+                "plain export (base)": lambda: serving["base"](texts=texts),
+                "multi-adapter export, adapter ''": multi(""),
+                f"multi-adapter export, adapter '{ADAPTERS[0]}'": multi(ADAPTERS[0]),
+                f"merged export ('{ADAPTERS[0]}')": lambda: serving["merged"](
+                    texts=texts
                 ),
             }
             outputs = {
-                label: candidate()["translations"].numpy().tolist()
-                for label, candidate in candidates.items()
+                label: call()["translations"].numpy().tolist()
+                for label, call in calls.items()
+            }
+            candidates = {
+                label: synced(lambda call=call: call()["translations"])
+                for label, call in calls.items()
             }
             labels = list(outputs)
             agree[batch_size] = (

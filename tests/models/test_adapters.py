@@ -218,6 +218,13 @@ def test_the_merged_kernel_is_w_plus_scale_a_b(adapted):
 def test_a_keras_file_keeps_the_adapters_and_the_active_one_in_safe_mode(
     adapter_translator, adapted, tmp_path
 ):
+    adapter_translator.save(str(tmp_path / "none_active.keras"))
+    reloaded = keras.saving.load_model(tmp_path / "none_active.keras", safe_mode=True)
+    assert reloaded.adapters == ["dmy", "rev"] and reloaded.active_adapter is None
+    bank = {id(v) for v in reloaded._adapter_bank.weights}
+    trainable = {id(v) for v in reloaded.trainable_weights}
+    assert not trainable & bank and len(trainable) == len(reloaded.weights) - len(bank)
+
     adapter_translator.set_adapter("dmy")
     expected = adapter_translator.translate(adapted.texts)
     path = str(tmp_path / "adapted.keras")

@@ -160,7 +160,7 @@ def test_adapter_translates_with_that_adapter_of_the_export(adapted, adapter_exp
 
 
 def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export):
-    with pytest.raises(SystemExit, match="this export serves '', 'dmy', 'rev'"):
+    with pytest.raises(SystemExit, match="this export serves dmy, rev and the base"):
         serve_in_process("--adapter", "cats", adapter_export, "5 March 2021")
 
 
