@@ -179,7 +179,9 @@ def export_translator(
     return export_dir
 
 
-def _write_export(model, transformer_layers, source_tokenizer, target_tokenizer, final_dir, settings):
+def _write_export(
+    model, transformer_layers, source_tokenizer, target_tokenizer, final_dir, settings
+):
     adapter_names = settings["adapters"][0]
     metadata = {
         "keras_transformer_version": __version__,
