@@ -54,7 +54,7 @@ class Settings:
     scaling_tokens_per_batch: int = 2048
     scaling_depths: tuple = (1, 2, 4, 8)
     scaling_steps_per_repeat: int = 3
-    fit_pairs: int = 6000
+    fit_pairs: int = 4000
     fit_vocabulary_size: int = 4000
     fit_hidden_dim: int = 128
     fit_tokens_per_batch: int = 2048

@@ -69,7 +69,10 @@ def keras_hub_twin(keras_hub, translator):
     source_ids = keras.Input((None,), dtype="int32", name="source_ids")
     target_ids = keras.Input((None,), dtype="int32", name="target_ids")
     embed = keras_hub.layers.TokenAndPositionEmbedding(
-        vocabulary, config.max_source_length, width, mask_zero=True
+        vocabulary,
+        max(config.max_source_length, config.max_target_length),
+        width,
+        mask_zero=True,
     )
     encoded = embed(source_ids)
     for _ in range(config.num_encoder_layers):
