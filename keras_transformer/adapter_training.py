@@ -23,14 +23,17 @@ from keras_transformer.models.transformer import TransformerConfig
 
 # Fine-tuning defaults of the adapter path (each a flag of train.py): a few
 # thousand pairs, a few minutes; LoRA takes a higher rate than full training.
-DEFAULTS = {"epochs": 5, "batch_size": 32, "learning_rate": 5e-3, "warmup_steps": 50}
+# warmup_steps None: 5% of the run, whatever the corpus' size.
+DEFAULTS = {"epochs": 5, "batch_size": 32, "learning_rate": 5e-3, "warmup_steps": None}
 # Flags that make a new model, which --base already is; and flags of the
 # normal path whose defaults the adapter path keeps.
 _MODEL_FLAGS = tuple(
     field.name for field in dataclasses.fields(TransformerConfig)
 ) + ("tokenizer", "vocabulary_size", "joint_vocabulary", "checkpoint_dir",
      "attention_plot")  # fmt: skip
-_FIXED_FLAGS = {"precision": "float32", "strategy": "default", "static_shapes": False}
+# Flag values the adapter path honours (static_shapes: None, the default,
+# lets fit decide).
+_FIXED_FLAGS = {"precision": "float32", "strategy": "default", "static_shapes": None}
 
 
 def check_flags(parser, args):

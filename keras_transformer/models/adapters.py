@@ -644,7 +644,7 @@ def train_adapter(
     epochs=5,
     batch_size=32,
     learning_rate=5e-3,
-    warmup_steps=50,
+    warmup_steps=None,
     **fit_kwargs,
 ):
     """Adds adapter `name`, activates it and fine-tunes it alone on texts.
@@ -659,7 +659,7 @@ def train_adapter(
         sources, targets: list of str. The domain's training pairs.
         epochs, batch_size: int. As in `Translator.fit`.
         learning_rate: float. Peak rate.
-        warmup_steps: int. Linear warm-up steps.
+        warmup_steps: int or None. Linear warm-up steps; None: 5% of the run.
         **fit_kwargs: other `Translator.fit` arguments.
 
     Returns:

@@ -159,9 +159,11 @@ def test_adapter_translates_with_that_adapter_of_the_export(adapted, adapter_exp
     )
 
 
-def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export):
-    with pytest.raises(SystemExit, match="this export serves dmy, rev and the base"):
+def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         serve_in_process("--adapter", "cats", adapter_export, "5 March 2021")
+    assert exit_info.value.code == 2
+    assert "this export serves dmy, rev and the base" in capsys.readouterr().err
 
 
 def test_adapter_on_an_export_without_adapters_is_reported(export_dir):

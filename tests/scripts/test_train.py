@@ -14,8 +14,8 @@ import re
 import pytest
 import tensorflow as tf
 
-from keras_transformer import export
-from tests.conftest import is_png, load_script
+from keras_transformer import evaluation, export
+from tests.conftest import SCRIPTS, is_png, load_script
 
 TINY = [
     "--epochs", "1", "--num-train", "300", "--num-test", "20",
@@ -158,7 +158,11 @@ def test_a_parallel_corpus_trains_with_word_tokenizers_and_reports_bleu(tmp_path
     # The record scripts/evaluate.py reads for docs/quality.md.
     record = json.loads((tmp_path / "logs" / "translator" / "run.json").read_text())
     assert record["command"].startswith("python scripts/train.py --epochs 1")
-    assert record["corpus"] == f"{tmp_path / 'train.en'} -> {tmp_path / 'train.de'}"
+    # Written for any reader: no absolute path of this machine.
+    assert record["corpus"] == evaluation.portable_paths(
+        f"{tmp_path / 'train.en'} -> {tmp_path / 'train.de'}", SCRIPTS.parent
+    )
+    assert not record["corpus"].startswith("/")
     assert record["training_seconds"] > 0 and record["parameters"] > 0
     assert [point["epoch"] for point in record["val_bleu"]] == [1]
     assert 0 <= record["val_bleu"][0]["bleu"] <= 100
