@@ -93,6 +93,18 @@ def build_compiled_metrics(model, element_spec):
     model._symbolic_build(data_batch=element_spec)
 
 
+def learning_rate_schedule(optimizer):
+    """The `LearningRateSchedule` an optimizer was given, or None.
+
+    The public `optimizer.learning_rate` is the schedule's current value;
+    Keras keeps the schedule object only in `_learning_rate`. A
+    `LossScaleOptimizer` (mixed float16) holds the optimizer that has it.
+    Keras 3.15.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return getattr(inner, "_learning_rate", None)
+
+
 # TensorFlow's coordination service -------------------------------------------
 # `tf.distribute.MultiWorkerMirroredStrategy` configures the coordination
 # service with TensorFlow's defaults when nothing has yet; setting the

@@ -328,23 +328,13 @@ def make_translator(args, train_sources, train_targets, strategy):
             name=args.name,
             **{**args.recipe.model, **config},
         )
-        # Length buckets end in partial batches: count them, so the learning
-        # rate reaches 0 exactly at the last step (and a warm-up longer than
-        # the run is refused before training).
-        steps_per_epoch = len(
-            translator.make_dataset(
-                train_sources,
-                train_targets,
-                shuffle=False,
-                **{**batching(args, translator), "static_shapes": False},
-            )
-        )
-        # With jit_compile="auto", fit turns XLA on when the run repays it.
+        # `fit` counts the run's steps and fits the schedule to them (a
+        # warm-up longer than the run is refused before the first step); with
+        # jit_compile="auto" it turns XLA on when the run repays it.
         jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
         translator.compile(
             learning_rate=recipe_value(args, "learning_rate"),
             warmup_steps=recipe_value(args, "warmup_steps"),
-            total_steps=recipe_value(args, "epochs") * steps_per_epoch,
             label_smoothing=recipe_value(args, "label_smoothing"),
             jit_compile=jit if distribute.jit_compile_works(strategy) else False,
         )

@@ -1,7 +1,8 @@
 """The text pipeline: parallel text into batches, strings through a decoder.
 
 `make_translation_dataset` yields `(inputs, labels)` batches for teacher
-forcing:
+forcing (`tokenize_pairs` then `batch_pairs`, for a run that batches one
+corpus more than once):
 
     inputs["source_ids"]  int32 [B, Ls]  source tokens
     inputs["target_ids"]  int32 [B, Lt]  [BOS] + target tokens
@@ -16,9 +17,11 @@ SavedModel export alike; `check_tokenizers_fit` checks a pair of tokenizers
 against the model they feed.
 """
 
+import dataclasses
 import logging
 import math
 import os
+import typing
 
 import numpy as np
 
@@ -204,7 +207,42 @@ def _drop_unusable(sources, targets, max_source_length, max_target_length):
     )
 
 
-def count_tokens(
+@dataclasses.dataclass(frozen=True)
+class TokenizedPairs:
+    """Parallel texts tokenized once, the pairs that cannot be batched dropped.
+
+    What `batch_pairs` batches: a training run tokenizes its corpus once
+    (`tokenize_pairs`) and builds every dataset it needs from the result.
+
+    Attributes:
+        sources: `tf.RaggedTensor` of source ids, one row per kept pair.
+        targets: `tf.RaggedTensor` of target ids (no [BOS] / [EOS]).
+        max_source_length, max_target_length: int or None. The limits the
+            pairs were kept by.
+        longest_source, longest_decoder: int. The longest kept source and
+            decoder sequence ([BOS] + target).
+    """
+
+    sources: object
+    targets: object
+    max_source_length: typing.Optional[int]
+    max_target_length: typing.Optional[int]
+    longest_source: int
+    longest_decoder: int
+
+    @property
+    def source_tokens(self):
+        """Source tokens of one pass, padding excluded."""
+        return int(self.sources.flat_values.shape[0])
+
+    @property
+    def label_tokens(self):
+        """Label tokens (target tokens + [EOS]) of one pass, padding
+        excluded: with `source_tokens`, what tokens per second count."""
+        return int(self.targets.flat_values.shape[0] + self.targets.nrows())
+
+
+def tokenize_pairs(
     source_texts,
     target_texts,
     source_tokenizer,
@@ -212,21 +250,51 @@ def count_tokens(
     max_source_length=None,
     max_target_length=None,
 ):
-    """Real tokens of one pass of `make_translation_dataset` over the texts.
+    """Tokenizes parallel texts once, for `batch_pairs`.
+
+    Pairs whose source has more than `max_source_length` tokens, whose
+    decoder sequence ([BOS] + target) has more than `max_target_length`
+    tokens, or whose source is empty are dropped, and their count is logged
+    as a warning on the `keras_transformer.data.pipeline` logger: nothing is
+    truncated silently.
 
     Returns:
-        `(source_tokens, label_tokens)`: the source tokens and the labels'
-        (target tokens + [EOS]) of the pairs the dataset keeps, padding
-        excluded; what tokens per second of training count.
+        A `TokenizedPairs`.
     """
-    sources, targets, _, _ = _drop_unusable(
-        source_tokenizer.tokenize(_check_texts("source_texts", source_texts)),
-        target_tokenizer.tokenize(_check_texts("target_texts", target_texts)),
+    source_texts = _check_texts("source_texts", source_texts)
+    target_texts = _check_texts("target_texts", target_texts)
+    if len(source_texts) != len(target_texts):
+        raise ValueError(
+            "source_texts and target_texts must pair up, but received "
+            f"{len(source_texts)} source texts and {len(target_texts)} target "
+            "texts."
+        )
+    if not source_texts:
+        raise ValueError("A translation dataset needs at least one example.")
+    for name, tokenizer in (
+        ("source_tokenizer", source_tokenizer),
+        ("target_tokenizer", target_tokenizer),
+    ):
+        if not isinstance(tokenizer, Tokenizer):
+            raise ValueError(
+                f"Received an invalid value for argument {name}, expected a "
+                f"keras_transformer Tokenizer. Received: {name}={tokenizer!r}"
+            )
+    check_positive_int("max_source_length", max_source_length, allow_none=True)
+    check_positive_int("max_target_length", max_target_length, allow_none=True)
+    sources, targets, longest_source, longest_decoder = _drop_unusable(
+        source_tokenizer.tokenize(source_texts),
+        target_tokenizer.tokenize(target_texts),
         max_source_length,
         max_target_length,
     )
-    return int(sources.flat_values.shape[0]), int(
-        targets.flat_values.shape[0] + targets.nrows()
+    return TokenizedPairs(
+        sources,
+        targets,
+        max_source_length,
+        max_target_length,
+        longest_source,
+        longest_decoder,
     )
 
 
@@ -427,25 +495,46 @@ def make_translation_dataset(
     )
     ```
     """
-    source_texts = _check_texts("source_texts", source_texts)
-    target_texts = _check_texts("target_texts", target_texts)
-    if len(source_texts) != len(target_texts):
-        raise ValueError(
-            "source_texts and target_texts must pair up, but received "
-            f"{len(source_texts)} source texts and {len(target_texts)} target "
-            "texts."
-        )
-    if not source_texts:
-        raise ValueError("make_translation_dataset needs at least one example.")
-    for name, tokenizer in (
-        ("source_tokenizer", source_tokenizer),
-        ("target_tokenizer", target_tokenizer),
-    ):
-        if not isinstance(tokenizer, Tokenizer):
-            raise ValueError(
-                f"Received an invalid value for argument {name}, expected a "
-                f"keras_transformer Tokenizer. Received: {name}={tokenizer!r}"
-            )
+    _check_batching(
+        batch_size,
+        tokens_per_batch,
+        seed,
+        bucket_boundaries,
+        drop_remainder,
+        pad_incomplete_batches,
+    )
+    pairs = tokenize_pairs(
+        source_texts,
+        target_texts,
+        source_tokenizer,
+        target_tokenizer,
+        max_source_length,
+        max_target_length,
+    )
+    return batch_pairs(
+        pairs,
+        batch_size=batch_size,
+        tokens_per_batch=tokens_per_batch,
+        shuffle=shuffle,
+        seed=seed,
+        bucket_boundaries=bucket_boundaries,
+        drop_remainder=drop_remainder,
+        repeat=repeat,
+        pad_to_bucket_boundary=pad_to_bucket_boundary,
+        pad_incomplete_batches=pad_incomplete_batches,
+    )
+
+
+def _check_batching(
+    batch_size,
+    tokens_per_batch,
+    seed,
+    bucket_boundaries,
+    drop_remainder,
+    pad_incomplete_batches,
+):
+    """Checks `batch_pairs`' arguments (before any tokenizing); returns the
+    bucket boundaries as a list, or None."""
     if (batch_size is None) == (tokens_per_batch is None):
         raise ValueError(
             "Give exactly one of batch_size (examples per batch) and "
@@ -454,24 +543,54 @@ def make_translation_dataset(
         )
     check_positive_int("batch_size", batch_size, allow_none=True)
     check_positive_int("tokens_per_batch", tokens_per_batch, allow_none=True)
-    check_positive_int("max_source_length", max_source_length, allow_none=True)
-    check_positive_int("max_target_length", max_target_length, allow_none=True)
     check_non_negative_int("seed", seed)
-    if bucket_boundaries is not None:
-        bucket_boundaries = _check_boundaries(bucket_boundaries)
     if drop_remainder and pad_incomplete_batches:
         raise ValueError(
             "drop_remainder and pad_incomplete_batches exclude each other: "
             "an incomplete batch is either dropped or padded. Received: "
             "drop_remainder=True, pad_incomplete_batches=True"
         )
+    if bucket_boundaries is None:
+        return None
+    return _check_boundaries(bucket_boundaries)
 
-    sources, targets, longest_source, longest_decoder = _drop_unusable(
-        source_tokenizer.tokenize(source_texts),
-        target_tokenizer.tokenize(target_texts),
-        max_source_length,
-        max_target_length,
+
+def batch_pairs(
+    pairs,
+    batch_size=None,
+    tokens_per_batch=None,
+    shuffle=True,
+    seed=0,
+    bucket_boundaries=None,
+    drop_remainder=False,
+    repeat=False,
+    pad_to_bucket_boundary=False,
+    pad_incomplete_batches=False,
+):
+    """`make_translation_dataset` on pairs tokenized by `tokenize_pairs`.
+
+    The arguments are `make_translation_dataset`'s; building a dataset from
+    tokenized pairs costs no tokenizing, so a run may build several (a
+    counting pass, the training stream) from one `TokenizedPairs`.
+    """
+    if not isinstance(pairs, TokenizedPairs):
+        raise ValueError(
+            "Received an invalid value for argument pairs, expected the "
+            "TokenizedPairs of tokenize_pairs(...). Received: "
+            f"pairs={type(pairs).__name__}"
+        )
+    bucket_boundaries = _check_batching(
+        batch_size,
+        tokens_per_batch,
+        seed,
+        bucket_boundaries,
+        drop_remainder,
+        pad_incomplete_batches,
     )
+    sources, targets = pairs.sources, pairs.targets
+    max_source_length = pairs.max_source_length
+    max_target_length = pairs.max_target_length
+    longest_source, longest_decoder = pairs.longest_source, pairs.longest_decoder
     dataset = tf.data.Dataset.from_tensor_slices((sources, targets))
     if shuffle:
         dataset = dataset.shuffle(

@@ -667,12 +667,8 @@ def train_adapter(
     """
     add_adapter(translator, name, rank=rank, alpha=alpha, target_layers=target_layers)
     set_adapter(translator, name)
-    steps = len(translator.make_dataset(sources, targets, batch_size=batch_size))
-    translator.compile(
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        total_steps=max(1, epochs * steps),
-    )
+    # `fit` fits the warm-up and the decay to the run it makes.
+    translator.compile(learning_rate=learning_rate, warmup_steps=warmup_steps)
     started = time.perf_counter()
     history = translator.fit(
         sources, targets, epochs=epochs, batch_size=batch_size, **fit_kwargs

@@ -26,6 +26,7 @@ import re
 import keras
 import numpy as np
 
+from keras_transformer import _compat
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, decoding, distribute, export, losses, metrics
 from keras_transformer import schedules, validation
@@ -523,16 +524,46 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         )
         shuffle = validation.check_bool("shuffle", shuffle)
         static_shapes = validation.check_bool("static_shapes", static_shapes)
-        dataset = pipeline.make_translation_dataset(
+        return self._batches(
+            self._tokenize(sources, targets),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            repeat=repeat,
+            static_shapes=static_shapes,
+            tokens_per_batch=tokens_per_batch,
+            bucket_boundaries=bucket_boundaries,
+        )
+
+    def _tokenize(self, sources, targets):
+        """The pairs every dataset of a run is batched from, tokenized once
+        (`data.pipeline.tokenize_pairs`)."""
+        return pipeline.tokenize_pairs(
             _texts("sources", sources),
             _texts("targets", targets),
-            source_tokenizer=self.source_tokenizer,
-            target_tokenizer=self.target_tokenizer,
+            self.source_tokenizer,
+            self.target_tokenizer,
+            self.max_source_length,
+            self.max_target_length,
+        )
+
+    def _batches(
+        self,
+        pairs,
+        batch_size,
+        shuffle,
+        seed,
+        repeat,
+        static_shapes,
+        tokens_per_batch,
+        bucket_boundaries,
+    ):
+        """`make_dataset` on pairs `_tokenize` made."""
+        dataset = pipeline.batch_pairs(
+            pairs,
             batch_size=None if tokens_per_batch else batch_size,
             tokens_per_batch=tokens_per_batch,
             bucket_boundaries=bucket_boundaries,
-            max_source_length=self.max_source_length,
-            max_target_length=self.max_target_length,
             shuffle=shuffle,
             seed=seed,
             repeat=repeat,
@@ -629,15 +660,32 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         batch_size = validation.check_positive_int(
             "batch_size", 64 if batch_size is None else batch_size
         )
+        validation.check_positive_int(
+            "tokens_per_batch", tokens_per_batch, allow_none=True
+        )
+        shuffle = validation.check_bool("shuffle", shuffle)
+        if static_shapes is not None:
+            static_shapes = validation.check_bool("static_shapes", static_shapes)
+        # Tokenized once: the step count, the training stream of every epoch
+        # (and of a resumed run) and the token count all read these.
+        pairs = self._tokenize(*texts)
+
+        def make_training_dataset(repeat, static_shapes):
+            return self._batches(
+                pairs,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                repeat=repeat,
+                static_shapes=static_shapes,
+                tokens_per_batch=tokens_per_batch,
+                bucket_boundaries=bucket_boundaries,
+            )
+
+        steps_per_epoch = len(make_training_dataset(repeat=False, static_shapes=False))
         if static_shapes is None:
             static_shapes = self._use_xla_for_run(
-                epochs, bucket_boundaries, lambda: self.make_dataset(
-                    *texts,
-                    batch_size=batch_size,
-                    shuffle=False,
-                    tokens_per_batch=tokens_per_batch,
-                    bucket_boundaries=bucket_boundaries,
-                ),
+                epochs * steps_per_epoch, bucket_boundaries
             )
         if validation_data is not None:
             validation_texts = self._as_texts("validation_data", *_pair(validation_data))
@@ -653,32 +701,10 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                     bucket_boundaries=bucket_boundaries,
                 )
 
-        def make_training_dataset(repeat):
-            return self.make_dataset(
-                *texts,
-                batch_size=batch_size,
-                shuffle=shuffle,
-                seed=seed,
-                repeat=repeat,
-                static_shapes=static_shapes,
-                tokens_per_batch=tokens_per_batch,
-                bucket_boundaries=bucket_boundaries,
-            )
-
-        training_dataset = make_training_dataset(repeat=False)
-        steps_per_epoch = len(training_dataset)
         self._fit_schedule_to_run(epochs * steps_per_epoch)
         # Tokens per second and compile time in the progress line and the
         # history.
-        speed = callbacks.TrainingSpeed(
-            *pipeline.count_tokens(
-                *texts,
-                self.source_tokenizer,
-                self.target_tokenizer,
-                self.max_source_length,
-                self.max_target_length,
-            )
-        )
+        speed = callbacks.TrainingSpeed(pairs.source_tokens, pairs.label_tokens)
         kwargs["callbacks"] = [speed, *(kwargs.get("callbacks") or [])]
         if checkpoint_dir is None:
             # Under a multi-worker strategy a lost worker becomes an error
@@ -687,7 +713,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 self.distribute_strategy, "Rerun every worker."
             ):
                 return super().fit(
-                    training_dataset,
+                    make_training_dataset(repeat=False, static_shapes=static_shapes),
                     epochs=epochs,
                     validation_data=validation_data,
                     # The dataset shuffles itself.
@@ -698,7 +724,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
 
         return checkpointing.fit_resumable(
             self,
-            lambda: make_training_dataset(repeat=True),
+            lambda: make_training_dataset(repeat=True, static_shapes=static_shapes),
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             directory=checkpoint_dir,
@@ -708,10 +734,10 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             **kwargs,
         )
 
-    def _use_xla_for_run(self, epochs, bucket_boundaries, make_dataset):
-        """Under `jit_compile="auto"`, turns XLA on for a run of enough steps
-        per batch shape; returns whether the run uses XLA (and so static
-        shapes)."""
+    def _use_xla_for_run(self, steps, bucket_boundaries):
+        """Under `jit_compile="auto"`, turns XLA on for a run of enough
+        `steps` per batch shape; returns whether the run uses XLA (and so
+        static shapes)."""
         if not (
             self._jit_compile_auto
             and keras.backend.backend() == "tensorflow"
@@ -723,7 +749,6 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             if bucket_boundaries is None
             else len(bucket_boundaries) + 1
         )
-        steps = validation.check_positive_int("epochs", epochs) * len(make_dataset())
         use_xla = steps >= XLA_STEPS_PER_PROGRAM * programs or bool(self.jit_compile)
         if use_xla != self.jit_compile:
             self.jit_compile = use_xla
@@ -1141,10 +1166,7 @@ def _token_labels(tokenizer, ids):
 def _schedule_following_fit(optimizer):
     """The `WarmupCosineDecay` of a recipe optimizer whose run `fit` sets, or
     None."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    # Keras keeps the schedule object only in this private attribute (the
-    # public `learning_rate` is its current value).
-    schedule = getattr(inner, "_learning_rate", None)
+    schedule = _compat.learning_rate_schedule(optimizer)
     if isinstance(schedule, schedules.WarmupCosineDecay) and schedule.follows_fit:
         return schedule
     return None

@@ -114,10 +114,11 @@ def run(settings, options):
     longest = max(translator.max_source_length, translator.max_target_length)
     old_buckets = list(range(1 + recipe.bucket_width, longest + 1, recipe.bucket_width))
     new_buckets = recipe.bucket_boundaries(longest)
-    source_tokens, target_tokens = pipeline.count_tokens(
+    pairs = pipeline.tokenize_pairs(
         sources, targets, translator.source_tokenizer, translator.target_tokenizer,
         translator.max_source_length, translator.max_target_length,
     )  # fmt: skip
+    source_tokens, target_tokens = pairs.source_tokens, pairs.label_tokens
 
     def dataset(static_shapes, buckets):
         return translator.make_dataset(

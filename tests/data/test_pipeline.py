@@ -222,6 +222,47 @@ def test_the_dataset_knows_how_many_batches_one_pass_makes(tokenizers, options):
     assert len(dataset) == len(batches(dataset))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"batch_size": 3, "shuffle": False},
+        {"batch_size": None, "tokens_per_batch": 24, "bucket_boundaries": [4, 8],
+         "pad_to_bucket_boundary": True, "seed": 3},
+    ],
+)  # fmt: skip
+def test_pairs_tokenized_once_batch_exactly_as_their_texts_do(tokenizers, options):
+    pairs = data.pipeline.tokenize_pairs(
+        SOURCES, TARGETS, *tokenizers, max_source_length=8, max_target_length=12
+    )
+    dataset = make(tokenizers, max_source_length=8, max_target_length=12, **options)
+    expected = batches(dataset)
+    for _ in range(2):  # one TokenizedPairs serves any number of datasets
+        got = data.pipeline.batch_pairs(pairs, **{"batch_size": 2, **options})
+        assert len(got) == len(dataset) == len(expected)
+        for (x, _, y), (x_ref, _, y_ref) in zip(batches(got), expected):
+            np.testing.assert_array_equal(x, x_ref)
+            np.testing.assert_array_equal(y, y_ref)
+
+
+def test_tokenized_pairs_count_the_tokens_of_the_pairs_they_keep(tokenizers):
+    source_tokenizer, target_tokenizer = tokenizers
+    pairs = data.pipeline.tokenize_pairs(
+        SOURCES, TARGETS, *tokenizers, max_source_length=5
+    )
+    # Counted text by text: the sources of at most 5 words, their targets'
+    # characters plus one [EOS] each.
+    kept = [i for i, source in enumerate(SOURCES) if len(source.split()) <= 5]
+    assert pairs.source_tokens == sum(len(SOURCES[i].split()) for i in kept)
+    assert pairs.label_tokens == sum(
+        len(target_tokenizer.tokenize([TARGETS[i]]).flat_values) + 1 for i in kept
+    )
+
+
+def test_batch_pairs_wants_the_pairs_of_tokenize_pairs(tokenizers):
+    with pytest.raises(ValueError, match="TokenizedPairs of tokenize_pairs.*Received: pairs=list"):
+        data.pipeline.batch_pairs([SOURCES, TARGETS], batch_size=2)
+
+
 def test_read_tsv_returns_chosen_columns_and_skips_empty_lines(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("id1\tbonjour\thello\r\n\nid2\tmerci\tthanks\n", encoding="utf-8")

@@ -143,10 +143,25 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
 
 
 @pytest.mark.slow
-def test_fit_on_texts_logs_tokens_per_second_and_compile_time():
+def test_fit_on_texts_tokenizes_once_and_logs_tokens_per_second_and_compile_time(
+    monkeypatch,
+):
     translator = make_translator()
     translator.compile()
+    tokenized = []
+    for side in ("source_tokenizer", "target_tokenizer"):
+        tokenizer = getattr(translator, side)
+        monkeypatch.setattr(
+            tokenizer,
+            "tokenize",
+            lambda texts, tokenize=tokenizer.tokenize, side=side: (
+                tokenized.append(side) or tokenize(texts)
+            ),
+        )
     history = translator.fit(SOURCES, TARGETS, batch_size=1, epochs=2, verbose=0)
+    # Counting the steps, choosing XLA, the two epochs and the token count
+    # all read one tokenization of the corpus.
+    assert sorted(tokenized) == ["source_tokenizer", "target_tokenizer"]
     for key in ("source_tokens_per_second", "target_tokens_per_second"):
         assert len(history.history[key]) == 2
         assert all(value > 0 for value in history.history[key])
