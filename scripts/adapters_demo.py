@@ -126,15 +126,13 @@ def base_model(args, sources, targets):
         dropout=0.1,
         **size,
     )
-    batching = corpus_batching(translator)
-    steps = len(translator.make_dataset(sources, targets, **batching))
+    # The schedule follows the run `fit` is given (warm-up: the recipe's).
     translator.compile(
         learning_rate=recipe.learning_rate,
-        warmup_steps=min(recipe.warmup_steps, steps),
-        total_steps=args.base_epochs * steps,
+        warmup_steps=recipe.warmup_steps,
         label_smoothing=recipe.label_smoothing,
     )
-    return translator, batching
+    return translator, corpus_batching(translator)
 
 
 def corpus_batching(translator):
@@ -217,12 +215,8 @@ def main(argv=None):
     write(results, args)
 
     full = keras.saving.load_model(base_path)
-    steps = len(full.make_dataset(*splits["topic_train"], batch_size=32))
-    full.compile(
-        learning_rate=args.full_learning_rate,
-        warmup_steps=min(50, steps),
-        total_steps=args.finetune_epochs * steps,
-    )
+    # Warm-up and decay follow the fine-tuning run, as the adapters' do.
+    full.compile(learning_rate=args.full_learning_rate)
     trainable = adapters.trainable_parameters(full)
     _, wall, cpu = timed(
         full.fit, *splits["topic_train"], epochs=args.finetune_epochs,
