@@ -126,7 +126,7 @@ def run(settings, options):
     worst = max(overheads.values())
     return SectionResult(
         "adapters",
-        "7. Serving named LoRA adapters: multi-adapter, merged and base exports",
+        "8. Serving named LoRA adapters: multi-adapter, merged and base exports",
         (
             "A 2+2-layer date-task `Translator` (d_model "
             f"{settings.serving_hidden_dim}, character tokenizers) with two "
