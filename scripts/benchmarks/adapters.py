@@ -1,4 +1,4 @@
-"""Section 7: serving latency of a multi-adapter export against a merged
+"""Section 8: serving latency of a multi-adapter export against a merged
 export and the plain base export."""
 
 import os
