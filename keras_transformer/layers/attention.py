@@ -37,8 +37,13 @@ HUGE_ACTIVATION = 2.0**40
 
 def _shrink_huge(vectors):
     """`(scale, vectors / scale)` with scale 1 unless a vector is huge."""
-    # `initial=0` (a no-op: absolute values) lets an empty batch through;
-    # Keras refuses the max of an empty tensor otherwise.
+    if 0 in tuple(vectors.shape):
+        # An empty batch known to be empty (eager, JAX, PyTorch): Keras
+        # refuses the max of an empty tensor, and PyTorch's max with
+        # `initial` returns the wrong shape for one (Keras 3.15).
+        return ops.ones_like(vectors[..., :1]), vectors
+    # `initial=0` (a no-op: absolute values) lets a batch that turns out
+    # empty only when a TensorFlow graph runs through.
     largest = ops.max(ops.abs(vectors), axis=-1, keepdims=True, initial=0.0)
     scale = ops.where(largest > HUGE_ACTIVATION, largest, ops.ones_like(largest))
     return scale, vectors / scale
