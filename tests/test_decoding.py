@@ -114,6 +114,7 @@ def assert_padding_exactly_after_eos(ids, eos_id=EOS):
         assert np.all(row[length:] == PAD), row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "position_encoding, overrides",
     [
@@ -136,6 +137,7 @@ def test_cached_greedy_decoding_matches_recomputing_the_whole_prefix(
     assert_padding_exactly_after_eos(ids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position_encoding", ["sinusoidal", "relative"])
 def test_one_beam_is_greedy_and_scores_the_models_log_probability(position_encoding):
     model = random_model(position_encoding, seed=1)
@@ -164,6 +166,7 @@ def every_hypothesis(tokens, max_length):
     return np.array(hypotheses, "int32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "position_encoding, seed, length_penalty",
     [("sinusoidal", 0, 0.6), ("rotary", 1, 1.0), ("relative", 2, 0.0)],
@@ -204,6 +207,7 @@ def test_exhaustive_beam_search_finds_the_best_length_normalised_hypothesis(
     assert np.all(to_numpy(scores) >= greedy_scores - 1e-5)
 
 
+@pytest.mark.slow
 def test_designating_a_generated_token_as_eos_stops_there_and_pads():
     model = random_model("rotary")
     free_running = to_numpy(decoding.greedy_decode(model, SOURCES, MAX_TARGET_LENGTH))
@@ -247,6 +251,7 @@ def test_a_model_that_always_prefers_eos_stops_at_the_first_step():
         np.testing.assert_array_equal(to_numpy(ids), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode", ["greedy", "beam"])
 def test_compiled_decoding_matches_eager_decoding(decode):
     model = random_model("relative", seed=3)
@@ -269,6 +274,7 @@ def test_compiled_decoding_matches_eager_decoding(decode):
     np.testing.assert_array_equal(to_numpy(xla(SOURCES)), to_numpy(translate(SOURCES)))
 
 
+@pytest.mark.slow
 def test_a_model_reloaded_from_keras_file_decodes_the_same_tokens(tmp_path):
     model = random_model("learned", seed=4)
     path = str(tmp_path / "model.keras")
@@ -280,6 +286,7 @@ def test_a_model_reloaded_from_keras_file_decodes_the_same_tokens(tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs, message",
     [

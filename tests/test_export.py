@@ -23,6 +23,10 @@ from tests.conftest import (
     to_numpy,
 )
 
+# Every test here builds, reads or serves an export, or trains (tens of
+# CPU-seconds for the module's fixtures): the fast loop leaves them out.
+pytestmark = pytest.mark.slow
+
 MAX_SOURCE_LENGTH = DATE_MAX_SOURCE_LENGTH
 MAX_TARGET_LENGTH = DATE_MAX_TARGET_LENGTH
 MAX_DECODE_LENGTH = MAX_TARGET_LENGTH  # the default of export_translator
@@ -194,7 +198,6 @@ def fresh_process_result(fresh_process, name):
     return outcome["result"]
 
 
-@pytest.mark.slow
 def test_a_process_without_keras_transformer_serves_what_the_model_computes(
     translator, fresh_process
 ):
@@ -214,7 +217,6 @@ def test_a_process_without_keras_transformer_serves_what_the_model_computes(
     )
 
 
-@pytest.mark.slow
 def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
     translator, loaded, xla_export_dir, fresh_process
 ):
@@ -240,7 +242,6 @@ def test_an_xla_export_translates_like_the_plain_one_in_a_fresh_process(
         xla_loaded.translate(too_long)
 
 
-@pytest.mark.slow
 def test_saved_model_cli_runs_the_serving_default_signature(translator, fresh_process):
     translations = fresh_process_result(fresh_process, "saved_model_cli")
     assert translations == decode_in_process(translator, CLI_TEXTS)
@@ -498,7 +499,6 @@ def fit_steps(model, steps):
     model.fit(INPUTS, LABELS, batch_size=2, epochs=steps, shuffle=False, verbose=0)
 
 
-@pytest.mark.slow
 def test_keras_file_round_trips_outputs_and_training_continues_from_it(tmp_path):
     model = compiled_model()
     fit_steps(model, 2)

@@ -186,6 +186,7 @@ def _binds_tensorflow(module_name):
     return "import_tensorflow(__name__)" in path.read_text()
 
 
+@pytest.mark.slow
 def test_importing_the_package_imports_no_tensorflow_bound_module():
     pytest.importorskip("tensorflow")
     loaded = _import_the_package("tensorflow")["modules"]

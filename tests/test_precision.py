@@ -48,6 +48,7 @@ def train_script_model(precision, pairs):
     return train.make_translator(args, *pairs, tf.distribute.get_strategy())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", MIXED_POLICIES)
 def test_train_script_model_takes_a_finite_fit_step(precision, pairs):
     model = train_script_model(precision, pairs)

@@ -247,6 +247,7 @@ def test_the_host_copy_translates_the_same_under_xla_in_fixed_size_batches(
     assert len(set(dynamic)) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arguments, setting, xla",
     [

@@ -25,6 +25,7 @@ def _decoder_inputs(target_length=5, source_length=6):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

@@ -9,6 +9,7 @@ HIDDEN = 16
 BASE = {"intermediate_dim": 32, "num_heads": 4}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [

@@ -719,6 +719,7 @@ def _encoder_decoder_blocks_model(hidden=16):
     return keras.Model([source, target], decoded)
 
 
+@pytest.mark.slow
 def test_enable_lora_on_attention_query_and_value_across_transformer_blocks(
     tmp_path,
 ):

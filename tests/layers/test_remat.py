@@ -81,6 +81,7 @@ def test_inactive_dropout_draws_no_seed(rate, training):
     assert stateless_dropout.draw_dropout_seed(dropout, training) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, dropout, compiled, dtype",
     [
@@ -210,6 +211,7 @@ def test_remat_rejects_dropout_it_cannot_replay():
     block(*inputs, **masks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_remat_block_passes_the_layer_harness(kind, tmp_path):
     block_class, inputs, masks = _block_call(kind)
@@ -244,6 +246,7 @@ TARGET_IDS = np.array([[2, 5, 6, 7, 0], [2, 1, 4, 5, 6]], "int32")
 LABELS = np.array([[5, 6, 7, 0, 0], [1, 4, 5, 6, 0]], "int32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "jit_compile",
     [False, pytest.param(True, marks=compiled_backends)],
@@ -263,6 +266,7 @@ def test_transformer_with_remat_trains_under_compiled_fit(jit_compile):
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.slow
 def test_transformer_with_remat_has_the_plain_model_gradients():
     plain = models.build_transformer(
         models.TransformerConfig(**{**SMALL_MODEL, "remat": False})

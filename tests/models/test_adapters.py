@@ -34,12 +34,14 @@ def fresh_base(adapted):
     return keras.saving.load_model(adapted.base_path)
 
 
+@pytest.mark.slow
 def test_adapters_are_listed_in_order_and_none_is_active(adapted):
     translator = adapted.translator
     assert translator.adapters == ["dmy", "rev"]
     assert translator.active_adapter is None
 
 
+@pytest.mark.slow
 def test_a_fresh_adapter_targets_query_and_value_and_changes_nothing(adapted):
     translator = fresh_base(adapted)
     paths = translator.add_adapter("fresh", rank=2)
@@ -50,12 +52,14 @@ def test_a_fresh_adapter_targets_query_and_value_and_changes_nothing(adapted):
     np.testing.assert_array_equal(logits(translator, adapted.inputs), adapted.base_logits)
 
 
+@pytest.mark.slow
 def test_with_no_adapter_active_the_base_is_bit_identical(adapted):
     translator = adapted.translator
     np.testing.assert_array_equal(logits(translator, adapted.inputs), adapted.base_logits)
     assert translator.translate(adapted.texts) == adapted.base_translations
 
 
+@pytest.mark.slow
 def test_each_adapter_learned_its_domain_and_switching_changes_the_outputs(
     adapter_translator, adapted
 ):
@@ -80,6 +84,7 @@ def test_each_adapter_learned_its_domain_and_switching_changes_the_outputs(
     assert not np.allclose(outputs["dmy"], outputs[None])
 
 
+@pytest.mark.slow
 def test_only_the_active_adapter_trains_and_the_base_and_other_adapter_stay(
     adapter_translator, adapted
 ):
@@ -106,6 +111,7 @@ def test_only_the_active_adapter_trains_and_the_base_and_other_adapter_stay(
     np.testing.assert_array_equal(logits(translator, adapted.inputs), adapted.base_logits)
 
 
+@pytest.mark.slow
 def test_with_no_adapter_active_the_base_is_trainable_again(adapted):
     translator = fresh_base(adapted)
     everything = len(translator.trainable_weights)
@@ -118,6 +124,7 @@ def test_with_no_adapter_active_the_base_is_trainable_again(adapted):
     assert len(translator.trainable_weights) == everything
 
 
+@pytest.mark.slow
 def test_an_adapter_saved_and_loaded_onto_a_fresh_base_computes_the_same(
     adapter_translator, adapted, tmp_path
 ):
@@ -138,6 +145,7 @@ def test_an_adapter_saved_and_loaded_onto_a_fresh_base_computes_the_same(
     assert os.path.getsize(path) < 0.2 * os.path.getsize(adapted.base_path)
 
 
+@pytest.mark.slow
 def test_an_adapter_trained_on_another_base_is_refused_naming_both(
     adapter_translator, adapted, tmp_path
 ):
@@ -163,6 +171,7 @@ def _lora_layer(translator, path):
     return lora._lora_dense_layers(translator)[path]
 
 
+@pytest.mark.slow
 def test_an_adapter_of_a_differently_configured_base_is_refused(
     adapter_translator, adapted, tmp_path
 ):
@@ -177,6 +186,7 @@ def test_an_adapter_of_a_differently_configured_base_is_refused(
         wider.load_adapter(path)
 
 
+@pytest.mark.slow
 def test_load_adapter_refuses_a_taken_name_and_files_that_are_not_adapters(
     adapter_translator, adapted, tmp_path
 ):
@@ -193,6 +203,7 @@ def test_load_adapter_refuses_a_taken_name_and_files_that_are_not_adapters(
     assert adapter_translator.adapters == ["dmy", "rev"]
 
 
+@pytest.mark.slow
 def test_merge_adapter_equals_the_active_adapter_to_float32_rounding(
     adapter_translator, adapted
 ):
@@ -209,6 +220,7 @@ def test_merge_adapter_equals_the_active_adapter_to_float32_rounding(
     )
 
 
+@pytest.mark.slow
 def test_the_merged_kernel_is_w_plus_scale_a_b(adapted):
     translator = adapted.translator
     spec = translator._adapter_bank.specs["dmy"]
@@ -221,6 +233,7 @@ def test_the_merged_kernel_is_w_plus_scale_a_b(adapted):
     np.testing.assert_allclose(to_numpy(_lora_layer(merged, path).kernel), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_keras_file_keeps_the_adapters_and_the_active_one_in_safe_mode(
     adapter_translator, adapted, tmp_path
 ):
@@ -245,6 +258,7 @@ def test_a_keras_file_keeps_the_adapters_and_the_active_one_in_safe_mode(
     np.testing.assert_array_equal(logits(reloaded, adapted.inputs), adapted.base_logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -264,12 +278,14 @@ def test_add_adapter_refuses_bad_arguments(adapted, arguments, message):
     assert adapted.translator.adapters == ["dmy", "rev"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["set_adapter", "merge_adapter"])
 def test_unknown_adapter_names_are_refused_naming_the_known_ones(adapted, method):
     with pytest.raises(ValueError, match=r"\['dmy', 'rev'\]. Received: name='nope'"):
         getattr(adapted.translator, method)("nope")
 
 
+@pytest.mark.slow
 def test_save_adapter_refuses_an_unknown_name_and_a_missing_folder(adapted, tmp_path):
     with pytest.raises(ValueError, match="Received: name='nope'"):
         adapted.translator.save_adapter("nope", tmp_path / "x.npz")

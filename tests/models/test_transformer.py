@@ -29,20 +29,25 @@ def predict(model, source=SOURCE, target=TARGET):
     return to_numpy(model({"source_ids": source, "target_ids": target}))
 
 
+CONFIGURATIONS = {
+    "default": {},
+    "post-learned": {"norm_placement": "post", "position_encoding": "learned"},
+    "deepnorm-rms": {"norm_placement": "deepnorm", "norm_type": "rms_norm"},
+    "rotary-gqa": {"position_encoding": "rotary", "num_key_value_heads": 2},
+    "alibi-swiglu": {"position_encoding": "alibi", "activation": "swiglu"},
+    "relative-sandwich": {"position_encoding": "relative", "norm_placement": "sandwich"},
+    "shared": {"share_embeddings": True, "target_vocabulary_size": 30},
+    "untied-rezero": {"tie_output_projection": False, "norm_placement": "rezero"},
+}
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
-        {},
-        {"norm_placement": "post", "position_encoding": "learned"},
-        {"norm_placement": "deepnorm", "norm_type": "rms_norm"},
-        {"position_encoding": "rotary", "num_key_value_heads": 2},
-        {"position_encoding": "alibi", "activation": "swiglu"},
-        {"position_encoding": "relative", "norm_placement": "sandwich"},
-        {"share_embeddings": True, "target_vocabulary_size": 30},
-        {"tie_output_projection": False, "norm_placement": "rezero"},
+        # The fast loop (-m "not slow") keeps the default configuration.
+        pytest.param(overrides, id=name, marks=[] if name == "default" else pytest.mark.slow)
+        for name, overrides in CONFIGURATIONS.items()
     ],
-    ids=["default", "post-learned", "deepnorm-rms", "rotary-gqa", "alibi-swiglu",
-         "relative-sandwich", "shared", "untied-rezero"],
 )
 def test_every_configuration_builds_trains_and_reloads(overrides, tmp_path):
     # One block each way: what differs between configurations is inside the
@@ -89,6 +94,7 @@ def test_padding_the_source_or_target_never_changes_real_token_logits():
     np.testing.assert_allclose(long[:, :5][real], short[real], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position_encoding", ["sinusoidal", "learned", "rotary", "alibi", "relative"])
 def test_cached_decode_steps_reproduce_the_full_model(position_encoding):
     model = small_model(position_encoding=position_encoding, num_key_value_heads=2)
@@ -107,6 +113,7 @@ def test_cached_decode_steps_reproduce_the_full_model(position_encoding):
     np.testing.assert_allclose(stepped[real], full[real], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_reloaded_model_keeps_its_config_and_layers_as_attributes(tmp_path):
     model = small_model()
     path = str(tmp_path / "model.keras")
@@ -141,6 +148,7 @@ def test_save_refuses_a_folder_a_wrong_suffix_and_overwrite_false(tmp_path):
     assert (tmp_path / "kept.keras").read_bytes() == b"kept"
 
 
+@pytest.mark.slow
 def test_a_model_composed_from_its_layers_computes_the_same_logits(tmp_path):
     model = small_model()
     composed = models.Transformer(transformer_layers=model.transformer_layers)

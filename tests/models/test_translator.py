@@ -251,6 +251,7 @@ def test_fit_with_a_checkpoint_dir_resumes_where_it_stopped(tmp_path):
     assert int(translator.optimizer.iterations) == steps
 
 
+@pytest.mark.slow
 def test_translate_equals_generate_then_detokenize_and_blanks_empty_texts(translator):
     texts = ["5 March 2021", "", "1 May", "17 May 2020"]
     ids = translator.generate(source_ids_of(translator, texts))
@@ -263,6 +264,7 @@ def test_translate_equals_generate_then_detokenize_and_blanks_empty_texts(transl
     assert translator.translate(texts, batch_size=3) == expected
 
 
+@pytest.mark.slow
 def test_beam_of_one_and_sampling_from_the_top_token_are_greedy(translator):
     texts = ["5 March 2021", "1 June 1999", "3 April"]
     greedy = translator.translate(texts)
@@ -279,6 +281,7 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters(translator):
     assert any(other != first for other in others)
 
 
+@pytest.mark.slow
 def test_the_decoding_function_is_traced_once_across_calls(monkeypatch):
     translator = make_translator()
     traces = []
@@ -318,6 +321,7 @@ def test_translate_refuses_a_text_longer_than_the_model_and_bad_options(translat
         translator.translate(["1 May"], method="beam", num_results=2)
 
 
+@pytest.mark.slow
 def test_generate_returns_the_n_best_beams_with_descending_scores(translator):
     source_ids = source_ids_of(translator, ["5 March 2021", "1 June 1999"])
     ids, scores = translator.generate(
@@ -759,6 +763,7 @@ def test_generate_refuses_ids_of_the_wrong_shape_naming_source_ids(
         translator.generate(source_ids, method=method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_an_empty_batch_gives_an_empty_result(translator, method):
     ids = translator.generate(np.zeros((0, 5), "int32"), method=method, max_length=4)

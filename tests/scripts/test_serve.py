@@ -129,6 +129,7 @@ def test_bad_flags_are_usage_errors(capsys, arguments, message):
     assert message in usage_error(capsys, *arguments)
 
 
+@pytest.mark.slow
 def test_a_text_too_long_for_the_model_is_reported_with_the_limit(export_dir, capsys):
     with pytest.raises(SystemExit) as error:
         load_script("serve").main([export_dir, "1 May", "5 March 2021 and more"])
@@ -152,6 +153,7 @@ def serve_in_process(*args):
     return output.getvalue().split("\n")[:-1]
 
 
+@pytest.mark.slow
 def test_adapter_translates_with_that_adapter_of_the_export(adapted, adapter_export):
     texts = adapted.texts[:3]
     assert serve_in_process("--adapter", "rev", adapter_export, *texts) == in_memory(
@@ -159,6 +161,7 @@ def test_adapter_translates_with_that_adapter_of_the_export(adapted, adapter_exp
     )
 
 
+@pytest.mark.slow
 def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export, capsys):
     with pytest.raises(SystemExit) as exit_info:
         serve_in_process("--adapter", "cats", adapter_export, "5 March 2021")
@@ -166,11 +169,13 @@ def test_an_unknown_adapter_is_reported_with_the_served_names(adapter_export, ca
     assert "this export serves dmy, rev and the base" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_adapter_on_an_export_without_adapters_is_reported(export_dir):
     with pytest.raises(SystemExit, match="serves no adapters"):
         serve_in_process("--adapter", "rev", export_dir, "5 March 2021")
 
 
+@pytest.mark.slow
 def test_adapter_with_beam_is_a_usage_error(export_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_script("serve").main(["--adapter", "rev", "--beam", export_dir, "5 May"])

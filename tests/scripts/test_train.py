@@ -327,6 +327,7 @@ def test_a_bad_flag_prints_no_traceback_in_a_fresh_process(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_base_and_adapter_fine_tune_an_adapter_and_write_it_with_a_run_record(
     adapted, tmp_path
 ):
