@@ -64,10 +64,17 @@ def test_every_public_layer_is_registered_for_serialization():
 
 
 def test_modules_load_on_first_attribute_access_and_are_listed():
-    for name in ("checkpointing", "data", "decoding", "distribute", "export"):
+    for name in ("checkpointing", "data", "decoding", "distribute", "translation"):
         assert name in dir(keras_transformer)
         module = getattr(keras_transformer, name)
         assert module.__name__ == f"keras_transformer.{name}"
+
+
+def test_the_text_task_modules_still_resolve_at_their_old_package_root_names():
+    for name in ("export", "recipes"):
+        assert name in dir(keras_transformer)
+        module = getattr(keras_transformer, name)
+        assert module.__name__ == f"keras_transformer.translation.{name}"
 
 
 def test_an_unknown_attribute_raises_attribute_error():
@@ -192,8 +199,8 @@ def test_importing_the_package_imports_no_tensorflow_bound_module():
     assert "keras_transformer.models" in loaded
     assert [name for name in loaded if _binds_tensorflow(name)] == []
     # The Translator, the text pipeline and export come on first use only.
-    for lazy in ("keras_transformer.models.translator", "keras_transformer.data",
-                 "keras_transformer.export", "keras_transformer.decoding"):
+    for lazy in ("keras_transformer.translation", "keras_transformer.data",
+                 "keras_transformer.decoding"):
         assert lazy not in loaded
 
 
