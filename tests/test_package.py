@@ -157,6 +157,43 @@ def test_compat_imports_tensorflow_only_inside_functions():
     assert module_level and bound == []
 
 
+# The floors of the package, bottom up: a module imports only from its own
+# floor or those below (the utilities outside them, such as `validation` or
+# `data`, sit below the text task).
+FLOORS = ("layers", "models", "decoding", "translation")
+
+
+def _floor(module_name):
+    parts = module_name.split(".")
+    if parts[0] != "keras_transformer" or len(parts) < 2:
+        return None
+    return FLOORS.index(parts[1]) if parts[1] in FLOORS else None
+
+
+def _package_imports(tree):
+    """Every `keras_transformer...` name a module's import statements name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_imports_run_one_way_from_the_layers_up_to_the_text_task():
+    package = pathlib.Path(keras_transformer.__file__).parent
+    upward = []
+    for source in sorted(package.rglob("*.py")):
+        module = ".".join(source.relative_to(package.parent).with_suffix("").parts)
+        floor = _floor(module)
+        # A module outside the floors may use the lower three, not the text task.
+        ceiling = FLOORS.index("decoding") if floor is None else floor
+        for name in _package_imports(ast.parse(source.read_text())):
+            if (_floor(name) or 0) > ceiling:
+                upward.append(f"{module} imports {name}")
+    assert upward == []
+
+
 IMPORT_THE_PACKAGE = """
 import json, sys
 import keras_transformer
