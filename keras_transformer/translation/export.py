@@ -68,6 +68,7 @@ from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import _files, decoding
 from keras_transformer._version import __version__
 from keras_transformer import validation
+from keras_transformer.models import transformer
 from keras_transformer.translation import text
 
 tf = import_tensorflow(__name__)
@@ -130,7 +131,7 @@ def export_translator(
     translator.translate(tf.constant(["5 March 2021"]))
     ```
     """
-    transformer_layers = decoding.model_layers(model)
+    transformer_layers = transformer.model_layers(model)
     max_target_length = transformer_layers.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length

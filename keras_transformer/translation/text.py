@@ -8,8 +8,8 @@ feed.
 """
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import decoding
 from keras_transformer.data.tokenizers import Tokenizer
+from keras_transformer.models import transformer
 
 tf = import_tensorflow(__name__)
 
@@ -66,7 +66,7 @@ def text_decoder(
         source length fails with an `InvalidArgumentError` stating the
         limit; an empty or whitespace-only text translates to `""`.
     """
-    transformer_layers = decoding.model_layers(model)
+    transformer_layers = transformer.model_layers(model)
     max_source_length = transformer_layers.max_source_length
     padding_id = transformer_layers.padding_id
     static_width = pad_to_max_source_length and max_source_length is not None
