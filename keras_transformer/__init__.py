@@ -4,15 +4,17 @@
 losses, metrics, schedules and `models` (the backbone) are written with
 `keras.ops` and are imported here (so their classes are registered for
 `.keras` loading). Every other module is imported on first attribute access
-(PEP 562), so that the ones bound to TensorFlow (the `Translator`, in-graph
-tokenizers and `tf.data` pipelines in `data`, SavedModel `export`,
-`checkpointing`, `distribute`) cost nothing, and need no TensorFlow, until
-used: on the JAX or PyTorch backend `import keras_transformer` imports no
+(PEP 562), so that the ones bound to TensorFlow (the text task in
+`translation`: the `Translator`, its SavedModel `export` and `recipes`;
+in-graph tokenizers and `tf.data` pipelines in `data`; `checkpointing`,
+`distribute`) cost nothing, and need no TensorFlow, until used: on the JAX or PyTorch backend `import keras_transformer` imports no
 TensorFlow even when it is installed. Used (or imported directly) without
 TensorFlow installed, they raise an `ImportError` that says what to install
 (`keras_transformer._tensorflow`). A Translator's `.keras` file loads after
 `import keras_transformer` alone: `models` registers a stand-in that imports
-the class on first load.
+the class on first load. `keras_transformer.export` and
+`keras_transformer.recipes` name the modules of `translation` they were
+before the text task moved there.
 """
 
 import importlib
@@ -33,10 +35,13 @@ _LAZY = {
     "data": ("keras_transformer.data", None),
     "decoding": ("keras_transformer.decoding", None),
     "distribute": ("keras_transformer.distribute", None),
-    "export": ("keras_transformer.export", None),
     "evaluation": ("keras_transformer.evaluation", None),
     "plotting": ("keras_transformer.plotting", None),
-    "Translator": ("keras_transformer.models", "Translator"),
+    "translation": ("keras_transformer.translation", None),
+    "Translator": ("keras_transformer.translation", "Translator"),
+    # Where the text task's modules were before translation/ held them.
+    "export": ("keras_transformer.translation.export", None),
+    "recipes": ("keras_transformer.translation.recipes", None),
 }
 
 

@@ -16,8 +16,7 @@ _USES = {
     "keras_transformer.checkpointing": "tf.train.Checkpoint",
     "keras_transformer.data": "in-graph tokenizers and tf.data pipelines",
     "keras_transformer.distribute": "tf.distribute strategies",
-    "keras_transformer.export": "SavedModel export",
-    "keras_transformer.models.translator": "in-graph tokenizers and export",
+    "keras_transformer.translation": "in-graph tokenizers and SavedModel export",
 }
 
 

@@ -2,12 +2,27 @@
 
 Every policy is a `Sampler`: call one with a model (a `Transformer`, e.g. a
 `Translator` or a model from `build_transformer`) and source ids to get the
-generated ids. All of them encode the source once, then run one fixed-shape
-`keras.ops.while_loop` over `keras_transformer.models.decode_step`: every
-step feeds one token per hypothesis, writes its keys/values into the
-fixed-size self-attention caches at the step index and reads the
-cross-attention caches computed once from the encoder output. Every loop
-variable keeps its shape, so decoding works eagerly, inside
+generated ids. The samplers know nothing of the architecture: they ask the
+model for its *step model* (`model.step_model()`; the Transformer's is
+`keras_transformer.models.transformer.StepModel`), an object with
+
+- `encode(source_ids)` -> memory: a nest of tensors, batch first;
+- `start(memory, max_length)` -> `(caches, context)`: the state every step
+  updates (batch first; beam search reorders its rows) and what every step
+  reads unchanged;
+- `step(tokens, index, caches, context)` -> `(logits, caches)`: the logits
+  `(n, target_vocabulary_size)` of the token after `tokens` (int32 `(n,)`,
+  at position `index`);
+- `source_vocabulary_size`, `target_vocabulary_size`, `max_target_length`
+  (int or None) and `padding_id`, which the arguments are checked against,
+
+as keras-hub's samplers take a `next` function and fairseq's
+`SequenceGenerator` a model interface. All of them encode the source once,
+then run one fixed-shape `keras.ops.while_loop` over `step`, one token per
+hypothesis (the Transformer writes its keys/values into fixed-size
+self-attention caches at the step index and reads cross-attention caches
+computed once from the encoder output). Every loop variable keeps its shape,
+so decoding works eagerly, inside
 `tf.function(autograph=False)` (as `keras.export` traces endpoints) and under
 `jit_compile=True`; batch size and source length may be dynamic,
 `max_length` and the sampler's settings are Python values.
@@ -39,7 +54,6 @@ from keras import ops
 from keras_transformer import validation
 from keras_transformer.layers import _token_ids
 from keras_transformer.layers.stateless_dropout import _FixedSeed
-from keras_transformer.models import transformer
 
 # Log-probability of a forbidden or impossible choice. Finite, so sums and
 # length normalisation never turn it into NaN (inf - inf).
@@ -63,7 +77,9 @@ class Sampler:
 
         Args:
             model: a `Transformer` (from `build_transformer`, a `Translator`,
-                or composed from `TransformerLayers`).
+                or composed from `TransformerLayers`), or any object whose
+                `step_model()` returns a step model (see the module
+                docstring).
             source_ids: int tensor `(batch_size, source_length)`, padded with
                 the model's padding id.
             max_length: int. Number of tokens to generate, EOS included; at
@@ -100,16 +116,11 @@ class _SingleHypothesisSampler(Sampler):
     def __call__(
         self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
     ):
-        transformer_layers, source_ids = _prepare(
-            model, source_ids, max_length, bos_id, eos_id
-        )
-        padding_id = transformer_layers.padding_id
+        steps, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
+        padding_id = steps.padding_id
         seed = self._prepare_seed(seed)
         batch_size = _batch_size(source_ids)
-        encoded, source_mask = transformer.encode(transformer_layers, source_ids)
-        self_caches, cross_caches = transformer.initial_decoder_caches(
-            transformer_layers, encoded, max_length
-        )
+        caches, context = steps.start(steps.encode(source_ids), max_length)
 
         def keep_going(index, last_tokens, outputs, finished, caches):
             return ops.logical_and(
@@ -118,12 +129,7 @@ class _SingleHypothesisSampler(Sampler):
 
         def step(index, last_tokens, outputs, finished, caches):
             log_probs, caches = _next_token_log_probs(
-                transformer_layers,
-                last_tokens,
-                index,
-                caches,
-                cross_caches,
-                source_mask,
+                steps, last_tokens, index, caches, context
             )
             tokens = self._choose(log_probs, index, seed)
             tokens = ops.where(finished, padding_id, tokens)
@@ -139,7 +145,7 @@ class _SingleHypothesisSampler(Sampler):
                 ops.full((batch_size,), bos_id, "int32"),
                 ops.full((batch_size, max_length), padding_id, "int32"),
                 ops.zeros((batch_size,), "bool"),
-                self_caches,
+                caches,
             ),
         )
         return outputs
@@ -315,21 +321,18 @@ class BeamSampler(Sampler):
     def __call__(
         self, model, source_ids, max_length, bos_id=2, eos_id=3, seed=None
     ):
-        transformer_layers, source_ids = _prepare(
-            model, source_ids, max_length, bos_id, eos_id
-        )
-        padding_id = transformer_layers.padding_id
+        steps, source_ids = _prepare(model, source_ids, max_length, bos_id, eos_id)
+        padding_id = steps.padding_id
         beam_size = self.beam_size
         length_penalty = self.length_penalty
-        vocabulary_size = transformer_layers.target_vocabulary_size
+        vocabulary_size = steps.target_vocabulary_size
         batch_size = _batch_size(source_ids)
-        encoded, source_mask = transformer.encode(transformer_layers, source_ids)
         # Beam j of example b is row b * beam_size + j of every decoder tensor.
-        encoded = ops.repeat(encoded, beam_size, axis=0)
-        source_mask = ops.repeat(source_mask, beam_size, axis=0)
-        self_caches, cross_caches = transformer.initial_decoder_caches(
-            transformer_layers, encoded, max_length
+        memory = keras.tree.map_structure(
+            lambda tensor: ops.repeat(tensor, beam_size, axis=0),
+            steps.encode(source_ids),
         )
+        caches, context = steps.start(memory, max_length)
 
         def normalised(log_probs, length):
             penalty = ops.power((5.0 + ops.cast(length, "float32")) / 6.0, length_penalty)
@@ -359,12 +362,7 @@ class BeamSampler(Sampler):
             finished_scores,
         ):
             log_probs, caches = _next_token_log_probs(
-                transformer_layers,
-                ops.reshape(last_tokens, (-1,)),
-                index,
-                caches,
-                cross_caches,
-                source_mask,
+                steps, ops.reshape(last_tokens, (-1,)), index, caches, context
             )
             log_probs = ops.reshape(log_probs, (batch_size, beam_size, vocabulary_size))
             candidates = ops.reshape(
@@ -438,7 +436,7 @@ class BeamSampler(Sampler):
                 empty_ids,
                 ops.tile(first_beam_only[None], (batch_size, 1)),
                 ops.full((batch_size, beam_size), bos_id, "int32"),
-                self_caches,
+                caches,
                 empty_ids,
                 ops.full((batch_size, beam_size), IMPOSSIBLE_LOG_PROB, "float32"),
             ),
@@ -511,34 +509,33 @@ def beam_search_decode(
     return sampler(model, source_ids, max_length, bos_id, eos_id)
 
 
-def model_layers(model):
-    """The `TransformerLayers` of a model the decoders accept."""
-    if isinstance(model, transformer.TransformerLayers):
-        return model
-    transformer_layers = getattr(model, "transformer_layers", None)
-    if not isinstance(transformer_layers, transformer.TransformerLayers):
+def _step_model(model):
+    """The step model of a model the decoders accept."""
+    step_model = getattr(model, "step_model", None)
+    if not callable(step_model):
         raise ValueError(
             "Received an invalid value for argument model, expected a "
             "keras_transformer Transformer (from build_transformer, a "
-            "Translator, or Transformer(transformer_layers=...)). Received: "
-            f"model={model!r}"
+            "Translator, or Transformer(transformer_layers=...)), or an "
+            "object whose step_model() returns a step model (see "
+            f"keras_transformer.decoding). Received: model={model!r}"
         )
-    return transformer_layers
+    return step_model()
 
 
 def _prepare(model, source_ids, max_length, bos_id, eos_id):
-    """Validates the arguments; returns the model's layers and int32 source
-    ids."""
-    transformer_layers = model_layers(model)
+    """Validates the arguments; returns the model's step model and int32
+    source ids."""
+    steps = _step_model(model)
     max_length = validation.check_positive_int("max_length", max_length)
-    longest = transformer_layers.max_target_length
+    longest = steps.max_target_length
     if longest is not None and max_length > longest:
         raise ValueError(
             f"Received max_length={max_length}, but the model decodes at most "
             f"{longest} target positions. Pass max_length <= {longest}, or "
             "build the model with a larger max_target_length."
         )
-    vocabulary_size = transformer_layers.target_vocabulary_size
+    vocabulary_size = steps.target_vocabulary_size
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         validation.check_non_negative_int(name, value)
         if value >= vocabulary_size:
@@ -547,7 +544,7 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
                 f"id below the target vocabulary size {vocabulary_size}. "
                 f"Received: {name}={value}"
             )
-    if eos_id == transformer_layers.padding_id:
+    if eos_id == steps.padding_id:
         raise ValueError(
             f"Received eos_id={eos_id}, which is the model's padding id, so "
             "finished sequences could not be told from padding. Use a "
@@ -566,10 +563,8 @@ def _prepare(model, source_ids, max_length, bos_id, eos_id):
             f"received shape {tuple(source_ids.shape)}."
         )
     # Before the int32 cast, which would wrap an int64 id around.
-    _token_ids.check_values(
-        "source_ids", source_ids, transformer_layers.source_vocabulary_size
-    )
-    return transformer_layers, ops.cast(source_ids, "int32")
+    _token_ids.check_values("source_ids", source_ids, steps.source_vocabulary_size)
+    return steps, ops.cast(source_ids, "int32")
 
 
 def _batch_size(source_ids):
@@ -585,24 +580,13 @@ def _is_done(finished_scores):
     return ops.greater(finished_scores[:, -1], IMPOSSIBLE_LOG_PROB)
 
 
-def _next_token_log_probs(
-    transformer_layers, tokens, index, self_caches, cross_caches, source_mask
-):
+def _next_token_log_probs(steps, tokens, index, caches, context):
     """One cached decoder step: float32 log-probs `(n, vocabulary)` of the
     token after `tokens` (at position `index`), with padding forbidden."""
-    logits, self_caches = transformer.decode_step(
-        transformer_layers,
-        tokens[:, None],
-        index,
-        self_caches,
-        cross_caches,
-        source_mask,
-    )
-    log_probs = ops.log_softmax(ops.cast(logits[:, 0], "float32"), axis=-1)
-    is_padding = ops.equal(
-        ops.arange(ops.shape(log_probs)[-1]), transformer_layers.padding_id
-    )
-    return ops.where(is_padding, IMPOSSIBLE_LOG_PROB, log_probs), self_caches
+    logits, caches = steps.step(tokens, index, caches, context)
+    log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    is_padding = ops.equal(ops.arange(ops.shape(log_probs)[-1]), steps.padding_id)
+    return ops.where(is_padding, IMPOSSIBLE_LOG_PROB, log_probs), caches
 
 
 def _flat_beam_indices(beam_indices, num_beams):

@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from keras_transformer import data, evaluation, recipes  # noqa: E402
-from keras_transformer.models import Translator, adapters  # noqa: E402
+from keras_transformer import data, evaluation  # noqa: E402
+from keras_transformer.translation import Translator, adapters, recipes  # noqa: E402
 
 TOPIC = re.compile(r"\b(dogs?|pupp(y|ies))\b", re.IGNORECASE)
 TOPIC_NAME = "dogs"

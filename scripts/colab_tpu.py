@@ -13,8 +13,9 @@ install tensorflow-tpu==<version> -f
 https://storage.googleapis.com/libtpu-tf-releases/index.html`), restart the
 runtime and run the script again.
 
-The model and its training are `keras_transformer.recipes.DATE_TASK`, as in
-`scripts/train.py`; what differs is what TPUs need:
+The model and its training are
+`keras_transformer.translation.recipes.DATE_TASK`, as in `scripts/train.py`;
+what differs is what TPUs need:
 
 - Strategy: `keras_transformer.distribute.make_strategy("tpu", tpu=...)`
   (`--tpu local` on a TPU VM runtime such as Colab's). Without a TPU it says
@@ -46,8 +47,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import data, distribute, evaluation, recipes  # noqa: E402
-from keras_transformer.models import Translator  # noqa: E402
+from keras_transformer import data, distribute, evaluation  # noqa: E402
+from keras_transformer.translation import Translator, recipes  # noqa: E402
 
 # Smoke run: a tiny model that checks the plumbing in about a minute on a CPU.
 SMOKE_RECIPE = dataclasses.replace(

@@ -27,7 +27,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_transformer import _files, evaluation, recipes, validation  # noqa: E402
+from keras_transformer import _files, evaluation, validation  # noqa: E402
+from keras_transformer.translation import recipes  # noqa: E402
 
 # Published results on the same test set, text only (issue 10); their BLEU
 # is tokenized, so it is not directly comparable with sacreBLEU.
@@ -135,7 +136,7 @@ def load_translate(path, beam_size, length_penalty):
     if os.path.isdir(path):
         import tensorflow as tf
 
-        from keras_transformer import export
+        from keras_transformer.translation import export
 
         loaded = export.load_translator(path)
 

@@ -93,7 +93,8 @@ def load(export_dir):
     if not hasattr(translator, "translate"):
         error(
             f"export_dir: the SavedModel at {export_dir!r} has no translate "
-            "endpoint; write it with keras_transformer.export.export_translator"
+            "endpoint; write it with "
+            "keras_transformer.translation.export.export_translator"
         )
     return translator
 

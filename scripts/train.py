@@ -7,7 +7,7 @@ held-out dates in about a minute and a half on a 2-core CPU:
     python scripts/train.py
 
 On a real parallel corpus it uses the library's corpus recipe (SentencePiece
-subwords, see keras_transformer.recipes) and reports sacreBLEU:
+subwords, see keras_transformer.translation.recipes) and reports sacreBLEU:
 
     python scripts/train.py --source train.en --target train.de \\
         --valid-source val.en --valid-target val.de --name en_de
@@ -46,9 +46,9 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_transformer import _files, callbacks, data, distribute  # noqa: E402
-from keras_transformer import evaluation, plotting, recipes  # noqa: E402
-from keras_transformer.models import Translator, TransformerConfig  # noqa: E402
-from keras_transformer import adapter_training  # noqa: E402
+from keras_transformer import evaluation, plotting  # noqa: E402
+from keras_transformer.models import TransformerConfig  # noqa: E402
+from keras_transformer.translation import Translator, adapter_training, recipes  # noqa: E402
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The default run must reach this held-out exact match on the date task.

@@ -56,8 +56,8 @@ LONGEST_FILES = (
     "tests/test_distribute.py",  # mirrored and two-worker children: ~90 s
     "tests/test_tpu_path.py",  # XLA training, Colab smoke run: ~140 s
     "tests/scripts/test_benchmark.py",  # benchmark smoke run: ~100 s
-    "tests/models/test_translator.py",
-    "tests/test_export.py",
+    "tests/translation/test_translator.py",
+    "tests/translation/test_export.py",
     "tests/scripts/test_train.py",
     "tests/test_readme.py",
     "tests/test_hardening.py",
@@ -450,7 +450,8 @@ def run_python(code, *args):
 
 
 # A trained tiny translator with two named LoRA adapters, shared by the
-# adapter tests of tests/models/test_adapters.py and tests/test_export.py.
+# adapter tests of tests/translation/test_adapters.py and
+# tests/translation/test_export.py.
 ADAPTER_TEXTS = ["5 March 2021", "17 May 2020", "1 June 1999", "3 April 2000",
                  "28 August 1987", "9 December 2012"]  # fmt: skip
 
@@ -474,7 +475,7 @@ def adapted(tmp_path_factory):
     import types
 
     from keras_transformer import data
-    from keras_transformer.models import Translator, adapters
+    from keras_transformer.translation import Translator, adapters
 
     pairs = data.generate_date_pairs(96, seed=5)
     sources = [source for source, _ in pairs]
@@ -528,9 +529,10 @@ def adapter_translator(adapted):
 # --- One trained and exported tiny date translator for the session ----------
 #
 # Training and exporting take ~20 s of CPU, so every file that serves,
-# exports or reloads a trained model shares this one (tests/test_export.py,
-# tests/scripts/test_serve.py). Session-scoped: under `pytest -n 2 --dist
-# loadfile` each worker builds it at most once.
+# exports or reloads a trained model shares this one
+# (tests/translation/test_export.py, tests/scripts/test_serve.py).
+# Session-scoped: under `pytest -n 2 --dist loadfile` each worker builds it at
+# most once.
 
 DATE_SOURCES = ["5 March 2021", "17 May 2020", "1 June 1999"]
 DATE_TARGETS = ["2021-03-05", "2020-05-17", "1999-06-01"]
@@ -611,7 +613,7 @@ def exported_translator(tmp_path_factory):
     `ExportedTranslator`; treat it as read-only (copy the export folder
     before changing it).
     """
-    from keras_transformer import export
+    from keras_transformer.translation import export
 
     model, source_tokenizer, target_tokenizer = build_dates_model()
     _train_briefly(model, source_tokenizer, target_tokenizer)

@@ -180,11 +180,11 @@ except ImportError as error:
 else:
     raise AssertionError("keras_transformer.data imported without TensorFlow")
 try:
-    import keras_transformer.export
+    import keras_transformer.translation.export
 except ImportError as error:
     print("direct import:", error)
 else:
-    raise AssertionError("keras_transformer.export imported without TensorFlow")
+    raise AssertionError("translation.export imported without TensorFlow")
 print("backend:", keras.backend.backend())
 assert not any(name.startswith("tensorflow") for name in sys.modules)
 """

@@ -310,6 +310,46 @@ def test_bad_arguments_raise_value_errors(kwargs, message):
             decoding.greedy_decode(model, **arguments)
 
 
+class NextTokenSteps:
+    """A step model with no Transformer behind it: the token after the last
+    one is always the next id, up to `EOS_AT`; its cache counts the steps."""
+
+    source_vocabulary_size = target_vocabulary_size = 8
+    max_target_length = None
+    padding_id = PAD
+    EOS_AT = 7
+
+    def step_model(self):
+        return self
+
+    def encode(self, source_ids):
+        return keras.ops.cast(source_ids, "float32")
+
+    def start(self, memory, max_length):
+        return keras.ops.zeros_like(memory[:, :1]), memory
+
+    def step(self, tokens, index, caches, context):
+        next_tokens = keras.ops.minimum(tokens + 1, self.EOS_AT)
+        return keras.ops.one_hot(next_tokens, 8) * 10.0, caches + 1.0
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        decoding.GreedySampler(),
+        decoding.BeamSampler(beam_size=2),
+        decoding.RandomSampler(top_k=1),
+    ],
+    ids=repr,
+)
+def test_the_samplers_decode_any_step_model_not_only_the_transformer(sampler):
+    sources = np.array([[4, 5], [6, 0]], "int32")
+
+    ids = sampler(NextTokenSteps(), sources, 6, bos_id=BOS, eos_id=NextTokenSteps.EOS_AT)
+
+    np.testing.assert_array_equal(to_numpy(ids), [[3, 4, 5, 6, 7, 0]] * 2)
+
+
 def test_decoding_a_model_that_is_not_an_encoder_decoder_raises():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="expected a keras_transformer Transformer"):

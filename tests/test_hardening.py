@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 from hypothesis import strategies as st
 
-from keras_transformer import decoding, export, layers, models, validation
+from keras_transformer import decoding, layers, models, validation
+from keras_transformer.translation import export
 
 VOCAB = dict(source_vocabulary_size=10, target_vocabulary_size=10)
 TINY = dict(
@@ -556,7 +557,7 @@ def test_a_folder_named_like_a_keras_file_is_refused_by_name(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_translator():
-    from keras_transformer.models.translator import Translator
+    from keras_transformer.translation import Translator
 
     keras.utils.set_random_seed(3)
     return Translator.from_texts(
@@ -683,7 +684,7 @@ def test_rotary_attention_refuses_an_odd_key_dim_at_construction(key_dim):
 def test_a_recipe_refuses_exactly_the_model_fields_a_config_refuses(
     hidden_dim, num_heads, dropout
 ):
-    from keras_transformer import recipes
+    from keras_transformer.translation import recipes
 
     model = dict(hidden_dim=hidden_dim, num_heads=num_heads, dropout=dropout)
     try:

@@ -64,10 +64,17 @@ def test_every_public_layer_is_registered_for_serialization():
 
 
 def test_modules_load_on_first_attribute_access_and_are_listed():
-    for name in ("checkpointing", "data", "decoding", "distribute", "export"):
+    for name in ("checkpointing", "data", "decoding", "distribute", "translation"):
         assert name in dir(keras_transformer)
         module = getattr(keras_transformer, name)
         assert module.__name__ == f"keras_transformer.{name}"
+
+
+def test_the_text_task_modules_still_resolve_at_their_old_package_root_names():
+    for name in ("export", "recipes"):
+        assert name in dir(keras_transformer)
+        module = getattr(keras_transformer, name)
+        assert module.__name__ == f"keras_transformer.translation.{name}"
 
 
 def test_an_unknown_attribute_raises_attribute_error():
@@ -150,6 +157,43 @@ def test_compat_imports_tensorflow_only_inside_functions():
     assert module_level and bound == []
 
 
+# The floors of the package, bottom up: a module imports only from its own
+# floor or those below (the utilities outside them, such as `validation` or
+# `data`, sit below the text task).
+FLOORS = ("layers", "models", "decoding", "translation")
+
+
+def _floor(module_name):
+    parts = module_name.split(".")
+    if parts[0] != "keras_transformer" or len(parts) < 2:
+        return None
+    return FLOORS.index(parts[1]) if parts[1] in FLOORS else None
+
+
+def _package_imports(tree):
+    """Every `keras_transformer...` name a module's import statements name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def test_imports_run_one_way_from_the_layers_up_to_the_text_task():
+    package = pathlib.Path(keras_transformer.__file__).parent
+    upward = []
+    for source in sorted(package.rglob("*.py")):
+        module = ".".join(source.relative_to(package.parent).with_suffix("").parts)
+        floor = _floor(module)
+        # A module outside the floors may use the lower three, not the text task.
+        ceiling = FLOORS.index("decoding") if floor is None else floor
+        for name in _package_imports(ast.parse(source.read_text())):
+            if (_floor(name) or 0) > ceiling:
+                upward.append(f"{module} imports {name}")
+    assert upward == []
+
+
 IMPORT_THE_PACKAGE = """
 import json, sys
 import keras_transformer
@@ -193,8 +237,8 @@ def test_importing_the_package_imports_no_tensorflow_bound_module():
     assert "keras_transformer.models" in loaded
     assert [name for name in loaded if _binds_tensorflow(name)] == []
     # The Translator, the text pipeline and export come on first use only.
-    for lazy in ("keras_transformer.models.translator", "keras_transformer.data",
-                 "keras_transformer.export", "keras_transformer.decoding"):
+    for lazy in ("keras_transformer.translation", "keras_transformer.data",
+                 "keras_transformer.decoding"):
         assert lazy not in loaded
 
 

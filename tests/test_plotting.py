@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from keras_transformer import plotting
-from keras_transformer.models.translator import AttentionMap
+from keras_transformer.translation.translator import AttentionMap
 from tests.conftest import is_png
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import data, decoding, losses, metrics
-from keras_transformer.models import Translator
+from keras_transformer.translation import Translator
 from tests.conftest import SCRIPTS, load_script, random_floats, to_numpy
 
 BATCH_SIZE = 8

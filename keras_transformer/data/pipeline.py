@@ -1,4 +1,4 @@
-"""The text pipeline: parallel text into batches, strings through a decoder.
+"""The text pipeline: parallel text into batches for teacher forcing.
 
 `make_translation_dataset` yields `(inputs, labels)` batches for teacher
 forcing (`tokenize_pairs` then `batch_pairs`, for a run that batches one
@@ -10,11 +10,6 @@ corpus more than once):
 
 all padded with `PAD_ID` (0), so `labels[:, t]` is the token the decoder must
 predict after reading `target_ids[:, : t + 1]`.
-
-`text_decoder` is the way back: it wraps an ids -> ids decoder into
-strings -> strings in the graph, for `Translator.translate` and the
-SavedModel export alike; `check_tokenizers_fit` checks a pair of tokenizers
-against the model they feed.
 """
 
 import dataclasses
@@ -26,7 +21,6 @@ import typing
 import numpy as np
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import decoding
 from keras_transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from keras_transformer.validation import (
     check_non_negative_int,
@@ -642,95 +636,3 @@ def batch_pairs(
     if not repeat:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def check_tokenizers_fit(transformer_layers, source_tokenizer, target_tokenizer):
-    """Raises `ValueError` unless both are tokenizers whose ids fit the
-    model's embeddings (`transformer_layers`: its `TransformerLayers`)."""
-    sizes = (
-        transformer_layers.source_vocabulary_size,
-        transformer_layers.target_vocabulary_size,
-    )
-    for argument, tokenizer, model_vocabulary_size in zip(
-        ("source_tokenizer", "target_tokenizer"),
-        (source_tokenizer, target_tokenizer),
-        sizes,
-    ):
-        if not isinstance(tokenizer, Tokenizer):
-            raise ValueError(
-                f"Received an invalid value for argument {argument}, expected "
-                f"a keras_transformer.data Tokenizer. Received: {argument}="
-                f"{tokenizer!r}"
-            )
-        if tokenizer.vocabulary_size > model_vocabulary_size:
-            raise ValueError(
-                f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
-                f"for a model whose embedding has {model_vocabulary_size}: its "
-                "ids would fall outside the model. Pass the tokenizer the model "
-                "was built for."
-            )
-
-
-def text_decoder(
-    model, source_tokenizer, target_tokenizer, decode, pad_to_max_source_length=False
-):
-    """Wraps an ids -> ids decoder into strings -> strings, in the graph.
-
-    The one tokenize -> pad -> decode -> detokenize path of the library:
-    the export's endpoints and `Translator.translate` both use it.
-
-    Args:
-        model: the `Transformer` whose limits and padding id apply.
-        source_tokenizer: tokenizer of the inputs.
-        target_tokenizer: tokenizer of the outputs.
-        decode: function of int32 source ids `(batch, length)` (and any
-            further arguments, passed through) -> generated ids
-            `(batch, max_length)`.
-        pad_to_max_source_length: bool. Pad every batch to the model's
-            maximum source length, so an XLA-compiled `decode` sees one
-            width (and compiles once per batch size).
-
-    Returns:
-        A function `translate(texts, *args)`: tf.string `[batch]` ->
-        tf.string `[batch]`. A text with more tokens than the maximum
-        source length fails with an `InvalidArgumentError` stating the
-        limit; an empty or whitespace-only text translates to `""`.
-    """
-    transformer_layers = decoding.model_layers(model)
-    max_source_length = transformer_layers.max_source_length
-    padding_id = transformer_layers.padding_id
-    static_width = pad_to_max_source_length and max_source_length is not None
-
-    def translate(texts, *args):
-        pieces = source_tokenizer.tokenize(texts)
-        lengths = tf.cast(pieces.row_lengths(), tf.int32)
-        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
-        checks = []
-        if max_source_length is not None:
-            checks.append(
-                tf.debugging.assert_less_equal(
-                    longest,
-                    max_source_length,
-                    message=(
-                        "A text to translate has more tokens than the model's "
-                        f"maximum source length of {max_source_length} tokens. "
-                        "Texts are never truncated: split long texts before "
-                        "translating."
-                    ),
-                )
-            )
-        with tf.control_dependencies(checks):
-            # At least one column, so a batch of empty texts still has a
-            # source to encode; those rows are blanked below.
-            width = (
-                tf.constant(max_source_length)
-                if static_width
-                else tf.maximum(longest, 1)
-            )
-        source_ids = pieces.to_tensor(
-            default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
-        )
-        translations = target_tokenizer.detokenize(decode(source_ids, *args))
-        return tf.where(lengths > 0, translations, "")
-
-    return translate

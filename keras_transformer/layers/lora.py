@@ -411,8 +411,9 @@ class LoRADense(keras.layers.Layer):
         """Adds an adapter held outside the layer to its outputs (None: none).
 
         For low-rank updates whose variables live elsewhere, such as the
-        named adapters of a `Translator` (`keras_transformer.models.adapters`),
-        which keeps several per layer and attaches the active one. `adapter`
+        named adapters of a `Translator`
+        (`keras_transformer.translation.adapters`), which keeps several per
+        layer and attaches the active one. `adapter`
         has `kernel_a` `(d_in, rank)`, `kernel_b` `(rank, units)` and a float
         `scale`; the output gains `scale * inputs @ kernel_a @ kernel_b`.
         Nothing is saved with the layer, and functions traced before the

@@ -1,13 +1,17 @@
-"""Models assembled from `keras_transformer.layers`.
+"""The backbone, assembled from `keras_transformer.layers`.
 
-`Transformer` maps token ids to logits; `Translator` adds the tokenizers, the
-training recipe, decoding, saving and export. `Translator` needs TensorFlow
-(its tokenizers run in the graph), so it is imported on first use
-(`models.Translator`, `from keras_transformer.models import Translator`), and
-raises an ImportError saying what to install when TensorFlow is missing.
-Until then a stand-in is registered under the Translator's Keras name, so
-that `load_model` (and `keras.saving.load_model`) of a Translator's `.keras`
-file imports the class when it needs it.
+`Transformer` maps token ids to logits (`encode` / `decode` / `decode_step`
+serve training, cached decoding and export alike).
+
+The `Translator`, which adds the tokenizers, the training recipe, decoding,
+saving and export, now lives in `keras_transformer.translation` (the text
+task, a floor above this one). `models.Translator` and `from
+keras_transformer.models import Translator` still give it, imported on first
+use, and raise an ImportError saying what to install when TensorFlow (which
+its tokenizers need) is missing. Until then a stand-in is registered under
+the Translator's Keras name, so that `load_model` (and
+`keras.saving.load_model`) of a Translator's `.keras` file imports the class
+when it needs it.
 """
 
 import importlib
@@ -29,7 +33,7 @@ from keras_transformer.models.transformer import (
     make_transformer_layers,
 )
 
-_TRANSLATOR_MODULE = "keras_transformer.models.translator"
+_TRANSLATOR_MODULE = "keras_transformer.translation.translator"
 # The name `keras.saving.register_keras_serializable` gives the Translator.
 _TRANSLATOR_KERAS_NAME = "keras_transformer>Translator"
 

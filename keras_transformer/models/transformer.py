@@ -3,9 +3,10 @@
 Read top to bottom: `TransformerConfig` says what the model is,
 `build_transformer` makes its layers and wires them as
 tokens -> embeddings -> encoder -> decoder -> logits. `encode` and `decode`
-are that wiring; the functional model and the cached decoders in
-`keras_transformer.decoding` both run them, so training and decoding can never
-disagree about the architecture.
+are that wiring; the functional model runs them, and `StepModel` hands the
+samplers of `keras_transformer.decoding` the same `encode` and its cached
+`decode_step`, so training and decoding can never disagree about the
+architecture.
 """
 
 import dataclasses
@@ -323,6 +324,11 @@ class TransformerLayers:
     def padding_id(self):
         return self.padding_mask.padding_id
 
+    def step_model(self):
+        """These layers as the samplers of `keras_transformer.decoding` see
+        them (`StepModel`)."""
+        return StepModel(self)
+
     def serialize(self):
         """Each layer's Keras config; a shared embedding is stored once."""
         record = {}
@@ -470,6 +476,84 @@ def decode_step(
         )
         updated.append(self_cache)
     return _logits(transformer_layers, hidden), updated
+
+
+class StepModel:
+    """The Transformer as the samplers of `keras_transformer.decoding` see it.
+
+    The samplers know nothing of the architecture: they encode once, then
+    call `step` one token per hypothesis, reordering the step caches between
+    beams. This is the wiring of `encode`, `initial_decoder_caches` and
+    `decode_step` into that interface. `Transformer.step_model()` and
+    `TransformerLayers.step_model()` make one; a sampler called with either
+    makes it itself.
+
+    Args:
+        transformer_layers: the `TransformerLayers` to decode with.
+
+    Example:
+
+    ```python
+    steps = model.step_model()
+    memory = steps.encode(source_ids)               # (encoded, source_mask)
+    caches, context = steps.start(memory, max_length=10)
+    logits, caches = steps.step(bos_tokens, 0, caches, context)
+    ```
+    """
+
+    def __init__(self, transformer_layers):
+        self.transformer_layers = transformer_layers
+        self.source_vocabulary_size = transformer_layers.source_vocabulary_size
+        self.target_vocabulary_size = transformer_layers.target_vocabulary_size
+        self.max_target_length = transformer_layers.max_target_length
+        self.padding_id = transformer_layers.padding_id
+
+    def step_model(self):
+        return self
+
+    def encode(self, source_ids):
+        """int32 source ids `(batch, length)` -> the memory the decoder
+        reads: `(encoder output, source padding mask)`, batch first."""
+        return encode(self.transformer_layers, source_ids)
+
+    def start(self, memory, max_length):
+        """`(caches, context)` for decoding `max_length` tokens from `memory`:
+        the empty self-attention caches each step updates, and what every
+        step reads unchanged (cross-attention caches, source mask)."""
+        encoded, source_mask = memory
+        self_caches, cross_caches = initial_decoder_caches(
+            self.transformer_layers, encoded, max_length
+        )
+        return self_caches, (cross_caches, source_mask)
+
+    def step(self, tokens, index, caches, context):
+        """Logits `(n, target_vocabulary_size)` of the token after `tokens`
+        (int32 `(n,)`, at position `index`) and the updated caches."""
+        cross_caches, source_mask = context
+        logits, caches = decode_step(
+            self.transformer_layers,
+            tokens[:, None],
+            index,
+            caches,
+            cross_caches,
+            source_mask,
+        )
+        return logits[:, 0], caches
+
+
+def model_layers(model):
+    """The `TransformerLayers` of a `Transformer` (or the layers themselves)."""
+    if isinstance(model, TransformerLayers):
+        return model
+    transformer_layers = getattr(model, "transformer_layers", None)
+    if not isinstance(transformer_layers, TransformerLayers):
+        raise ValueError(
+            "Received an invalid value for argument model, expected a "
+            "keras_transformer Transformer (from build_transformer, a "
+            "Translator, or Transformer(transformer_layers=...)). Received: "
+            f"model={model!r}"
+        )
+    return transformer_layers
 
 
 def _logits(transformer_layers, hidden):
@@ -689,6 +773,11 @@ class Transformer(keras.Model):
     @property
     def max_target_length(self):
         return self.transformer_layers.max_target_length
+
+    def step_model(self):
+        """The model as the samplers of `keras_transformer.decoding` see it
+        (`StepModel`)."""
+        return self.transformer_layers.step_model()
 
     def save(self, filepath, overwrite=True, **kwargs):
         """Saves to a `.keras` file atomically (a `Translator` with its

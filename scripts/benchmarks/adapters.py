@@ -7,8 +7,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer import data, export
-from keras_transformer.models import Translator, adapters
+from keras_transformer import data
+from keras_transformer.translation import Translator, adapters, export
 
 from benchmarks.common import (
     Goal,

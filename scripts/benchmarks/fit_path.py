@@ -39,9 +39,9 @@ from benchmarks.common import (
     ratio,
     skipped_row,
 )
-from keras_transformer import callbacks, losses, recipes
+from keras_transformer import callbacks, losses
 from keras_transformer.data import pipeline
-from keras_transformer.models import Translator
+from keras_transformer.translation import Translator, recipes
 
 CEILING, OLD, NEW = "ceiling: fixed-shape step", "old fit path", "new fit path"
 

@@ -7,7 +7,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from keras_transformer import data, decoding, export, losses, models
+from keras_transformer import data, decoding, losses, models
+from keras_transformer.translation import export
 
 from benchmarks.common import (
     PAD_ID,

@@ -11,7 +11,7 @@ import json
 import pytest
 import sacrebleu
 
-from keras_transformer.models import Translator
+from keras_transformer.translation import Translator
 from tests.conftest import is_png, load_script
 
 SOURCES = [

@@ -7,9 +7,9 @@ import pathlib
 import pytest
 import tensorflow as tf
 
-from keras_transformer import export
+from keras_transformer.translation import export
 from tests.conftest import SCRIPTS, load_script, run_python
-from tests.test_export import (  # noqa: F401 (adapter_export is a fixture)
+from tests.translation.test_export import (  # noqa: F401 (adapter_export is a fixture)
     adapter_export,
     in_memory,
 )

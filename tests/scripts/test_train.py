@@ -14,7 +14,8 @@ import re
 import pytest
 import tensorflow as tf
 
-from keras_transformer import evaluation, export
+from keras_transformer import evaluation
+from keras_transformer.translation import export
 from tests.conftest import SCRIPTS, is_png, load_script
 
 TINY = [

@@ -36,7 +36,7 @@ import types
 import typing
 
 from keras_transformer import validation
-from keras_transformer.models import translator
+from keras_transformer.translation import translator
 
 # The tokenizer kinds a Recipe or `scripts/train.py --tokenizer` may name:
 # those `Translator.from_texts` trains.

@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from keras_transformer import callbacks, recipes
+from keras_transformer import callbacks
+from keras_transformer.translation import recipes
 from keras_transformer.models import TransformerConfig
 
 

@@ -14,8 +14,8 @@ import keras_transformer  # noqa: E402
 from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
 from keras_transformer import schedules  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
-from keras_transformer.models import translator as translator_module  # noqa: E402
-from keras_transformer.models.translator import Translator  # noqa: E402
+from keras_transformer.translation import translator as translator_module  # noqa: E402
+from keras_transformer.translation.translator import Translator  # noqa: E402
 from tests.conftest import run_python, save_then_fail_a_second_save  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -53,6 +53,8 @@ def source_ids_of(translator, texts):
 
 def test_translator_is_exported_at_the_package_root_and_under_models():
     assert keras_transformer.Translator is Translator
+    assert keras_transformer.translation.Translator is Translator
+    # Where it lived before the text task moved to translation/.
     assert models.Translator is Translator
 
 
@@ -641,7 +643,7 @@ def test_from_texts_refuses_bad_arguments_before_training_a_tokenizer(
     def trained(*args, **kwargs):
         raise AssertionError("a tokenizer was trained")
 
-    from keras_transformer.models import translator as module
+    from keras_transformer.translation import translator as module
 
     monkeypatch.setattr(module, "_train_tokenizer", trained)
     arguments = dict(sources=SOURCES, targets=TARGETS, tokenizer="character")

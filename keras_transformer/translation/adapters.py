@@ -620,7 +620,7 @@ class AdapterMethods:
 
 
 def export_adapters(translator):
-    """What `keras_transformer.export.export_translator` needs to serve the
+    """What `keras_transformer.translation.export.export_translator` needs to serve the
     translator's adapters: `(names, using)`, or None without adapters."""
     names = adapter_names(translator)
     if not names:

@@ -11,9 +11,10 @@ translator.export("saved_models/dates")    # saved_models/dates/1/, TF only
 ```
 
 Reading order: texts -> `source_tokenizer` -> ids -> the `Transformer`
-(embeddings -> encoder -> decoder -> logits, `transformer.py`) -> a `Sampler`
-(`keras_transformer.decoding`) -> ids -> `target_tokenizer` -> texts; the
-same path is saved into the export (`keras_transformer.export`).
+(embeddings -> encoder -> decoder -> logits, `models/transformer.py`) -> a
+`Sampler` (`keras_transformer.decoding`) -> ids -> `target_tokenizer` ->
+texts (`text.text_decoder`); the same path is saved into the export
+(`keras_transformer.translation.export`).
 """
 
 import collections.abc
@@ -28,12 +29,13 @@ import numpy as np
 
 from keras_transformer import _compat
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import callbacks, decoding, distribute, export, losses, metrics
+from keras_transformer import callbacks, decoding, distribute, losses, metrics
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
-from keras_transformer.models import adapters as adapters_lib
 from keras_transformer.models.transformer import Transformer, TransformerConfig
+from keras_transformer.translation import adapters as adapters_lib
+from keras_transformer.translation import export, text
 
 tf = import_tensorflow(__name__)
 
@@ -285,7 +287,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         super().__init__(
             config=config, transformer_layers=transformer_layers, dtype=dtype, **kwargs
         )
-        pipeline.check_tokenizers_fit(
+        text.check_tokenizers_fit(
             self.transformer_layers, source_tokenizer, target_tokenizer
         )
         if self.padding_id != target_tokenizer.pad_id:
@@ -969,7 +971,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             if jit_compile:
                 decode = tf.function(decode, jit_compile=True, autograph=False)
             function = tf.function(
-                pipeline.text_decoder(
+                text.text_decoder(
                     self,
                     self.source_tokenizer,
                     self.target_tokenizer,
@@ -1076,8 +1078,8 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         takes `{"texts": tf.string [batch]}` and returns
         `{"translations": tf.string [batch]}`; `translate_beam` decodes with
         beam search and `serve` maps ids to logits (see
-        `keras_transformer.export`). Written atomically; an existing version
-        is never overwritten.
+        `keras_transformer.translation.export`). Written atomically; an
+        existing version is never overwritten.
 
         Serve it with
         `tensorflow_model_server --rest_api_port=8501 --model_name=translator
@@ -1087,7 +1089,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
 
         With adapters, `serving_default` takes `{"texts", "adapter"}` (an
         adapter name per text, `""` for the base) and the other endpoints
-        serve the base (see `keras_transformer.export`); with
+        serve the base (see `keras_transformer.translation.export`); with
         `merge_adapter=name` the export is of `merge_adapter(name)`: one
         adapter at the base's cost, the signatures of a plain export.
 
@@ -1096,7 +1098,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             version: int or None. The version folder; None takes the next
                 integer after the largest existing one (1 for a new folder).
             max_decode_length, beam_size, length_penalty, jit_compile: see
-                `keras_transformer.export.export_translator`.
+                `keras_transformer.translation.export.export_translator`.
             merge_adapter: str or None. Export this adapter merged.
 
         Returns:

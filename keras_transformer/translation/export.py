@@ -22,7 +22,7 @@ Endpoints of the export:
   `saved_model_cli`.
 
 An export of a translator with named LoRA adapters
-(`keras_transformer.models.adapters`) serves the base from `serve`,
+(`keras_transformer.translation.adapters`) serves the base from `serve`,
 `translate` and `translate_beam` as above, and every adapter from
 `serving_default`, which then takes `{"texts", "adapter"}`: tf.string
 `[batch]` each, one adapter name per text, `""` for the base (TF Serving
@@ -67,8 +67,9 @@ import keras
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import _files, decoding
 from keras_transformer._version import __version__
-from keras_transformer.data import pipeline
 from keras_transformer import validation
+from keras_transformer.models import transformer
+from keras_transformer.translation import text
 
 tf = import_tensorflow(__name__)
 
@@ -113,7 +114,7 @@ def export_translator(
             decode several times faster on a CPU (see docs/benchmarks.md).
             The server's TensorFlow must include XLA (pip's does).
         adapters: None, or `(names, using)` for a translator with named
-            adapters (`keras_transformer.models.adapters.export_adapters`):
+            adapters (`keras_transformer.translation.adapters.export_adapters`):
             `using(name)` is a context in which the model computes with
             adapter `name` (None: the base). `serving_default` then takes an
             adapter name per text (see the module docstring).
@@ -130,7 +131,7 @@ def export_translator(
     translator.translate(tf.constant(["5 March 2021"]))
     ```
     """
-    transformer_layers = decoding.model_layers(model)
+    transformer_layers = transformer.model_layers(model)
     max_target_length = transformer_layers.max_target_length
     if max_decode_length is None:
         max_decode_length = max_target_length
@@ -149,7 +150,7 @@ def export_translator(
         "length_penalty", length_penalty
     )
     jit_compile = validation.check_bool("jit_compile", jit_compile)
-    pipeline.check_tokenizers_fit(
+    text.check_tokenizers_fit(
         transformer_layers, source_tokenizer, target_tokenizer
     )
     final_dir = os.path.abspath(os.fspath(export_dir))
@@ -227,13 +228,13 @@ def load_translator(path):
     if not tf.saved_model.contains_saved_model(path):
         raise ValueError(
             f"{path!r} is not a SavedModel (it has no saved_model.pb). Write one "
-            "with keras_transformer.export.export_translator."
+            "with keras_transformer.translation.export.export_translator."
         )
     if not os.path.isfile(os.path.join(path, METADATA_PATH)):
         raise ValueError(
             f"{path!r} is a SavedModel but not a translator export (it has no "
             f"{METADATA_PATH}). Write one with "
-            "keras_transformer.export.export_translator."
+            "keras_transformer.translation.export.export_translator."
         )
     try:
         return tf.saved_model.load(path)
@@ -287,7 +288,7 @@ def _build_archive(
 
         if jit_compile:
             decode = tf.function(decode, jit_compile=True, autograph=False)
-        return pipeline.text_decoder(
+        return text.text_decoder(
             model,
             source_tokenizer,
             target_tokenizer,

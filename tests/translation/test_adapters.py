@@ -1,6 +1,8 @@
-"""Named LoRA adapters on a Translator (keras_transformer.models.adapters)."""
+"""Named LoRA adapters on a Translator (keras_transformer.translation.adapters)."""
 
+import json
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -8,8 +10,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run in TF")
 
-from keras_transformer.models import Translator, adapters  # noqa: E402
-from tests.conftest import to_numpy  # noqa: E402
+from keras_transformer.translation import Translator, adapters  # noqa: E402
+from tests.conftest import run_python, to_numpy  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -256,6 +258,52 @@ def test_a_keras_file_keeps_the_adapters_and_the_active_one_in_safe_mode(
     }
     reloaded.set_adapter(None)
     np.testing.assert_array_equal(logits(reloaded, adapted.inputs), adapted.base_logits)
+
+
+LOAD_AFTER_IMPORTING_THE_PACKAGE = r"""
+import json, sys
+import keras
+import keras_transformer
+model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+print(json.dumps(model.translate(json.loads(sys.argv[2]))))
+"""
+
+
+def _registered_names(config):
+    if isinstance(config, dict):
+        if "registered_name" in config:
+            yield config["registered_name"]
+        for value in config.values():
+            yield from _registered_names(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _registered_names(value)
+
+
+@pytest.mark.slow
+def test_a_keras_file_names_its_classes_as_before_the_move_and_loads_after_import(
+    adapter_translator, adapted, tmp_path
+):
+    # The Keras names files saved while the classes lived in
+    # keras_transformer.models hold; the move to translation/ kept them.
+    assert keras.saving.get_registered_name(Translator) == "keras_transformer>Translator"
+    assert (
+        keras.saving.get_registered_name(adapters.AdapterBank)
+        == "keras_transformer>AdapterBank"
+    )
+    adapter_translator.set_adapter("dmy")
+    expected = adapter_translator.translate(adapted.texts)
+    path = str(tmp_path / "adapted.keras")
+    adapter_translator.save(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    assert "keras_transformer>Translator" in set(_registered_names(config))
+
+    # A fresh process that imported nothing but the package root.
+    result = run_python(LOAD_AFTER_IMPORTING_THE_PACKAGE, path, json.dumps(adapted.texts))
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == expected
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer import data, decoding, export, losses, schedules
+from keras_transformer import data, decoding, losses, schedules
+from keras_transformer.translation import export
 from tests.conftest import (
     DATE_MAX_SOURCE_LENGTH,
     DATE_MAX_TARGET_LENGTH,

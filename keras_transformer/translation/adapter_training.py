@@ -5,7 +5,7 @@ translator, fine-tuned on a corpus, written as a small file with a run record.
         --adapter medical --adapter-rank 8 --source med.en --target med.de
 
 The base model is loaded from `--base` and left as it is; the adapter file
-(`keras_transformer.models.adapters`) goes to
+(`keras_transformer.translation.adapters`) goes to
 `<output-dir>/<name>/<adapter>.npz` and the run record to
 `<log-dir>/<name>/run.json`, `<name>` defaulting to the adapter's name.
 """
@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from keras_transformer.models import adapters
+from keras_transformer.translation import adapters
 from keras_transformer.models.transformer import TransformerConfig
 
 # Fine-tuning defaults of the adapter path (each a flag of train.py): a few

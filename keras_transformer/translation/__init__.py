@@ -1,0 +1,25 @@
+"""The text task: texts in, texts out, on top of the backbone and decoding.
+
+The top floor of the package (imports run layers -> models -> decoding ->
+translation, never back):
+
+- `translator`: the `Translator`, a `Transformer` that owns its tokenizers,
+  training recipe, decoding, saving and export;
+- `text`: the tokenize -> pad -> decode -> detokenize path that the
+  Translator and its export share;
+- `adapters`: the Translator's named LoRA adapters;
+- `export`: the self-contained SavedModel of a Translator;
+- `recipes`: the training recipes (`DATE_TASK`, `CORPUS`);
+- `adapter_training`: the adapter path of `scripts/train.py`.
+
+Everything here needs TensorFlow (the tokenizers run in its graphs): imported
+without it, the package says what to install. The Translator's registered
+Keras name, `keras_transformer>Translator`, is the one it had in
+`keras_transformer.models`, so `.keras` files saved before load.
+"""
+
+from keras_transformer._tensorflow import import_tensorflow
+
+import_tensorflow(__name__)
+
+from keras_transformer.translation.translator import Translator  # noqa: E402,F401

@@ -1,0 +1,106 @@
+"""Strings in and out of the model, for the Translator and its export.
+
+`text_decoder` wraps an ids -> ids decoder into strings -> strings in the
+graph, the one tokenize -> pad -> decode -> detokenize path that
+`Translator.translate` and the SavedModel export share;
+`check_tokenizers_fit` checks a pair of tokenizers against the model they
+feed.
+"""
+
+from keras_transformer._tensorflow import import_tensorflow
+from keras_transformer.data.tokenizers import Tokenizer
+from keras_transformer.models import transformer
+
+tf = import_tensorflow(__name__)
+
+
+def check_tokenizers_fit(transformer_layers, source_tokenizer, target_tokenizer):
+    """Raises `ValueError` unless both are tokenizers whose ids fit the
+    model's embeddings (`transformer_layers`: its `TransformerLayers`)."""
+    sizes = (
+        transformer_layers.source_vocabulary_size,
+        transformer_layers.target_vocabulary_size,
+    )
+    for argument, tokenizer, model_vocabulary_size in zip(
+        ("source_tokenizer", "target_tokenizer"),
+        (source_tokenizer, target_tokenizer),
+        sizes,
+    ):
+        if not isinstance(tokenizer, Tokenizer):
+            raise ValueError(
+                f"Received an invalid value for argument {argument}, expected "
+                f"a keras_transformer.data Tokenizer. Received: {argument}="
+                f"{tokenizer!r}"
+            )
+        if tokenizer.vocabulary_size > model_vocabulary_size:
+            raise ValueError(
+                f"Received a {argument} with {tokenizer.vocabulary_size} tokens "
+                f"for a model whose embedding has {model_vocabulary_size}: its "
+                "ids would fall outside the model. Pass the tokenizer the model "
+                "was built for."
+            )
+
+
+def text_decoder(
+    model, source_tokenizer, target_tokenizer, decode, pad_to_max_source_length=False
+):
+    """Wraps an ids -> ids decoder into strings -> strings, in the graph.
+
+    The one tokenize -> pad -> decode -> detokenize path of the library:
+    the export's endpoints and `Translator.translate` both use it.
+
+    Args:
+        model: the `Transformer` whose limits and padding id apply.
+        source_tokenizer: tokenizer of the inputs.
+        target_tokenizer: tokenizer of the outputs.
+        decode: function of int32 source ids `(batch, length)` (and any
+            further arguments, passed through) -> generated ids
+            `(batch, max_length)`.
+        pad_to_max_source_length: bool. Pad every batch to the model's
+            maximum source length, so an XLA-compiled `decode` sees one
+            width (and compiles once per batch size).
+
+    Returns:
+        A function `translate(texts, *args)`: tf.string `[batch]` ->
+        tf.string `[batch]`. A text with more tokens than the maximum
+        source length fails with an `InvalidArgumentError` stating the
+        limit; an empty or whitespace-only text translates to `""`.
+    """
+    transformer_layers = transformer.model_layers(model)
+    max_source_length = transformer_layers.max_source_length
+    padding_id = transformer_layers.padding_id
+    static_width = pad_to_max_source_length and max_source_length is not None
+
+    def translate(texts, *args):
+        pieces = source_tokenizer.tokenize(texts)
+        lengths = tf.cast(pieces.row_lengths(), tf.int32)
+        longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+        checks = []
+        if max_source_length is not None:
+            checks.append(
+                tf.debugging.assert_less_equal(
+                    longest,
+                    max_source_length,
+                    message=(
+                        "A text to translate has more tokens than the model's "
+                        f"maximum source length of {max_source_length} tokens. "
+                        "Texts are never truncated: split long texts before "
+                        "translating."
+                    ),
+                )
+            )
+        with tf.control_dependencies(checks):
+            # At least one column, so a batch of empty texts still has a
+            # source to encode; those rows are blanked below.
+            width = (
+                tf.constant(max_source_length)
+                if static_width
+                else tf.maximum(longest, 1)
+            )
+        source_ids = pieces.to_tensor(
+            default_value=padding_id, shape=tf.stack([tf.size(lengths), width])
+        )
+        translations = target_tokenizer.detokenize(decode(source_ids, *args))
+        return tf.where(lengths > 0, translations, "")
+
+    return translate
