@@ -938,7 +938,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                     + (check.group(1).replace("\\'", "'") if check else error.message)
                 ) from None
             translations.extend(
-                text.decode("utf-8") for text in outputs.numpy()[: len(texts) - start]
+                encoded.decode("utf-8") for encoded in outputs.numpy()[: len(texts) - start]
             )
         return translations
 
@@ -1013,15 +1013,15 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 f"Received: layer={layer!r}"
             )
         maps = []
-        for text in texts:
-            source_ids = self.source_tokenizer.tokenize([text]).to_tensor().numpy()
+        for source_text in texts:
+            source_ids = self.source_tokenizer.tokenize([source_text]).to_tensor().numpy()
             if source_ids.shape[1] == 0:
                 raise ValueError(
-                    f"Cannot show attention for {text!r}: it has no tokens."
+                    f"Cannot show attention for {source_text!r}: it has no tokens."
                 )
             if source_ids.shape[1] > self.max_source_length:
                 raise ValueError(
-                    f"Cannot show attention for {_short_repr(text)}: it has "
+                    f"Cannot show attention for {_short_repr(source_text)}: it has "
                     f"{source_ids.shape[1]} tokens, more than the model's "
                     f"maximum source length of {self.max_source_length}."
                 )
