@@ -42,7 +42,7 @@ TARGET_LAYERS = ("*query", "*value", "*feed_forward/*")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="adapters_demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="folder of Multi30k files")
     parser.add_argument("--output-dir", required=True)
     # A base trained for 2 epochs is so far from converged that fine-tuning

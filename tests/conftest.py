@@ -31,6 +31,17 @@ def load_script(name):
     return module
 
 
+def usage_error(capsys, entry_point, arguments):
+    """Calls a script's `entry_point` (its `main` or `parse_args`) on
+    `arguments`, checks it exits the argparse way (status 2) and returns the
+    last line it wrote to stderr."""
+    with pytest.raises(SystemExit) as error:
+        entry_point([str(argument) for argument in arguments])
+    stderr = capsys.readouterr().err
+    assert error.value.code == 2, stderr
+    return stderr.strip().splitlines()[-1]
+
+
 @pytest.fixture(autouse=True)
 def _isolate_keras_state():
     """Each test starts from the same seeds, float32 policy and a clear session.

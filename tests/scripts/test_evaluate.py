@@ -13,6 +13,7 @@ import sacrebleu
 
 from keras_transformer.translation import Translator
 from tests.conftest import is_png, load_script
+from tests.conftest import usage_error as script_usage_error
 
 SOURCES = [
     "a small brown dog runs in the park",
@@ -178,13 +179,8 @@ def test_a_keras_translator_file_is_scored_on_its_own_translations(
 
 
 def usage_error(capsys, *arguments):
-    """evaluate.py's main on `arguments`: checks exit status 2 and returns
-    the one stderr line."""
-    with pytest.raises(SystemExit) as error:
-        load_script("evaluate").main([str(argument) for argument in arguments])
-    stderr = capsys.readouterr().err
-    assert error.value.code == 2, stderr
-    return stderr.strip().splitlines()[-1]
+    """evaluate.py's usage-error line for `arguments`."""
+    return script_usage_error(capsys, load_script("evaluate").main, arguments)
 
 
 @pytest.mark.parametrize(

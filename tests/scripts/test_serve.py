@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_transformer.translation import export
 from tests.conftest import SCRIPTS, load_script, run_python
+from tests.conftest import usage_error as script_usage_error
 from tests.translation.test_export import (  # noqa: F401 (adapter_export is a fixture)
     adapter_export,
     in_memory,
@@ -87,12 +88,8 @@ def test_lines_of_stdin_are_translated_with_beam_search(printed, loaded):
 
 
 def usage_error(capsys, *arguments):
-    """serve.py's main on `arguments`: its exit status and stderr line."""
-    with pytest.raises(SystemExit) as error:
-        load_script("serve").main([str(argument) for argument in arguments])
-    stderr = capsys.readouterr().err
-    assert error.value.code == 2, stderr
-    return stderr.strip().splitlines()[-1]
+    """serve.py's usage-error line for `arguments`."""
+    return script_usage_error(capsys, load_script("serve").main, arguments)
 
 
 def test_a_folder_that_is_not_an_export_is_reported(tmp_path, capsys):

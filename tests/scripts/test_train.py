@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras_transformer import evaluation
 from keras_transformer.translation import export
 from tests.conftest import SCRIPTS, is_png, load_script
+from tests.conftest import usage_error as script_usage_error
 
 TINY = [
     "--epochs", "1", "--num-train", "300", "--num-test", "20",
@@ -231,17 +232,13 @@ CORPUS_FILES = {
 
 
 def usage_error(capsys, tmp_path, arguments):
-    """train.py's parse_args on `arguments`: checks exit status 2 and returns
-    the one stderr line."""
+    """train.py's usage-error line for `arguments`, which may name the
+    CORPUS_FILES (written to `tmp_path`) as `{name}`."""
     for name, content in CORPUS_FILES.items():
         (tmp_path / name).write_bytes(content)
     arguments = [argument.format(**{name: tmp_path / name for name in CORPUS_FILES})
                  for argument in arguments]  # fmt: skip
-    with pytest.raises(SystemExit) as error:
-        load_script("train").parse_args(arguments)
-    stderr = capsys.readouterr().err
-    assert error.value.code == 2, stderr
-    return stderr.strip().splitlines()[-1]
+    return script_usage_error(capsys, load_script("train").parse_args, arguments)
 
 
 @pytest.mark.parametrize(
