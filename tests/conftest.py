@@ -13,6 +13,14 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# XLA's CPU optimisation passes cost more than the tiny programs of a test
+# run gain from them (test_tpu_path: ~25% less CPU without them). The
+# programs compute the same functions, compiled with less effort; child
+# processes inherit the setting. The JAX line also turns off JAX's own (below).
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -22,10 +30,8 @@ from keras import ops  # noqa: E402
 if keras.backend.backend() == "jax":
     import jax
 
-    # XLA's CPU optimisation passes cost more than the tiny programs of a
-    # test run: off, the JAX line takes ~30% less CPU. The programs compute
-    # the same functions (the tests compare against references with
-    # tolerances), only compiled with less effort.
+    # As XLA_FLAGS above, for JAX's own passes: the JAX line takes ~40% less
+    # CPU (637 s -> 393 s).
     jax.config.update("jax_disable_most_optimizations", True)
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -469,6 +475,35 @@ def run_python(code, *args):
     )
 
 
+def shared_between_workers(tmp_path_factory, name, build, load):
+    """A session fixture's value, built once per test run, not once per worker.
+
+    The first xdist worker to ask calls `build(folder)`, which writes what
+    the others need into `folder` and returns the value; the other workers
+    wait for it and call `load(folder)`. Without xdist (or without
+    `fcntl`, on Windows) every process builds its own. Loading a trained
+    model costs a second or two where training and exporting it cost 20-40 s
+    of CPU, and every worker then holds bit-identical weights.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    root = tmp_path_factory.getbasetemp()
+    if fcntl is None or "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    root = root.parent  # the run's folder, above each worker's own
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return load(folder)
+        folder.mkdir()
+        value = build(folder)
+        done.touch()
+        return value
+
+
 # A trained tiny translator with two named LoRA adapters, shared by the
 # adapter tests of tests/translation/test_adapters.py and
 # tests/translation/test_export.py.
@@ -490,8 +525,10 @@ def adapted(tmp_path_factory):
     day-month-year, "rev" writes the ISO date backwards. No adapter is
     active; tests that activate one go through `adapter_translator`, which
     deactivates it again. `base_path` holds the base before any adapter,
-    `base_logits` its logits on `inputs`.
+    `base_logits` its logits on `inputs`. Trained once per run: other
+    workers load the trained translator (`shared_between_workers`).
     """
+    import json
     import types
 
     from keras_transformer import data
@@ -500,43 +537,90 @@ def adapted(tmp_path_factory):
     pairs = data.generate_date_pairs(96, seed=5)
     sources = [source for source, _ in pairs]
     targets = [target for _, target in pairs]
-    keras.utils.set_random_seed(11)
-    translator = Translator.from_texts(
-        sources + ADAPTER_TEXTS, targets + ["2021-03-05"] * len(ADAPTER_TEXTS),
-        tokenizer="character", num_encoder_layers=1, num_decoder_layers=1,
-        hidden_dim=16, num_heads=2, intermediate_dim=32, dropout=0.0,
-    )  # fmt: skip
-    translator.compile(learning_rate=1e-2, warmup_steps=5)
-    translator.fit(sources, targets, epochs=6, batch_size=16, verbose=0)
-    base_path = str(tmp_path_factory.mktemp("adapters") / "base.keras")
-    translator.save(base_path)
-    source_ids = translator.source_tokenizer.tokenize(ADAPTER_TEXTS).to_tensor()
-    inputs = {
-        "source_ids": source_ids.numpy(),
-        "target_ids": np.tile(np.arange(1, 9, dtype="int32"), (len(ADAPTER_TEXTS), 1)),
-    }
-    base_logits = to_numpy(translator(inputs, training=False))
-    base_translations = translator.translate(ADAPTER_TEXTS)
     domains = {
         "dmy": [_day_month_year(target) for target in targets],
         "rev": [target[::-1] for target in targets],
     }
-    for name, shifted in domains.items():
-        adapters.train_adapter(
-            translator, name, sources, shifted, rank=4, alpha=8, epochs=4,
-            batch_size=16, learning_rate=2e-2, warmup_steps=2, verbose=0,
+
+    def inputs_of(translator):
+        source_ids = translator.source_tokenizer.tokenize(ADAPTER_TEXTS).to_tensor()
+        return {
+            "source_ids": source_ids.numpy(),
+            "target_ids": np.tile(
+                np.arange(1, 9, dtype="int32"), (len(ADAPTER_TEXTS), 1)
+            ),
+        }
+
+    def build(folder):
+        keras.utils.set_random_seed(11)
+        translator = Translator.from_texts(
+            sources + ADAPTER_TEXTS, targets + ["2021-03-05"] * len(ADAPTER_TEXTS),
+            tokenizer="character", num_encoder_layers=1, num_decoder_layers=1,
+            hidden_dim=16, num_heads=2, intermediate_dim=32, dropout=0.0,
         )  # fmt: skip
+        translator.compile(learning_rate=1e-2, warmup_steps=5)
+        translator.fit(sources, targets, epochs=6, batch_size=16, verbose=0)
+        translator.save(str(folder / "base.keras"))
+        base_logits = to_numpy(translator(inputs_of(translator), training=False))
+        np.save(folder / "base_logits.npy", base_logits)
+        (folder / "base_translations.json").write_text(
+            json.dumps(translator.translate(ADAPTER_TEXTS))
+        )
+        for name, shifted in domains.items():
+            adapters.train_adapter(
+                translator, name, sources, shifted, rank=4, alpha=8, epochs=4,
+                batch_size=16, learning_rate=2e-2, warmup_steps=2, verbose=0,
+            )  # fmt: skip
+        translator.set_adapter(None)
+        translator.save(str(folder / "adapted.keras"))
+        return described(translator, folder)
+
+    def load(folder):
+        return described(keras.saving.load_model(folder / "adapted.keras"), folder)
+
+    def described(translator, folder):
+        return types.SimpleNamespace(
+            translator=translator,
+            base_path=str(folder / "base.keras"),
+            inputs=inputs_of(translator),
+            base_logits=np.load(folder / "base_logits.npy"),
+            base_translations=json.loads(
+                (folder / "base_translations.json").read_text()
+            ),
+            texts=ADAPTER_TEXTS,
+            sources=sources,
+            domains=domains,
+        )
+
+    return shared_between_workers(tmp_path_factory, "adapted", build, load)
+
+
+@pytest.fixture(scope="session")
+def adapter_export(adapted, tmp_path_factory):
+    """The adapted translator's export with every adapter (version folder),
+    written once per run (`shared_between_workers`)."""
+
+    def version_folder(folder):
+        return os.path.join(folder, "multi", "1")
+
+    def build(folder):
+        written = adapted.translator.export(str(folder / "multi"))
+        assert written == version_folder(folder), written
+        return written
+
+    return shared_between_workers(tmp_path_factory, "adapter_export", build, version_folder)
+
+
+def in_memory(translator, texts, names):
+    """Each text translated alone by the translator with its adapter active."""
+    translations = {}
+    for name in dict.fromkeys(names):
+        translator.set_adapter(name or None)
+        for index, (text, owner) in enumerate(zip(texts, names)):
+            if owner == name:
+                translations[index] = translator.translate([text])[0]
     translator.set_adapter(None)
-    return types.SimpleNamespace(
-        translator=translator,
-        base_path=base_path,
-        inputs=inputs,
-        base_logits=base_logits,
-        base_translations=base_translations,
-        texts=ADAPTER_TEXTS,
-        sources=sources,
-        domains=domains,
-    )
+    return [translations[index] for index in range(len(texts))]
 
 
 @pytest.fixture
@@ -546,13 +630,12 @@ def adapter_translator(adapted):
     adapted.translator.set_adapter(None)
 
 
-# --- One trained and exported tiny date translator for the session ----------
+# --- One trained and exported tiny date translator for the run --------------
 #
 # Training and exporting take ~20 s of CPU, so every file that serves,
 # exports or reloads a trained model shares this one
-# (tests/translation/test_export.py, tests/scripts/test_serve.py).
-# Session-scoped: under `pytest -n 2 --dist loadfile` each worker builds it at
-# most once.
+# (tests/translation/test_export.py, tests/scripts/test_serve.py), built by
+# one worker and loaded by the other (`shared_between_workers`).
 
 DATE_SOURCES = ["5 March 2021", "17 May 2020", "1 June 1999"]
 DATE_TARGETS = ["2021-03-05", "2020-05-17", "1999-06-01"]
@@ -625,7 +708,7 @@ def _train_briefly(model, source_tokenizer, target_tokenizer, steps=60):
 
 @pytest.fixture(scope="session")
 def exported_translator(tmp_path_factory):
-    """`build_dates_model` trained briefly and exported once per session.
+    """`build_dates_model` trained briefly and exported once per run.
 
     Exported with `export_translator(..., beam_size=EXPORT_BEAM_SIZE,
     length_penalty=EXPORT_LENGTH_PENALTY)` into a folder whose two parents
@@ -633,18 +716,32 @@ def exported_translator(tmp_path_factory):
     `ExportedTranslator`; treat it as read-only (copy the export folder
     before changing it).
     """
+    from keras_transformer import data
     from keras_transformer.translation import export
 
-    model, source_tokenizer, target_tokenizer = build_dates_model()
-    _train_briefly(model, source_tokenizer, target_tokenizer)
-    export_dir = str(tmp_path_factory.mktemp("exports") / "saved" / "dates")
-    returned = export.export_translator(
-        model,
-        source_tokenizer,
-        target_tokenizer,
-        export_dir,
-        beam_size=EXPORT_BEAM_SIZE,
-        length_penalty=EXPORT_LENGTH_PENALTY,
-    )
-    assert returned == export_dir
-    return ExportedTranslator(model, source_tokenizer, target_tokenizer, export_dir)
+    def build(folder):
+        model, source_tokenizer, target_tokenizer = build_dates_model()
+        _train_briefly(model, source_tokenizer, target_tokenizer)
+        export_dir = str(folder / "saved" / "dates")
+        returned = export.export_translator(
+            model,
+            source_tokenizer,
+            target_tokenizer,
+            export_dir,
+            beam_size=EXPORT_BEAM_SIZE,
+            length_penalty=EXPORT_LENGTH_PENALTY,
+        )
+        assert returned == export_dir
+        model.save(str(folder / "model.keras"))
+        return ExportedTranslator(model, source_tokenizer, target_tokenizer, export_dir)
+
+    def load(folder):
+        # The tokenizers are a function of the texts: made again, the same.
+        return ExportedTranslator(
+            keras.saving.load_model(folder / "model.keras"),
+            data.CharacterTokenizer.from_texts(DATE_SOURCES),
+            data.CharacterTokenizer.from_texts(DATE_TARGETS),
+            str(folder / "saved" / "dates"),
+        )
+
+    return shared_between_workers(tmp_path_factory, "exported_translator", build, load)

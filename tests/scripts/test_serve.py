@@ -8,12 +8,8 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer.translation import export
-from tests.conftest import SCRIPTS, load_script, run_python
+from tests.conftest import SCRIPTS, in_memory, load_script, run_python
 from tests.conftest import usage_error as script_usage_error
-from tests.translation.test_export import (  # noqa: F401 (adapter_export is a fixture)
-    adapter_export,
-    in_memory,
-)
 
 SERVE = str(SCRIPTS / "serve.py")
 TEXTS = ["5 March 2021", "", "17 May 2020", "1 June"]

@@ -20,6 +20,7 @@ from tests.conftest import (
     EXPORT_BEAM_SIZE,
     EXPORT_LENGTH_PENALTY,
     build_dates_model,
+    in_memory,
     run_python,
     to_numpy,
 )
@@ -532,31 +533,8 @@ def test_a_truncated_keras_file_fails_to_load_and_is_left_as_it_was(tmp_path):
     assert path.read_bytes() == truncated
 
 
-# Exports of a translator with named LoRA adapters (the shared `adapted`
-# fixture of tests/conftest.py); each kind is written once per module.
-
-_ADAPTER_EXPORTS = {}
-
-
-@pytest.fixture(scope="module")
-def adapter_export(adapted, tmp_path_factory):
-    """The adapted translator's export with every adapter (version folder)."""
-    if "multi" not in _ADAPTER_EXPORTS:
-        base = tmp_path_factory.mktemp("adapter_exports") / "multi"
-        _ADAPTER_EXPORTS["multi"] = adapted.translator.export(str(base))
-    return _ADAPTER_EXPORTS["multi"]
-
-
-def in_memory(translator, texts, names):
-    """Each text translated alone by the translator with its adapter active."""
-    translations = {}
-    for name in dict.fromkeys(names):
-        translator.set_adapter(name or None)
-        for index, (text, owner) in enumerate(zip(texts, names)):
-            if owner == name:
-                translations[index] = translator.translate([text])[0]
-    translator.set_adapter(None)
-    return [translations[index] for index in range(len(texts))]
+# Serving the adapted translator's export with every adapter (the
+# `adapted` and `adapter_export` fixtures of tests/conftest.py).
 
 
 def serve_with_adapters(export_dir, texts, names):
