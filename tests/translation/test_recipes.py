@@ -6,6 +6,7 @@ import pytest
 from keras_transformer import callbacks
 from keras_transformer.translation import recipes
 from keras_transformer.models import TransformerConfig
+from tests.translation.conftest import TINY_MODEL
 
 
 def test_the_date_task_recipe_keeps_the_train_script_defaults():
@@ -166,36 +167,6 @@ def test_a_recipe_check_accepts_what_from_texts_accepts():
 def test_callbacks_refuse_held_out_sources_without_references(sources, targets):
     with pytest.raises(ValueError, match="valid_sources and valid_targets go together"):
         recipes.CORPUS.callbacks(lambda texts: texts, sources, targets)
-
-
-# A recipe small enough to train in seconds on the date task.
-TINY_MODEL = {
-    "num_encoder_layers": 1,
-    "num_decoder_layers": 1,
-    "hidden_dim": 16,
-    "num_heads": 2,
-    "intermediate_dim": 32,
-}
-
-
-@pytest.fixture
-def tiny_recipe():
-    return recipes.DATE_TASK.override(
-        model=TINY_MODEL,
-        learning_rate=2e-3,
-        warmup_steps=2,
-        label_smoothing=0.1,
-        epochs=1,
-        batch_size=16,
-    )
-
-
-@pytest.fixture
-def date_texts():
-    from keras_transformer import data
-
-    pairs = data.generate_date_pairs(48, seed=0)
-    return [source for source, _ in pairs], [target for _, target in pairs]
 
 
 def test_override_updates_model_fields_and_keeps_the_others():
