@@ -93,13 +93,24 @@ def score_summary(hypotheses, references, metric="exact_match"):
             "Received an invalid value for argument metric, expected one of "
             f"{SUMMARY_METRICS}. Received: metric={metric!r}"
         )
-    cased = corpus_bleu(hypotheses, references)
-    lower = corpus_bleu(hypotheses, references, lowercase=True)
-    chrf = corpus_chrf(hypotheses, references)
+    scores = sacrebleu_scores(hypotheses, references)
     return (
-        f"sacreBLEU (13a): {cased.score:.2f} cased, {lower.score:.2f} "
-        f"lowercased; chrF {chrf.score:.2f}"
+        f"sacreBLEU (13a): {scores['bleu_cased']:.2f} cased, "
+        f"{scores['bleu_lowercased']:.2f} lowercased; chrF {scores['chrf']:.2f}"
     )
+
+
+def sacrebleu_scores(hypotheses, references):
+    """BLEU (13a) cased and lowercased and chrF, each in [0, 100].
+
+    Returns:
+        A dict with `bleu_cased`, `bleu_lowercased` and `chrf`.
+    """
+    return {
+        "bleu_cased": corpus_bleu(hypotheses, references).score,
+        "bleu_lowercased": corpus_bleu(hypotheses, references, lowercase=True).score,
+        "chrf": corpus_chrf(hypotheses, references).score,
+    }
 
 def _require(module_name, hint):
     try:

@@ -161,16 +161,6 @@ def load_translate(path, beam_size, length_penalty):
     return translate, translator.count_params(), beam_size
 
 
-def score(hypotheses, references):
-    return {
-        "bleu_cased": evaluation.corpus_bleu(hypotheses, references).score,
-        "bleu_lowercased": evaluation.corpus_bleu(
-            hypotheses, references, lowercase=True
-        ).score,
-        "chrf": evaluation.corpus_chrf(hypotheses, references).score,
-    }
-
-
 def write_atomically(path, write):
     """Calls `write(file)` on a binary file that then replaces `path`
     atomically (`keras_transformer._files`); missing folders are made."""
@@ -299,7 +289,7 @@ def main(argv=None):
     test = {}
     for decoding, beam in (("greedy", None), ("beam", beam_size)):
         hypotheses = translate(sources, beam)
-        test[decoding] = score(hypotheses, references)
+        test[decoding] = evaluation.sacrebleu_scores(hypotheses, references)
         print(
             f"{name} {decoding}: BLEU {test[decoding]['bleu_lowercased']:.2f} "
             f"lowercased, {test[decoding]['bleu_cased']:.2f} cased; chrF "

@@ -46,6 +46,9 @@ def test_score_summary_of_sacrebleu_gives_cased_lowercased_bleu_and_chrf():
     lower = sacrebleu.corpus_bleu(hypotheses, [references], lowercase=True).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
     assert lower > cased
+    assert evaluation.sacrebleu_scores(hypotheses, references) == {
+        "bleu_cased": cased, "bleu_lowercased": lower, "chrf": chrf,
+    }  # fmt: skip
     assert evaluation.score_summary(hypotheses, references, "sacrebleu") == (
         f"sacreBLEU (13a): {cased:.2f} cased, {lower:.2f} lowercased; chrF {chrf:.2f}"
     )
