@@ -1,11 +1,12 @@
 """Command-line flags for recipes, as the training scripts take them.
 
 `scripts/train.py` and `scripts/colab_tpu.py` share these: the argparse
-type of a positive count, the flags of the training data (the date task or
-a corpus, `add_data_flags`, `pairs_from_flags`), the flags of a recipe's fields (one per
-`TransformerConfig` field among them), the recipe a script's flags make
-(`recipe_from_flags`), and the library's `ValueError` as argparse's one
-usage line naming the flag (`usage_error`, `usage_errors`).
+type of a positive count; the flags of the training data (a corpus or the
+date task: `add_data_flags`, `pairs_from_flags`); the flags of a recipe's
+fields, one per `TransformerConfig` field among them (`add_recipe_flags`),
+and the recipe they make (`recipe_from_flags`); and the library's
+`ValueError` as argparse's one usage line naming the flag (`usage_error`,
+`usage_errors`).
 
 ```python
 parser = argparse.ArgumentParser(prog="train.py")
