@@ -61,6 +61,57 @@ def corpus_chrf(hypotheses, references):
     return sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
 
 
+
+# The metrics `score_summary` reports.
+SUMMARY_METRICS = ("exact_match", "sacrebleu")
+
+
+def score_summary(hypotheses, references, metric="exact_match"):
+    """One line of scores of translations, for a log or a report.
+
+    Args:
+        hypotheses: list of str. The translations.
+        references: list of str. Their references.
+        metric: `"exact_match"` (for tasks with one right answer, such as
+            the date task) or `"sacrebleu"`: BLEU (13a, cased and
+            lowercased) and chrF, which need sacrebleu.
+
+    Returns:
+        A str such as `"exact match: 99.9% (999/1000)"` or
+        `"sacreBLEU (13a): 31.50 cased, 31.20 lowercased; chrF 54.50"`.
+
+    Example:
+
+    ```python
+    score_summary(["2021-03-05"], ["2021-03-05"])  # 'exact match: 100.0% (1/1)'
+    ```
+    """
+    if metric == "exact_match":
+        return f"exact match: {exact_match(hypotheses, references)}"
+    if metric != "sacrebleu":
+        raise ValueError(
+            "Received an invalid value for argument metric, expected one of "
+            f"{SUMMARY_METRICS}. Received: metric={metric!r}"
+        )
+    scores = sacrebleu_scores(hypotheses, references)
+    return (
+        f"sacreBLEU (13a): {scores['bleu_cased']:.2f} cased, "
+        f"{scores['bleu_lowercased']:.2f} lowercased; chrF {scores['chrf']:.2f}"
+    )
+
+
+def sacrebleu_scores(hypotheses, references):
+    """BLEU (13a) cased and lowercased and chrF, each in [0, 100].
+
+    Returns:
+        A dict with `bleu_cased`, `bleu_lowercased` and `chrf`.
+    """
+    return {
+        "bleu_cased": corpus_bleu(hypotheses, references).score,
+        "bleu_lowercased": corpus_bleu(hypotheses, references, lowercase=True).score,
+        "chrf": corpus_chrf(hypotheses, references).score,
+    }
+
 def _require(module_name, hint):
     try:
         return __import__(module_name)

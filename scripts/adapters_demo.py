@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from keras_transformer import data, evaluation  # noqa: E402
-from keras_transformer.translation import Translator, adapters, recipes  # noqa: E402
+from keras_transformer.translation import adapters, recipes  # noqa: E402
 
 TOPIC = re.compile(r"\b(dogs?|pupp(y|ies))\b", re.IGNORECASE)
 TOPIC_NAME = "dogs"
@@ -109,31 +109,14 @@ def split_domains(args):
 
 
 def base_model(args, sources, targets):
-    recipe = recipes.CORPUS
-    size = (
-        dict(hidden_dim=32, intermediate_dim=64)
-        if args.tiny
-        else dict(hidden_dim=128, intermediate_dim=256)
-    )
-    translator = Translator.from_texts(
-        sources,
-        targets,
-        tokenizer="sentencepiece",
-        vocabulary_size=1000 if args.tiny else recipe.vocabulary_size,
-        joint_vocabulary=True,
-        tokenizer_options=dict(recipe.tokenizer_options),
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        dropout=0.1,
-        **size,
-    )
+    # The corpus recipe with 2+2 layers (and smaller still with --tiny).
+    recipe = recipes.CORPUS.override(
+        vocabulary_size=1000 if args.tiny else recipes.CORPUS.vocabulary_size,
+        model={"num_encoder_layers": 2, "num_decoder_layers": 2,
+               **({"hidden_dim": 32, "intermediate_dim": 64} if args.tiny else {})},
+    )  # fmt: skip
     # The schedule follows the run `fit` is given (warm-up: the recipe's).
-    translator.compile(
-        learning_rate=recipe.learning_rate,
-        warmup_steps=recipe.warmup_steps,
-        label_smoothing=recipe.label_smoothing,
-    )
+    translator = recipe.compile(recipe.translator_from_texts(sources, targets))
     return translator, corpus_batching(translator)
 
 

@@ -37,7 +37,6 @@ what differs is what TPUs need:
 """
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -47,14 +46,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_transformer import data, distribute, evaluation  # noqa: E402
-from keras_transformer.translation import Translator, recipes  # noqa: E402
+from keras_transformer import distribute, evaluation  # noqa: E402
+from keras_transformer.translation import Translator, flags, recipes  # noqa: E402
 
 # Smoke run: a tiny model that checks the plumbing in about a minute on a CPU.
-SMOKE_RECIPE = dataclasses.replace(
-    recipes.DATE_TASK,
+SMOKE_RECIPE = recipes.DATE_TASK.override(
     model={
-        **recipes.DATE_TASK.model,
         "num_encoder_layers": 1,
         "num_decoder_layers": 1,
         "hidden_dim": 16,
@@ -66,9 +63,8 @@ SMOKE_RECIPE = dataclasses.replace(
     batch_size=32,
 )
 # (training pairs, held-out pairs, steps per host launch)
-FULL_SIZES = (20000, 1000, 32)
+FULL_SIZES = (flags.DATE_TASK_NUM_TRAIN, flags.DATE_TASK_NUM_TEST, 32)
 SMOKE_SIZES = (64, 4, 2)
-DATE_TASK_TARGET = 0.99
 
 
 def parse_args(argv=None):
@@ -88,10 +84,10 @@ def parse_args(argv=None):
         default="mixed_bfloat16",
         help="(default %(default)s; TPUs have no float16)",
     )
-    parser.add_argument("--epochs", type=positive_int, help="(default: the recipe's)")
+    parser.add_argument("--epochs", type=flags.positive_int, help="(default: the recipe's)")
     parser.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=flags.positive_int,
         help="global batch, split over the replicas (default: the recipe's; "
         "the learning-rate schedule was tuned for its number of steps)",
     )
@@ -103,20 +99,16 @@ def parse_args(argv=None):
         "(default %(default)s)",
     )
     args = parser.parse_args(argv)
-    args.recipe = SMOKE_RECIPE if args.smoke else recipes.DATE_TASK
+    # The date task only, with the recipe's settings that the flags change
+    # (here --batch-size is the global batch, split in `main`).
+    args.corpus = False
+    args.recipe = flags.recipe_from_flags(
+        SMOKE_RECIPE if args.smoke else recipes.DATE_TASK, args
+    )
     args.num_train, args.num_test, args.steps_per_execution = (
         SMOKE_SIZES if args.smoke else FULL_SIZES
     )
-    args.epochs = args.epochs or args.recipe.epochs
-    args.batch_size = args.batch_size or args.recipe.batch_size
     return args
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def tpu_or_default_strategy(tpu):
@@ -137,40 +129,29 @@ def tpu_or_default_strategy(tpu):
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
-    recipe = args.recipe
     keras.utils.set_random_seed(args.seed)
     strategy = tpu_or_default_strategy(args.tpu)
     replicas = strategy.num_replicas_in_sync
     # Every replica gets the same number of examples.
-    batch_size = -(-args.batch_size // replicas) * replicas
-    train, test = data.date_task_splits(args.num_train, args.num_test, seed=args.seed)
-    train_sources, train_targets = map(list, zip(*train))
-    test_sources, test_targets = map(list, zip(*test))
+    recipe = args.recipe.override(batch_size=-(-args.recipe.batch_size // replicas))
+    batch_size = recipe.batch_size * replicas
+    train_sources, train_targets, test_sources, test_targets = flags.pairs_from_flags(args)
 
     steps_per_epoch = -(-len(train_sources) // batch_size)
     with strategy.scope():
-        translator = Translator.from_texts(
-            train_sources,
-            train_targets,
-            tokenizer=recipe.tokenizer,
-            vocabulary_size=recipe.vocabulary_size,
-            joint_vocabulary=recipe.joint_vocabulary,
-            dtype=args.precision,
-            name="dates_tpu",
-            **recipe.model,
+        translator = recipe.translator_from_texts(
+            train_sources, train_targets, dtype=args.precision, name="dates_tpu"
         )
-        translator.compile(
-            learning_rate=recipe.learning_rate,
-            warmup_steps=recipe.warmup_steps,
-            total_steps=args.epochs * steps_per_epoch,
-            label_smoothing=recipe.label_smoothing,
+        recipe.compile(
+            translator,
+            total_steps=recipe.epochs * steps_per_epoch,
             jit_compile=True,
             steps_per_execution=min(args.steps_per_execution, steps_per_epoch),
         )
     print(
         f"{len(train_sources)} training and {len(test_sources)} held-out "
         f"pairs; global batch {batch_size} over {replicas} replica(s); "
-        f"{args.epochs} epoch(s) of about {steps_per_epoch} steps; "
+        f"{recipe.epochs} epoch(s) of about {steps_per_epoch} steps; "
         f"{args.precision}; XLA on. Accuracies during training are "
         "teacher-forced."
     )
@@ -178,12 +159,11 @@ def main(argv=None):
     translator.fit(
         train_sources,
         train_targets,
-        batch_size=batch_size,
-        epochs=args.epochs,
         validation_data=(test_sources, test_targets),
         seed=args.seed,
         static_shapes=True,
         verbose=2,
+        **recipe.fit_options(translator),
     )
     fit_seconds = time.perf_counter() - fit_started
 
@@ -206,9 +186,9 @@ def main(argv=None):
 
     print(f"Export: {export_dir}")
     print(f"held-out exact match (greedy): {match}")
-    if match.rate < DATE_TASK_TARGET and not args.smoke:
+    if match.rate < recipes.DATE_TASK_TARGET and not args.smoke:
         print(
-            f"WARNING: below the {100 * DATE_TASK_TARGET:.0f}% target; train "
+            f"WARNING: below the {100 * recipes.DATE_TASK_TARGET:.0f}% target; train "
             "longer (--epochs)."
         )
     print(

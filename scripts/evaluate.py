@@ -28,7 +28,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_transformer import _files, evaluation, validation  # noqa: E402
-from keras_transformer.translation import recipes  # noqa: E402
+from keras_transformer.translation import flags, recipes  # noqa: E402
 
 # Published results on the same test set, text only (issue 10); their BLEU
 # is tokenized, so it is not directly comparable with sacreBLEU.
@@ -67,7 +67,7 @@ def build_parser():
     parser.add_argument("--name", help="run name (default: the record's, or the model's)")
     parser.add_argument(
         "--beam-size",
-        type=positive_int,
+        type=flags.positive_int,
         default=recipes.CORPUS.beam_size,
         help="beams for a .keras model (default %(default)s)",
     )
@@ -81,13 +81,6 @@ def build_parser():
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="(default %(default)s)")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help="(default %(default)s)")
     return parser
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def read_json(parser, flag, path, kind):
@@ -166,16 +159,6 @@ def load_translate(path, beam_size, length_penalty):
         )
 
     return translate, translator.count_params(), beam_size
-
-
-def score(hypotheses, references):
-    return {
-        "bleu_cased": evaluation.corpus_bleu(hypotheses, references).score,
-        "bleu_lowercased": evaluation.corpus_bleu(
-            hypotheses, references, lowercase=True
-        ).score,
-        "chrf": evaluation.corpus_chrf(hypotheses, references).score,
-    }
 
 
 def write_atomically(path, write):
@@ -306,7 +289,7 @@ def main(argv=None):
     test = {}
     for decoding, beam in (("greedy", None), ("beam", beam_size)):
         hypotheses = translate(sources, beam)
-        test[decoding] = score(hypotheses, references)
+        test[decoding] = evaluation.sacrebleu_scores(hypotheses, references)
         print(
             f"{name} {decoding}: BLEU {test[decoding]['bleu_lowercased']:.2f} "
             f"lowercased, {test[decoding]['bleu_cased']:.2f} cased; chrF "

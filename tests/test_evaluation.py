@@ -31,3 +31,29 @@ def test_bleu_and_chrf_are_sacrebleus_corpus_scores():
     assert lowercased.score == bleu.score
     assert chrf.score == sacrebleu.corpus_chrf(hypotheses, [references]).score
     assert 0 < bleu.score < 100
+
+
+def test_score_summary_of_exact_match_is_one_line_of_the_count():
+    line = evaluation.score_summary(["2021-03-05", "x"], ["2021-03-05", "2021-03-06"])
+    assert line == "exact match: 50.0% (1/2)"
+
+
+def test_score_summary_of_sacrebleu_gives_cased_lowercased_bleu_and_chrf():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    hypotheses = ["ein Hund läuft im Park.", "Zwei Männer spielen Fußball."]
+    references = ["Ein Hund rennt im Park.", "Zwei Männer spielen Fußball."]
+    cased = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    lower = sacrebleu.corpus_bleu(hypotheses, [references], lowercase=True).score
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    assert lower > cased
+    assert evaluation.sacrebleu_scores(hypotheses, references) == {
+        "bleu_cased": cased, "bleu_lowercased": lower, "chrf": chrf,
+    }  # fmt: skip
+    assert evaluation.score_summary(hypotheses, references, "sacrebleu") == (
+        f"sacreBLEU (13a): {cased:.2f} cased, {lower:.2f} lowercased; chrF {chrf:.2f}"
+    )
+
+
+def test_score_summary_refuses_an_unknown_metric():
+    with pytest.raises(ValueError, match="argument metric, expected one of"):
+        evaluation.score_summary(["a"], ["a"], metric="bleu")

@@ -3,6 +3,7 @@
 from keras_transformer.data.pipeline import make_translation_dataset
 from keras_transformer.data.pipeline import read_parallel_files
 from keras_transformer.data.pipeline import read_tsv
+from keras_transformer.data.pipeline import split_corpus  # noqa: F401
 from keras_transformer.data.subword import SENTENCEPIECE_MODEL_TYPES
 from keras_transformer.data.subword import SENTENCEPIECE_NORMALIZATIONS
 from keras_transformer.data.subword import TOKENIZER_KINDS

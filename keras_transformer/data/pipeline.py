@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import typing
 
 import numpy as np
@@ -108,6 +109,69 @@ def read_parallel_files(source_path, target_path):
             f"{os.fspath(target_path)!r} has {len(targets)}."
         )
     return sources, targets
+
+
+# Held out of a corpus given without held-out pairs: a tenth, at most this.
+MAX_HELD_OUT = 1000
+
+
+def split_corpus(
+    sources, targets, held_out=None, num_train=None, num_test=None, seed=0
+):
+    """Training and held-out pairs of a parallel corpus.
+
+    Args:
+        sources: list of str. The corpus' source texts.
+        targets: list of str. Their translations.
+        held_out: `(sources, targets)` held-out pairs (e.g. a validation
+            file), or None to hold out `num_test` pairs drawn at random
+            from the corpus (default: a tenth, at most `MAX_HELD_OUT`).
+        num_train: int or None. Keep only the first `num_train` training
+            pairs.
+        num_test: int or None. Keep only the first `num_test` held-out
+            pairs.
+        seed: int. Which pairs are drawn, when they are.
+
+    Returns:
+        `(train_sources, train_targets, test_sources, test_targets)`, lists
+        of str.
+
+    Example:
+
+    ```python
+    sources, targets = read_tsv("corpus.tsv")
+    train_sources, train_targets, test_sources, test_targets = split_corpus(
+        sources, targets, num_test=500)
+    ```
+    """
+    check_positive_int("num_train", num_train, allow_none=True)
+    check_positive_int("num_test", num_test, allow_none=True)
+    pairs = _aligned_pairs("sources", "targets", sources, targets)
+    if held_out is None:
+        random.Random(seed).shuffle(pairs)
+        count = num_test or min(MAX_HELD_OUT, max(1, len(pairs) // 10))
+        test, pairs = pairs[:count], pairs[count:]
+    else:
+        test = _aligned_pairs("held-out sources", "held-out targets", *held_out)
+    pairs = pairs[:num_train] if num_train else pairs
+    test = test[:num_test] if num_test else test
+    if not pairs or not test:
+        raise ValueError(
+            f"Received {len(pairs)} training and {len(test)} held-out pairs; "
+            "both are needed. Give a larger corpus or held-out pairs of its own."
+        )
+    return (*map(list, zip(*pairs)), *map(list, zip(*test)))
+
+
+def _aligned_pairs(source_name, target_name, sources, targets):
+    sources = _check_texts(source_name, sources)
+    targets = _check_texts(target_name, targets)
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"Received {len(sources)} {source_name} and {len(targets)} "
+            f"{target_name}; expected one target per source."
+        )
+    return list(zip(sources, targets))
 
 
 def _check_texts(name, texts):

@@ -9,7 +9,10 @@ translation, never back):
   Translator and its export share;
 - `adapters`: the Translator's named LoRA adapters;
 - `export`: the self-contained SavedModel of a Translator;
-- `recipes`: the training recipes (`DATE_TASK`, `CORPUS`);
+- `recipes`: the training recipes (`DATE_TASK`, `CORPUS`), which apply
+  themselves to a translator;
+- `flags`: the recipes and the training data as command-line flags;
+- `run_record`: a training run as JSON;
 - `adapter_training`: the adapter path of `scripts/train.py`.
 
 Everything here needs TensorFlow (the tokenizers run in its graphs): imported

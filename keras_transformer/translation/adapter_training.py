@@ -11,15 +11,14 @@ The base model is loaded from `--base` and left as it is; the adapter file
 """
 
 import dataclasses
-import json
 import os
-import platform
 import time
 
 import keras
 
-from keras_transformer.translation import adapters
+from keras_transformer import evaluation
 from keras_transformer.models.transformer import TransformerConfig
+from keras_transformer.translation import adapters, flags, run_record, text
 
 # Fine-tuning defaults of the adapter path (each a flag of train.py): a few
 # thousand pairs, a few minutes; LoRA takes a higher rate than full training.
@@ -34,6 +33,19 @@ _MODEL_FLAGS = tuple(
 # Flag values the adapter path honours (static_shapes: None, the default,
 # lets fit decide).
 _FIXED_FLAGS = {"precision": "float32", "strategy": "default", "static_shapes": None}
+
+
+def add_flags(parser):
+    """Adds the adapter path's flags to train.py's `parser`."""
+    adapter = parser.add_argument_group("LoRA adapter (fine-tune a trained model)")
+    adapter.add_argument("--base", help="the trained translator (.keras) to adapt")
+    adapter.add_argument("--adapter", help="name of the adapter to train")
+    adapter.add_argument("--adapter-rank", type=flags.positive_int, default=8)
+    adapter.add_argument("--adapter-alpha", type=float, help="default: 2 * rank")
+    adapter.add_argument(
+        "--adapter-target", action="append",
+        help="layer path pattern (repeatable); default: attention query/value",
+    )  # fmt: skip
 
 
 def check_flags(parser, args):
@@ -65,13 +77,12 @@ def _setting(args, name):
     return DEFAULTS[name] if value is None else value
 
 
-def train(args, pairs, score, started):
+def train(args, pairs, started):
     """Fine-tunes `args.adapter` on `pairs`; prints held-out scores.
 
     Args:
         args: train.py's parsed flags.
         pairs: `(train_sources, train_targets, test_sources, test_targets)`.
-        score: train.py's `score(args, hypotheses, references)` -> (lines, _).
         started: `time.perf_counter()` at the start of the script.
 
     Returns:
@@ -86,13 +97,14 @@ def train(args, pairs, score, started):
             f"error: --adapter: {args.base} already has an adapter named "
             f"{args.adapter!r}; pick another name"
         )
-    fits = [
-        len(ids) <= translator.max_source_length
-        for ids in translator.source_tokenizer.tokenize(test_sources).to_list()
-    ]
-    test_sources = [text for text, ok in zip(test_sources, fits) if ok]
-    test_targets = [text for text, ok in zip(test_targets, fits) if ok]
-    base_lines, _ = score(args, translator.translate(test_sources), test_targets)
+    test_sources, test_targets = text.pairs_that_fit(translator, test_sources, test_targets)
+    metric = "sacrebleu" if args.corpus else "exact_match"
+
+    def held_out_scores():
+        hypotheses = translator.translate(test_sources)
+        return [f"held-out {evaluation.score_summary(hypotheses, test_targets, metric)}"]
+
+    base_lines = held_out_scores()
     rank = args.adapter_rank
     alpha = args.adapter_alpha or 2.0 * rank
     cpu_started = time.process_time()
@@ -113,7 +125,7 @@ def train(args, pairs, score, started):
         verbose=2 if args.corpus else 1,
     )
     cpu_seconds = time.process_time() - cpu_started
-    lines, _ = score(args, translator.translate(test_sources), test_targets)
+    lines = held_out_scores()
     output = os.path.join(args.output_dir, args.name)
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, f"{args.adapter}.npz")
@@ -137,15 +149,10 @@ def train(args, pairs, score, started):
         "trainable_parameters": trainable,
         "settings": {name: _setting(args, name) for name in DEFAULTS},
         "held_out": {"base": base_lines, "adapter": lines},
-        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores, "
-        f"Keras {keras.__version__}",
+        "load": run_record.load(),
+        "machine": run_record.machine(),
     }
-    run_dir = os.path.join(args.log_dir, args.name)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "run.json"), "w", encoding="utf-8") as file:
-        json.dump(record, file, indent=1)
-    print(f"Run record: {os.path.join(run_dir, 'run.json')}")
+    run_record.write(os.path.join(args.log_dir, args.name, "run.json"), record)
     print(f"Adapter {args.adapter!r}: {path} ({os.path.getsize(path):,} bytes, "
           f"{trainable:,} trainable parameters)")  # fmt: skip
     print("\n".join(f"base: {line}" for line in base_lines))

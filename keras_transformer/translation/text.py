@@ -4,7 +4,7 @@
 graph, the one tokenize -> pad -> decode -> detokenize path that
 `Translator.translate` and the SavedModel export share;
 `check_tokenizers_fit` checks a pair of tokenizers against the model they
-feed.
+feed; `pairs_that_fit` keeps the pairs whose source the model can read.
 """
 
 from keras_transformer._tensorflow import import_tensorflow
@@ -104,3 +104,30 @@ def text_decoder(
         return tf.where(lengths > 0, translations, "")
 
     return translate
+
+
+def pairs_that_fit(translator, sources, targets):
+    """The pairs whose source fits `translator.max_source_length` tokens.
+
+    A model translates no source longer than its position table; scores of
+    held-out pairs are taken on those it can read.
+
+    Args:
+        translator: a `Translator`.
+        sources: list of str.
+        targets: list of str, one per source (e.g. the references).
+
+    Returns:
+        `(sources, targets)`: the pairs that fit, in their order.
+
+    Example:
+
+    ```python
+    test_sources, test_targets = pairs_that_fit(translator, sources, references)
+    dropped = len(sources) - len(test_sources)
+    ```
+    """
+    ids = translator.source_tokenizer.tokenize(list(sources)).to_list()
+    fits = [len(source_ids) <= translator.max_source_length for source_ids in ids]
+    pairs = [pair for pair, fit in zip(zip(sources, targets), fits) if fit]
+    return [source for source, _ in pairs], [target for _, target in pairs]

@@ -350,12 +350,12 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 "sources and targets must pair up and be non-empty, but received "
                 f"{len(sources)} sources and {len(targets)} targets."
             )
-        for name, texts in (("sources", sources), ("targets", targets)):
+        for argument, texts in (("sources", sources), ("targets", targets)):
             if not any(texts):
                 raise ValueError(
-                    f"Received an invalid value for argument {name}, expected "
+                    f"Received an invalid value for argument {argument}, expected "
                     f"texts to learn a vocabulary from, but all {len(texts)} "
-                    f"{name} are empty strings. Check the file or column they "
+                    f"{argument} are empty strings. Check the file or column they "
                     "were read from."
                 )
         options = {} if tokenizer_options is None else tokenizer_options

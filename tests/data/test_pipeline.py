@@ -355,3 +355,43 @@ def test_a_corpus_of_empty_sources_says_so_not_to_raise_the_limits():
     assert "2 with an empty source" in message
     assert "give sources of at least one token" in message
     assert "max_source_length" not in message
+
+
+def test_split_corpus_holds_out_a_tenth_drawn_by_the_seed():
+    sources = [f"s{i}" for i in range(50)]
+    targets = [f"t{i}" for i in range(50)]
+    train_sources, train_targets, test_sources, test_targets = data.split_corpus(
+        sources, targets, seed=3
+    )
+    assert (len(train_sources), len(test_sources)) == (45, 5)
+    # Pairs stay pairs, and every pair is in exactly one split.
+    assert [s[1:] for s in train_sources + test_sources] == [
+        t[1:] for t in train_targets + test_targets
+    ]
+    assert sorted(train_sources + test_sources) == sorted(sources)
+    again = data.split_corpus(sources, targets, seed=3)
+    assert again[2] == test_sources
+    assert data.split_corpus(sources, targets, seed=4)[2] != test_sources
+
+
+def test_split_corpus_keeps_given_held_out_pairs_and_the_first_pairs_asked_for():
+    train_sources, train_targets, test_sources, test_targets = data.split_corpus(
+        SOURCES, TARGETS, held_out=(["x", "y", "z"], ["X", "Y", "Z"]),
+        num_train=5, num_test=2,
+    )  # fmt: skip
+    assert (train_sources, train_targets) == (SOURCES[:5], TARGETS[:5])
+    assert (test_sources, test_targets) == (["x", "y"], ["X", "Y"])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(sources=["a"], targets=["b"]), "0 training and 1 held-out pairs"),
+        (dict(sources=["a", "b"], targets=["c"]), "2 sources and 1 targets"),
+        (dict(sources=["a"], targets=["b"], held_out=(["c"], [])), "1 held-out sources"),
+        (dict(sources=SOURCES, targets=TARGETS, num_test=0), "argument num_test"),
+    ],
+)
+def test_split_corpus_refuses_what_makes_no_split(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        data.split_corpus(**arguments)

@@ -6,6 +6,7 @@ import pytest
 from keras_transformer import callbacks
 from keras_transformer.translation import recipes
 from keras_transformer.models import TransformerConfig
+from tests.translation.conftest import TINY_MODEL
 
 
 def test_the_date_task_recipe_keeps_the_train_script_defaults():
@@ -166,3 +167,136 @@ def test_a_recipe_check_accepts_what_from_texts_accepts():
 def test_callbacks_refuse_held_out_sources_without_references(sources, targets):
     with pytest.raises(ValueError, match="valid_sources and valid_targets go together"):
         recipes.CORPUS.callbacks(lambda texts: texts, sources, targets)
+
+
+def test_override_updates_model_fields_and_keeps_the_others():
+    recipe = recipes.CORPUS.override(model={"hidden_dim": 64}, epochs=2)
+    assert recipe.model == {**recipes.CORPUS.model, "hidden_dim": 64}
+    assert recipe.epochs == 2 and recipes.CORPUS.epochs == 11
+    # dataclasses.replace, by contrast, replaces the whole mapping.
+    assert dict(dataclasses.replace(recipes.CORPUS, model={"hidden_dim": 64}).model) == {
+        "hidden_dim": 64
+    }
+
+
+def test_override_with_another_tokenizer_drops_the_recipes_tokenizer_options():
+    assert recipes.CORPUS.override(tokenizer="word").tokenizer_options == {}
+    same = recipes.CORPUS.override(tokenizer="sentencepiece")
+    assert same.tokenizer_options == recipes.CORPUS.tokenizer_options
+    chosen = recipes.CORPUS.override(tokenizer="word", tokenizer_options={"lowercase": True})
+    assert chosen.tokenizer_options == {"lowercase": True}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"model": {"hidden_dim": 30}}, "expected a multiple of num_heads=4. Received: hidden_dim=30"),
+        ({"model": [("hidden_dim", 64)]}, "expected a dict of TransformerConfig fields"),
+        ({"epochs": 0}, "argument epochs"),
+        ({"vocabulary_size": 3}, "more than the 4 special tokens"),
+    ],
+)  # fmt: skip
+def test_override_checks_the_new_recipe(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        recipes.CORPUS.override(**changes)
+
+
+def test_a_translator_from_the_recipe_has_its_tokenizer_and_model(tiny_recipe, date_texts):
+    from keras_transformer import data
+
+    translator = tiny_recipe.translator_from_texts(*date_texts, name="dates")
+    assert translator.name == "dates"
+    assert isinstance(translator.source_tokenizer, data.CharacterTokenizer)
+    assert translator.source_tokenizer is not translator.target_tokenizer
+    for field, value in TINY_MODEL.items():
+        assert getattr(translator.config, field) == value
+    assert translator.config.dropout == recipes.DATE_TASK.model["dropout"]
+    assert not translator.compiled
+
+
+def test_a_joint_vocabulary_recipe_shares_one_tokenizer(tiny_recipe, date_texts):
+    joint = tiny_recipe.override(joint_vocabulary=True, vocabulary_size=30)
+    translator = joint.translator_from_texts(*date_texts)
+    assert translator.source_tokenizer is translator.target_tokenizer
+    assert translator.source_tokenizer.vocabulary_size <= 30
+    assert translator.config.share_embeddings
+
+
+def test_compile_uses_the_recipes_schedule_and_label_smoothing(tiny_recipe, date_texts):
+    from keras_transformer import _compat, schedules
+
+    translator = tiny_recipe.translator_from_texts(*date_texts)
+    assert tiny_recipe.compile(translator, total_steps=10) is translator
+    schedule = _compat.learning_rate_schedule(translator.optimizer)
+    assert isinstance(schedule, schedules.WarmupCosineDecay)
+    assert schedule.peak_learning_rate == tiny_recipe.learning_rate
+    assert (schedule.warmup_steps, schedule.total_steps) == (2, 10)
+    # Two updates of linear warm-up to the peak, then half a cosine to 0
+    # over the 8 remaining steps (step 0 is the first update).
+    peak = tiny_recipe.learning_rate
+    for step, rate in ((0, peak / 2), (1, peak), (6, peak / 2), (10, 0.0)):
+        assert float(schedule(step)) == pytest.approx(rate, abs=1e-9), step
+    assert translator.loss.label_smoothing == tiny_recipe.label_smoothing
+
+
+def test_compile_passes_other_options_to_the_translator(tiny_recipe, date_texts):
+    translator = tiny_recipe.translator_from_texts(*date_texts)
+    tiny_recipe.compile(translator, jit_compile=False, steps_per_execution=3)
+    assert translator.jit_compile is False and translator.steps_per_execution == 3
+
+
+def test_fit_options_train_a_translator_as_the_recipe_says(tiny_recipe, date_texts):
+    from keras_transformer import _compat
+
+    sources, targets = date_texts
+    translator = tiny_recipe.compile(tiny_recipe.translator_from_texts(sources, targets))
+    options = tiny_recipe.fit_options(translator)
+    assert options == {
+        "epochs": 1,
+        "batch_size": 16,
+        "tokens_per_batch": None,
+        "bucket_boundaries": None,
+        "callbacks": [],
+    }
+    history = translator.fit(sources, targets, verbose=0, **options)
+    # 48 pairs in batches of at most 16 pairs: at least 3 steps, one epoch.
+    assert len(history.history["loss"]) == 1
+    assert int(translator.optimizer.iterations) >= 3
+    # The schedule was fitted to the run: it decays to 0 at its last step.
+    schedule = _compat.learning_rate_schedule(translator.optimizer)
+    assert schedule.total_steps == int(translator.optimizer.iterations)
+
+
+def test_fit_options_give_the_recipes_buckets_and_callbacks(tiny_recipe, date_texts):
+    recipe = tiny_recipe.override(
+        tokens_per_batch=256, bucket_width=4, bleu_every_n_epochs=1, checkpoints_averaged=2
+    )
+    sources, targets = date_texts
+    translator = recipe.translator_from_texts(sources, targets)
+    options = recipe.fit_options(translator, sources[:2], targets[:2])
+    longest = max(translator.max_source_length, translator.max_target_length)
+    assert options["bucket_boundaries"] == recipe.bucket_boundaries(longest) != None
+    assert options["tokens_per_batch"] == 256
+    bleu, averaging = options["callbacks"]
+    assert isinstance(bleu, callbacks.BleuEvaluation)
+    assert bleu.references == targets[:2] and bleu.every_n_epochs == 1
+    # The validation BLEU decodes with the translator, as one XLA program.
+    assert bleu.decode_fn.func == translator.translate
+    assert bleu.decode_fn.keywords == {"jit_compile": True}
+    assert isinstance(averaging, callbacks.CheckpointAveraging)
+    assert averaging.num_checkpoints == 2
+
+
+def test_fit_options_batch_per_replica():
+    import types
+
+    two_replicas = types.SimpleNamespace(
+        distribute_strategy=types.SimpleNamespace(num_replicas_in_sync=2),
+        max_source_length=30,
+        max_target_length=12,
+        translate=lambda texts: texts,
+    )
+    options = recipes.CORPUS.fit_options(two_replicas)
+    assert options["batch_size"] == 2 * recipes.CORPUS.batch_size
+    assert options["tokens_per_batch"] == 2 * recipes.CORPUS.tokens_per_batch
+    assert options["epochs"] == recipes.CORPUS.epochs
