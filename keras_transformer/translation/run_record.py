@@ -1,7 +1,8 @@
 """The run record: what a training run did, as JSON.
 
 `scripts/train.py` writes one for each run (`<log-dir>/<name>/run.json`);
-`scripts/evaluate.py --run-record` reads it to write the run's section of
+`scripts/evaluate.py --run-record` records it beside the test scores, and
+`scripts/quality_page.py` writes it into the run's section of
 docs/quality.md (its recipe, training time, machine and validation BLEU).
 """
 
