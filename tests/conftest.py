@@ -485,6 +485,8 @@ def shared_between_workers(tmp_path_factory, name, build, load):
     model costs a second or two where training and exporting it cost 20-40 s
     of CPU, and every worker then holds bit-identical weights.
     """
+    import shutil
+
     try:
         import fcntl
     except ImportError:
@@ -498,6 +500,9 @@ def shared_between_workers(tmp_path_factory, name, build, load):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return load(folder)
+        # Left half-written by a worker whose build failed: build afresh
+        # (and fail here with this worker's own error, if it fails again).
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         value = build(folder)
         done.touch()
