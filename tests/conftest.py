@@ -132,6 +132,21 @@ def random_token_ids(batch, length, vocabulary_size, seed=0, padding_id=0):
     return ids
 
 
+# A training run's record as scripts/train.py writes it (run.json), small:
+# what tests/scripts/test_evaluate.py records and test_quality_page.py
+# renders.
+TINY_RUN_RECORD = {
+    "corpus": "four toy pairs",
+    "command": "python train.py --tiny",
+    "training_seconds": 75.0,
+    "cpu_seconds": 140.0,
+    "val_bleu": [
+        {"epoch": 1, "bleu": 1.5, "training_seconds": 30.0},
+        {"epoch": 2, "bleu": 3.0, "training_seconds": 60.0},
+    ],
+}
+
+
 def is_png(path):
     """Whether the file at `path` starts with the PNG signature."""
     with open(path, "rb") as file:

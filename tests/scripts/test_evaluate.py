@@ -13,7 +13,7 @@ import pytest
 import sacrebleu
 
 from keras_transformer.translation import Translator
-from tests.conftest import load_script
+from tests.conftest import TINY_RUN_RECORD, load_script
 from tests.conftest import usage_error as script_usage_error
 
 SOURCES = [
@@ -54,17 +54,7 @@ def model_path(tmp_path_factory):
 def files(tmp_path):
     (tmp_path / "test.en").write_text("\n".join(SOURCES[:4]) + "\n")
     (tmp_path / "test.de").write_text("\n".join(TARGETS[:4]) + "\n")
-    record = {
-        "name": "tiny-run",
-        "corpus": "four toy pairs",
-        "command": "python train.py --tiny",
-        "training_seconds": 75.0,
-        "cpu_seconds": 140.0,
-        "val_bleu": [
-            {"epoch": 1, "bleu": 1.5, "training_seconds": 30.0},
-            {"epoch": 2, "bleu": 3.0, "training_seconds": 60.0},
-        ],
-    }
+    record = {"name": "tiny-run", **TINY_RUN_RECORD}
     (tmp_path / "run.json").write_text(json.dumps(record))
     return tmp_path
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import is_png, load_script
+from tests.conftest import TINY_RUN_RECORD, is_png, load_script
 from tests.conftest import usage_error as script_usage_error
 
 
@@ -29,18 +29,6 @@ def recorded_run(name, record=None):
     }
 
 
-RECORD = {
-    "corpus": "four toy pairs",
-    "command": "python train.py --tiny",
-    "training_seconds": 75.0,
-    "cpu_seconds": 140.0,
-    "val_bleu": [
-        {"epoch": 1, "bleu": 1.5, "training_seconds": 30.0},
-        {"epoch": 2, "bleu": 3.0, "training_seconds": 60.0},
-    ],
-}
-
-
 def write_page(tmp_path, runs):
     """Runs the script on a runs file holding `runs`; returns the page."""
     results = tmp_path / "runs.json"
@@ -57,7 +45,7 @@ def write_page(tmp_path, runs):
 
 
 def test_the_page_lists_each_run_its_record_and_the_anchors(tmp_path):
-    page = write_page(tmp_path, [recorded_run("tiny-run", RECORD)])
+    page = write_page(tmp_path, [recorded_run("tiny-run", TINY_RUN_RECORD)])
     assert "| tiny-run | greedy | 20.8 | 20.2 | 40.2 |" in page
     assert "| tiny-run | beam 2 | 22.0 | 21.5 | 41.5 |" in page
     for text in (
@@ -77,7 +65,7 @@ def test_the_page_lists_each_run_its_record_and_the_anchors(tmp_path):
 
 
 def test_every_run_gets_a_section_and_a_run_without_record_leaves_it_out(tmp_path):
-    page = write_page(tmp_path, [recorded_run("first", RECORD), recorded_run("second")])
+    page = write_page(tmp_path, [recorded_run("first", TINY_RUN_RECORD), recorded_run("second")])
     assert "## first" in page and "## second" in page
     second = page.split("## second")[1]
     assert "training wall time" not in second and "validation BLEU" not in second
