@@ -5,7 +5,9 @@
 and `EarlyStopping` see it); `CheckpointAveraging` keeps the weights of the
 last few epochs (or of snapshots every N steps) and leaves the model at their
 mean when training ends, as fairseq's `average_checkpoints.py` does with
-saved files; `average_weights` is that mean.
+saved files; `average_weights` is that mean. `TrainingSpeed` logs tokens per
+second and compile time; `TimeBudget` ends training after a wall-clock budget
+and fits the learning-rate schedule to the steps that budget holds.
 """
 
 import collections.abc
@@ -15,7 +17,11 @@ import keras
 import numpy as np
 
 from keras_transformer import evaluation
-from keras_transformer.validation import check_bool, check_positive_int
+from keras_transformer.validation import (
+    check_bool,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 class BleuEvaluation(keras.callbacks.Callback):
@@ -331,3 +337,131 @@ class TrainingSpeed(keras.callbacks.Callback):
                 "compile_seconds",
             ):
                 logs[key] = record[key]
+
+
+# How often `TimeBudget` re-estimates the run's length: often enough that the
+# schedule follows a change of speed, rarely enough to cost nothing.
+_ESTIMATE_EVERY_N_STEPS = 10
+# The steps a speed estimate reads: the recent ones, so a machine that slows
+# down (or speeds up) is followed within a minute or so.
+_SPEED_WINDOW = 200
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Trains for a wall-clock budget, the learning rate fitted to it.
+
+    Training time is the time of the training steps and of reading their
+    batches, from each epoch's first step to its last: validation and other
+    work at the end of an epoch do not count. When the budget is spent,
+    training stops after the current step (`model.stop_training`).
+
+    With a `schedule` (a `schedules.WarmupCosineDecay`), the run's length in
+    steps is estimated every 10 steps as the steps done plus the remaining
+    time over the recent time per step (steps that compiled a program left
+    out), and the schedule is set to it: its warm-up stays a fraction of the
+    run and its cosine reaches 0 as the budget ends, whatever the corpus,
+    the machine or its load. Until the first estimate the schedule keeps the
+    run it was given (`Translator.fit` gives it one long enough that the
+    rate stays near 0 for those steps).
+
+    Args:
+        seconds: float. The training-time budget.
+        schedule: `schedules.WarmupCosineDecay` or None. The schedule to fit
+            to the run (its `set_run` is called); None only stops training.
+        clock: callable returning seconds (default `time.perf_counter`).
+
+    Attributes:
+        elapsed: training seconds spent so far.
+        steps: training steps done so far.
+
+    Example:
+
+    ```python
+    schedule = WarmupCosineDecay(5e-3)
+    model.compile(keras.optimizers.Adam(schedule), loss=...)
+    model.fit(dataset, epochs=1000,
+              callbacks=[TimeBudget(30 * 60, schedule)])  # half an hour
+    ```
+    """
+
+    def __init__(self, seconds, schedule=None, clock=time.perf_counter):
+        super().__init__()
+        self.seconds = check_positive_float("seconds", seconds)
+        if schedule is not None and not callable(getattr(schedule, "set_run", None)):
+            raise ValueError(
+                "Received an invalid value for argument schedule, expected a "
+                "schedules.WarmupCosineDecay (a schedule with set_run) or None. "
+                f"Received: schedule={schedule!r}"
+            )
+        if schedule is not None and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "TimeBudget fits a schedule only on the TensorFlow backend, "
+                "where the schedule's run is a variable the compiled step "
+                "reads (elsewhere it is a constant of the traced step). "
+                f"Received: schedule={schedule!r} on the "
+                f"{keras.backend.backend()} backend. Pass schedule=None to "
+                "only stop at the budget."
+            )
+        if not callable(clock):
+            raise ValueError(
+                "Received an invalid value for argument clock, expected a "
+                f"callable returning seconds. Received: clock={clock!r}"
+            )
+        self.schedule = schedule
+        self.clock = clock
+        self.elapsed = 0.0
+        self.steps = 0
+
+    def on_train_begin(self, logs=None):
+        self.elapsed = 0.0
+        self.steps = 0
+        # (seconds, steps) of the recent calls of on_train_batch_end: one
+        # call covers `steps_per_execution` steps.
+        self._recent = collections.deque(maxlen=_SPEED_WINDOW)
+        self._first_step = self._optimizer_step()
+        self._estimated_at = 0
+
+    def _optimizer_step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._last is None:
+            # The epoch's first step: the time since the last epoch ended
+            # (validation) is not training.
+            self._last = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        steps = self._optimizer_step() - self._first_step
+        self._recent.append((now - self._last, steps - self.steps))
+        self.elapsed += now - self._last
+        self._last = now
+        self.steps = steps
+        if self.elapsed >= self.seconds:
+            self.model.stop_training = True
+        elif (
+            self.schedule is not None
+            and self.steps >= self._estimated_at + _ESTIMATE_EVERY_N_STEPS
+        ):
+            self._estimated_at = self.steps
+            self.schedule.set_run(self.estimated_steps(), self._first_step)
+
+    def estimated_steps(self):
+        """The run's length in steps: those done, plus those the remaining
+        budget holds at the recent speed."""
+        seconds, steps = (np.asarray(column, float) for column in zip(*self._recent))
+        per_step = seconds / np.maximum(steps, 1)
+        # Compiling steps are left out against a low quantile, not the
+        # median: the first steps under XLA may be mostly compilations, and
+        # counting them would make the run look short and the warm-up end
+        # at once.
+        usual = per_step <= _COMPILE_STEP_FACTOR * np.quantile(per_step, 0.1)
+        seconds_per_step = seconds[usual].sum() / max(steps[usual].sum(), 1)
+        remaining = max(0.0, self.seconds - self.elapsed)
+        total = self.steps + int(remaining / seconds_per_step)
+        # A fixed warm-up is never shortened: the run holds at least it.
+        warmup = self.schedule.warmup_steps or 0
+        return max(total, warmup + 1, 1)

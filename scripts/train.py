@@ -171,7 +171,8 @@ def train_and_export(args, strategy, started):
         f"and {len(test_sources)} held-out pairs; {type(tokenizers[0]).__name__} "
         f"vocabularies of {tokenizers[0].vocabulary_size} and "
         f"{tokenizers[1].vocabulary_size} tokens; {translator.count_params():,} "
-        f"parameters; {strategy.num_replicas_in_sync} replica(s)."
+        f"parameters; {strategy.num_replicas_in_sync} replica(s); "
+        f"{run_record.run_length(recipe)} of training."
     )
     run_dir = os.path.join(args.log_dir, args.name)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -198,3 +198,112 @@ def test_a_run_shorter_than_the_window_averages_what_it_has():
 def test_checkpoint_averaging_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         callbacks.CheckpointAveraging(**kwargs)
+
+
+class FakeClock:
+    """A clock that moves only when the test says: `seconds_per_step` at
+    each training step (a list: one value per step, the last repeated),
+    `epoch_end_seconds` at each epoch's end (validation, say)."""
+
+    def __init__(self, seconds_per_step, epoch_end_seconds=0.0):
+        self.now = 0.0
+        self.seconds_per_step = list(seconds_per_step)
+        self.epoch_end_seconds = epoch_end_seconds
+
+    def __call__(self):
+        return self.now
+
+
+class AdvanceClock(keras.callbacks.Callback):
+    """Moves a `FakeClock` as steps and epochs end (listed before the
+    budget, so the budget reads the clock after the step's time passed)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+        self.step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        durations = self.clock.seconds_per_step
+        self.clock.now += durations[min(self.step, len(durations) - 1)]
+        self.step += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.clock.now += self.clock.epoch_end_seconds
+
+
+class LearningRates(keras.callbacks.Callback):
+    """The learning rate each step applied."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate))
+
+
+def budget_run(clock, seconds, schedule=None, epochs=100):
+    model = tiny_model()
+    if schedule is not None:
+        model.compile(
+            optimizer=keras.optimizers.SGD(schedule), loss="mse", run_eagerly=True
+        )
+    budget = callbacks.TimeBudget(seconds, schedule, clock=clock)
+    rates = LearningRates()
+    fit(model, epochs, [rates, AdvanceClock(clock), budget])
+    return model, budget, rates.rates
+
+
+def test_a_time_budget_stops_training_once_spent_and_leaves_validation_time_out():
+    # One second a step, four steps an epoch, a minute of "validation"
+    # after each epoch that the budget does not count.
+    clock = FakeClock([1.0], epoch_end_seconds=60.0)
+    model, budget, _ = budget_run(clock, seconds=10)
+    assert int(model.optimizer.iterations) == 10
+    assert (budget.steps, budget.elapsed) == (10, 10.0)
+
+
+def test_a_time_budget_fits_the_schedule_so_the_rate_reaches_zero_as_it_ends():
+    from keras_transformer import schedules
+
+    schedule = schedules.WarmupCosineDecay(0.1, warmup_fraction=0.1)
+    clock = FakeClock([1.0])
+    model, _, rates = budget_run(clock, seconds=40, schedule=schedule)
+    assert int(model.optimizer.iterations) == 40
+    # From the first estimate (step 10) on, the run is the 40 steps the
+    # budget holds: 4 of warm-up, then a cosine to 0 (NumPy reference).
+    assert (schedule.total_steps, schedule.resolved_warmup_steps()) == (40, 4)
+    steps = np.arange(10, 40)
+    expected = 0.1 * 0.5 * (1 + np.cos(np.pi * (steps - 4) / 36))
+    np.testing.assert_allclose(rates[10:], expected, rtol=1e-5, atol=1e-7)
+    assert rates[-1] < 0.001
+    # Before it, the run fit gave the schedule was kept (unknown here: the
+    # inverse square root rise of its warm-up of 1000 steps).
+    np.testing.assert_allclose(rates[:10], 0.1 * (np.arange(10) + 1) / 1000, rtol=1e-5)
+
+
+def test_steps_that_compile_do_not_shorten_the_estimated_run():
+    from keras_transformer import schedules
+
+    schedule = schedules.WarmupCosineDecay(0.1)
+    # Three 30-second steps (compilations), then 1 second a step: 90 s, then
+    # 110 steps of the remaining 110 s.
+    clock = FakeClock([30.0, 30.0, 30.0, 1.0])
+    model, _, _ = budget_run(clock, seconds=200, schedule=schedule)
+    assert int(model.optimizer.iterations) == 113
+    assert schedule.total_steps == 113
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seconds": 0}, "argument seconds"),
+        ({"seconds": float("nan")}, "argument seconds"),
+        ({"seconds": 10, "schedule": 1e-3}, "argument schedule"),
+        ({"seconds": 10, "clock": 3.0}, "argument clock"),
+    ],
+)
+def test_time_budget_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        callbacks.TimeBudget(**kwargs)

@@ -43,6 +43,14 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    """argparse type of a duration: a finite number above 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def add_data_flags(parser):
     """Adds the flags of the training data: a corpus (`--tsv`, or
     `--source` and `--target`, and optionally held-out pairs) or, without
@@ -142,10 +150,20 @@ def add_recipe_flags(parser):
     group.add_argument("--tokenizer", choices=recipes.TOKENIZERS)
     group.add_argument("--vocabulary-size", type=positive_int)
     group.add_argument("--joint-vocabulary", action=argparse.BooleanOptionalAction)
-    group.add_argument("--epochs", type=positive_int)
+    group.add_argument(
+        "--epochs", type=positive_int, help="passes over the corpus (replaces --minutes)"
+    )
+    group.add_argument(
+        "--minutes",
+        type=positive_float,
+        help="training time, validation excluded; the schedule fits it",
+    )
     group.add_argument("--batch-size", type=positive_int, help="pairs per replica")
     group.add_argument("--learning-rate", type=float, help="peak Adam learning rate")
     group.add_argument("--warmup-steps", type=int)
+    group.add_argument(
+        "--warmup-fraction", type=float, help="warm-up's share of the run (no --warmup-steps)"
+    )
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--beam-size", type=positive_int, help="score with beam search")
     group.add_argument("--length-penalty", type=float)
@@ -175,7 +193,8 @@ def recipe_from_flags(recipe, args):
     A flag named like a `Recipe` field (`--epochs`, `--learning-rate`, ...)
     sets it and one named like a `TransformerConfig` field sets that model
     field; a flag left out (None) keeps the recipe's value. `--batch-size`
-    batches by pairs, so it also clears the recipe's `tokens_per_batch`.
+    batches by pairs, so it also clears the recipe's `tokens_per_batch`;
+    `--epochs` without `--minutes` clears the recipe's time budget.
 
     Args:
         recipe: a `Recipe`.
@@ -195,6 +214,10 @@ def recipe_from_flags(recipe, args):
     }
     if "batch_size" in changes:
         changes["tokens_per_batch"] = None
+    # An epoch count alone is a run of that many epochs, not a bound on a
+    # time budget.
+    if "epochs" in changes and "minutes" not in changes:
+        changes["minutes"] = None
     return recipe.override(**changes)
 
 

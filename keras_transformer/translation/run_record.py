@@ -12,7 +12,7 @@ import platform
 
 import keras
 
-from keras_transformer import _files, callbacks
+from keras_transformer import _files, callbacks, schedules
 from keras_transformer._tensorflow import import_tensorflow
 
 tf = import_tensorflow(__name__)
@@ -40,10 +40,16 @@ def recipe_summary(recipe, translator):
 
     Returns:
         A str such as `"sentencepiece 4000 joint; 4+4 layers, d 128, FFN
-        256, 4 heads, dropout 0.1; 11 epochs, lr 0.005 (warm-up None),
+        256, 4 heads, dropout 0.1; 30 minutes, lr 0.005 (warm-up 5% of the run),
         label smoothing 0.1, 2048 tokens a batch, average of 5 snapshots"`.
     """
     config = translator.config
+    fraction = recipe.warmup_fraction or schedules.DEFAULT_WARMUP_FRACTION
+    warmup = (
+        f"{fraction:.0%} of the run"
+        if recipe.warmup_steps is None
+        else f"{recipe.warmup_steps} steps"
+    )
     batches = (
         f"{recipe.tokens_per_batch} tokens a batch"
         if recipe.tokens_per_batch
@@ -54,11 +60,19 @@ def recipe_summary(recipe, translator):
         f"{' joint' if recipe.joint_vocabulary else ''}; "
         f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, d "
         f"{config.hidden_dim}, FFN {config.intermediate_dim}, {config.num_heads} "
-        f"heads, dropout {config.dropout}; {recipe.epochs} epochs, lr "
-        f"{recipe.learning_rate} (warm-up {recipe.warmup_steps}), label "
+        f"heads, dropout {config.dropout}; {run_length(recipe)}, lr "
+        f"{recipe.learning_rate} (warm-up {warmup}), label "
         f"smoothing {recipe.label_smoothing}, {batches}, average of "
         f"{recipe.checkpoints_averaged} snapshots"
     )
+
+
+def run_length(recipe):
+    """The length of the recipe's run: `"11 epochs"` or `"30 minutes"`."""
+    if recipe.minutes is None:
+        return f"{recipe.epochs} epochs"
+    bound = "" if recipe.epochs is None else f" (at most {recipe.epochs} epochs)"
+    return f"{recipe.minutes:g} minutes{bound}"
 
 
 def training_record(

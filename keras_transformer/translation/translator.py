@@ -51,6 +51,12 @@ DEFAULT_TRANSLATE_BATCH_SIZE = 64
 # step about 1.3x faster (about 0.1 s saved a step), so a bucket repays its
 # compilation after about 150 steps; the rest is margin.
 XLA_STEPS_PER_PROGRAM = 300
+# The same rule for `fit(minutes=...)`: 300 steps of the corpus recipe take
+# about 100 s on 2 CPU cores.
+XLA_SECONDS_PER_PROGRAM = 100
+# `fit(minutes=...)` without `epochs`: epochs enough for any budget (the
+# budget ends the run).
+EPOCHS_OF_A_TIME_BUDGET = 10_000
 # Without explicit limits, `from_texts` allows this much more than the
 # longest training text, so slightly longer inputs still translate.
 LENGTH_MARGIN = 1.5
@@ -403,6 +409,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         total_steps=None,
         label_smoothing=0.1,
         jit_compile="auto",
+        warmup_fraction=None,
         **kwargs,
     ):
         """Compiles with the library's recipe; any piece can be overridden.
@@ -427,7 +434,8 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 `default_learning_rate(hidden_dim)`, which shrinks as the
                 model widens.
             warmup_steps: int or None. Steps of linear warm-up; None takes
-                5% of the run (1000 steps when `fit` cannot count them).
+                `warmup_fraction` of the run (1000 steps when `fit` cannot
+                count them).
             total_steps: int or None. Updates of the whole run, for the
                 cosine decay to 0, longer than `warmup_steps` (a longer
                 warm-up is refused, never shortened); None lets each `fit`
@@ -440,10 +448,14 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 2-core CPU) and then runs each step about 1.3x faster, so
                 `fit` turns it on, with static shapes, when the run has at
                 least `XLA_STEPS_PER_PROGRAM` steps per length bucket.
+            warmup_fraction: float in (0, 1) or None. The warm-up's share of
+                the run when `warmup_steps` is None; None: 5%.
             **kwargs: other `keras.Model.compile` arguments.
         """
         if optimizer is None:
-            optimizer = self._recipe_optimizer(learning_rate, warmup_steps, total_steps)
+            optimizer = self._recipe_optimizer(
+                learning_rate, warmup_steps, total_steps, warmup_fraction
+            )
         if loss is None:
             loss = losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=label_smoothing, padding_id=self.padding_id
@@ -481,14 +493,21 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             # Create the optimizer's variables so the saved ones load.
             self.optimizer.build(self.trainable_variables)
 
-    def _recipe_optimizer(self, learning_rate, warmup_steps, total_steps):
+    def _recipe_optimizer(self, learning_rate, warmup_steps, total_steps, warmup_fraction):
         if learning_rate is None:
             learning_rate = schedules.default_learning_rate(
                 self.transformer_layers.target_embedding.embedding_dim
             )
         learning_rate = validation.check_positive_float("learning_rate", learning_rate)
         schedule = schedules.WarmupCosineDecay(
-            learning_rate, total_steps=total_steps, warmup_steps=warmup_steps
+            learning_rate,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps,
+            warmup_fraction=(
+                schedules.DEFAULT_WARMUP_FRACTION
+                if warmup_fraction is None
+                else warmup_fraction
+            ),
         )
         optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
         if _policy_name(self._layers_dtype) == "mixed_float16":
@@ -582,7 +601,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         x=None,
         y=None,
         batch_size=None,
-        epochs=1,
+        epochs=None,
         validation_data=None,
         shuffle=True,
         seed=0,
@@ -591,6 +610,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         bucket_boundaries=None,
         checkpoint_dir=None,
         checkpoint_every=None,
+        minutes=None,
         **kwargs,
     ):
         """`keras.Model.fit` on raw text as well as on ids.
@@ -605,7 +625,8 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             x, y: texts as above, or what `keras.Model.fit` takes.
             batch_size: int. Pairs per batch (texts only; Keras' meaning
                 otherwise).
-            epochs: int.
+            epochs: int or None. Passes over the data; None: 1, or with
+                `minutes` as many as the budget holds.
             validation_data: `(sources, targets)` texts, a dataset of string
                 pairs, or what Keras takes.
             shuffle: bool. Reshuffle the texts every epoch.
@@ -624,13 +645,27 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
                 only).
             checkpoint_every: int or None. Steps between checkpoints (needs
                 `checkpoint_dir`).
+            minutes: float or None. Train for this many minutes of training
+                time (validation excluded) and stop; `epochs`, if given, is
+                an upper bound. A schedule made by `compile()` is fitted to
+                the steps the budget holds as the run goes
+                (`callbacks.TimeBudget`), so it warms up for a fraction of
+                them and decays to 0 as the budget ends, on any corpus and
+                machine. Under `jit_compile="auto"` XLA is turned on for a
+                budget of at least `XLA_SECONDS_PER_PROGRAM` per length
+                bucket. TensorFlow backend only.
             **kwargs: other `keras.Model.fit` arguments.
 
         Returns:
             A `keras.callbacks.History`.
         """
         # Keras trains nothing, without a word, for epochs < 1.
-        epochs = validation.check_positive_int("epochs", epochs)
+        validation.check_positive_int("epochs", epochs, allow_none=True)
+        budget = self._time_budget(minutes, checkpoint_dir)
+        if epochs is None:
+            epochs = 1 if budget is None else EPOCHS_OF_A_TIME_BUDGET
+        if budget is not None:
+            kwargs["callbacks"] = [budget, *(kwargs.get("callbacks") or [])]
         validation.check_positive_int("checkpoint_every", checkpoint_every, allow_none=True)
         if checkpoint_every is not None and checkpoint_dir is None:
             raise ValueError(
@@ -687,7 +722,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         steps_per_epoch = len(make_training_dataset(repeat=False, static_shapes=False))
         if static_shapes is None:
             static_shapes = self._use_xla_for_run(
-                epochs * steps_per_epoch, bucket_boundaries
+                epochs * steps_per_epoch, bucket_boundaries, budget
             )
         if validation_data is not None:
             validation_texts = self._as_texts("validation_data", *_pair(validation_data))
@@ -736,10 +771,10 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             **kwargs,
         )
 
-    def _use_xla_for_run(self, steps, bucket_boundaries):
+    def _use_xla_for_run(self, steps, bucket_boundaries, budget=None):
         """Under `jit_compile="auto"`, turns XLA on for a run of enough
-        `steps` per batch shape; returns whether the run uses XLA (and so
-        static shapes)."""
+        `steps` (or, under a time `budget`, of enough seconds) per batch
+        shape; returns whether the run uses XLA (and so static shapes)."""
         if not (
             self._jit_compile_auto
             and keras.backend.backend() == "tensorflow"
@@ -751,11 +786,48 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             if bucket_boundaries is None
             else len(bucket_boundaries) + 1
         )
-        use_xla = steps >= XLA_STEPS_PER_PROGRAM * programs or bool(self.jit_compile)
+        if budget is None:
+            repays = steps >= XLA_STEPS_PER_PROGRAM * programs
+        else:
+            repays = budget.seconds >= XLA_SECONDS_PER_PROGRAM * programs
+        use_xla = repays or bool(self.jit_compile)
         if use_xla != self.jit_compile:
             self.jit_compile = use_xla
             self.train_function = self.test_function = None
         return use_xla
+
+    def _time_budget(self, minutes, checkpoint_dir):
+        """The `callbacks.TimeBudget` of `fit(minutes=...)`, or None."""
+        validation.check_positive_float("minutes", minutes, allow_none=True)
+        if minutes is None:
+            return None
+        if checkpoint_dir is not None:
+            raise ValueError(
+                "minutes and checkpoint_dir exclude each other: a resumed run "
+                "cannot know the training time spent before it stopped. "
+                f"Received: minutes={minutes}, checkpoint_dir={checkpoint_dir!r}. "
+                "Give epochs instead of minutes to checkpoint."
+            )
+        if distribute.is_multi_worker(self.distribute_strategy):
+            raise ValueError(
+                "fit(minutes=...) does not work across workers: each would "
+                "read its own clock, stop at its own step and fit its own "
+                f"schedule. Received: minutes={minutes} under a multi-worker "
+                "strategy. Give epochs instead."
+            )
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "fit(minutes=...) fits the schedule to the run as it goes, which "
+                "needs the TensorFlow backend (elsewhere the schedule is a "
+                "constant of the compiled step). Received: minutes="
+                f"{minutes} on the {keras.backend.backend()} backend. Give "
+                "epochs instead."
+            )
+        optimizer = getattr(self, "optimizer", None)
+        return callbacks.TimeBudget(
+            60.0 * minutes,
+            None if optimizer is None else _schedule_following_fit(optimizer),
+        )
 
     def _fit_schedule_to_run(self, steps):
         """Fits a schedule made by `compile(total_steps=None)` to the `steps`

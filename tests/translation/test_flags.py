@@ -33,6 +33,15 @@ def test_recipe_and_model_flags_change_only_their_fields():
     assert recipe.tokens_per_batch == recipes.CORPUS.tokens_per_batch
 
 
+def test_epochs_alone_replace_the_recipes_time_budget_and_minutes_set_one():
+    assert recipes.CORPUS.minutes == 30
+    assert (recipe_of("--epochs", "3").epochs, recipe_of("--epochs", "3").minutes) == (3, None)
+    assert recipe_of("--minutes", "5").minutes == 5.0
+    # Both: a budget of 5 minutes, at most 3 epochs.
+    both = recipe_of("--minutes", "5", "--epochs", "3")
+    assert (both.minutes, both.epochs) == (5.0, 3)
+
+
 def test_batch_size_batches_by_pairs_instead_of_tokens():
     recipe = recipe_of("--batch-size", "16")
     assert (recipe.batch_size, recipe.tokens_per_batch) == (16, None)
@@ -49,6 +58,9 @@ def test_another_tokenizer_drops_the_recipes_tokenizer_options():
         (["--hidden-dim", "30"], "--hidden-dim: expected a multiple of num_heads=4, received 30"),
         (["--label-smoothing", "1"], "--label-smoothing: expected a float in the range [0, 1), received 1.0"),
         (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+        (["--minutes", "0"], "argument --minutes: expected a positive number, got 0"),
+        (["--warmup-fraction", "1.5"], "--warmup-fraction: expected a float in the range (0, 1), received 1.5"),
+        (["--minutes", "inf"], "argument --minutes: expected a positive number, got inf"),
     ],
 )  # fmt: skip
 def test_a_value_the_recipe_refuses_is_a_usage_line_naming_the_flag(

@@ -99,6 +99,10 @@ def test_recipes_are_frozen_down_to_their_mappings():
         ({"warmup_steps": -1}, "argument warmup_steps"),
         ({"label_smoothing": 1.0}, "argument label_smoothing"),
         ({"epochs": 0}, "argument epochs"),
+        ({"minutes": 0}, "argument minutes"),
+        ({"warmup_fraction": 0.0}, "argument warmup_fraction"),
+        ({"minutes": float("nan")}, "argument minutes"),
+        ({"minutes": None, "epochs": None}, "epochs or minutes"),
         ({"tokens_per_batch": 0}, "argument tokens_per_batch"),
         ({"tokens_per_batch": None, "batch_size": None}, "batch_size or tokens"),
         ({"bucket_width": 0}, "argument bucket_width"),
@@ -172,7 +176,7 @@ def test_callbacks_refuse_held_out_sources_without_references(sources, targets):
 def test_override_updates_model_fields_and_keeps_the_others():
     recipe = recipes.CORPUS.override(model={"hidden_dim": 64}, epochs=2)
     assert recipe.model == {**recipes.CORPUS.model, "hidden_dim": 64}
-    assert recipe.epochs == 2 and recipes.CORPUS.epochs == 11
+    assert recipe.epochs == 2 and recipes.CORPUS.epochs is None
     # dataclasses.replace, by contrast, replaces the whole mapping.
     assert dict(dataclasses.replace(recipes.CORPUS, model={"hidden_dim": 64}).model) == {
         "hidden_dim": 64
@@ -253,6 +257,7 @@ def test_fit_options_train_a_translator_as_the_recipe_says(tiny_recipe, date_tex
     options = tiny_recipe.fit_options(translator)
     assert options == {
         "epochs": 1,
+        "minutes": None,
         "batch_size": 16,
         "tokens_per_batch": None,
         "bucket_boundaries": None,
@@ -299,4 +304,14 @@ def test_fit_options_batch_per_replica():
     options = recipes.CORPUS.fit_options(two_replicas)
     assert options["batch_size"] == 2 * recipes.CORPUS.batch_size
     assert options["tokens_per_batch"] == 2 * recipes.CORPUS.tokens_per_batch
-    assert options["epochs"] == recipes.CORPUS.epochs
+    assert (options["epochs"], options["minutes"]) == (None, recipes.CORPUS.minutes)
+
+
+def test_the_recipes_warm_up_fraction_is_the_schedules(tiny_recipe, date_texts):
+    from keras_transformer import _compat
+
+    recipe = tiny_recipe.override(warmup_steps=None, warmup_fraction=0.2)
+    translator = recipe.compile(recipe.translator_from_texts(*date_texts))
+    schedule = _compat.learning_rate_schedule(translator.optimizer)
+    schedule.set_run(total_steps=100)
+    assert schedule.resolved_warmup_steps() == 20

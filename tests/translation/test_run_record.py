@@ -12,8 +12,12 @@ def test_the_recipe_summary_names_the_model_and_its_training(tiny_recipe, date_t
     vocabulary = translator.source_tokenizer.vocabulary_size
     assert run_record.recipe_summary(tiny_recipe, translator) == (
         f"character {vocabulary}; 1+1 layers, d 16, FFN 32, 2 heads, dropout 0.0; "
-        "1 epochs, lr 0.002 (warm-up 2), label smoothing 0.1, 16 pairs a batch, "
-        "average of 1 snapshots"
+        "1 epochs, lr 0.002 (warm-up 2 steps), label smoothing 0.1, 16 pairs a "
+        "batch, average of 1 snapshots"
+    )
+    budget = tiny_recipe.override(minutes=2.5, warmup_steps=None)
+    assert "; 2.5 minutes (at most 1 epochs), lr 0.002 (warm-up 5% of the run)," in (
+        run_record.recipe_summary(budget, translator)
     )
     by_tokens = tiny_recipe.override(tokens_per_batch=512, joint_vocabulary=True)
     assert "character" in run_record.recipe_summary(by_tokens, translator)

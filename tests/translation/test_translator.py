@@ -144,6 +144,29 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
     assert schedule.total_steps == int(translator.optimizer.iterations) - steps
 
 
+def test_fit_for_minutes_stops_at_the_budget_with_the_rate_decayed_to_zero():
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2)
+    # Traced first, so the budget's seconds are all steps.
+    translator.fit(SOURCES, TARGETS, batch_size=2, verbose=0)
+    first_step = int(translator.optimizer.iterations)
+    history = translator.fit(SOURCES, TARGETS, batch_size=2, minutes=0.05, verbose=0)
+    steps = int(translator.optimizer.iterations) - first_step
+    # Three seconds hold many 2-step epochs, far fewer than the unbounded
+    # run's.
+    assert 3 < len(history.history["loss"]) < translator_module.EPOCHS_OF_A_TIME_BUDGET
+    schedule = translator_module._schedule_following_fit(translator.optimizer)
+    # The schedule was fitted to the run as it went (not left at the
+    # unbounded run's 20,000 steps): it ends about where the run ended, the
+    # rate decayed. (How closely depends on the machine's steadiness; the
+    # exact arithmetic is tested on a fake clock in tests/test_callbacks.py.)
+    assert schedule.first_step == first_step
+    assert steps / 2 <= schedule.total_steps <= 2 * steps
+    assert float(schedule(first_step + steps - 1)) < 0.5 * 1e-2
+    # Three seconds do not repay XLA's compilations.
+    assert translator.jit_compile is False
+
+
 @pytest.mark.slow
 def test_fit_on_texts_tokenizes_once_and_logs_tokens_per_second_and_compile_time(
     monkeypatch,
@@ -684,7 +707,10 @@ FIT_REFUSALS = [
     (dict(epochs=-1), "Received: epochs=-1"),
     (dict(epochs=0), "Received: epochs=0"),
     (dict(epochs=1.5), "Received: epochs=1.5"),
-    (dict(epochs=None), "Received: epochs=None"),
+    (dict(minutes=0), "Received: minutes=0"),
+    (dict(minutes=float("inf")), "argument minutes"),
+    (dict(minutes="5"), "argument minutes"),
+    (dict(minutes=1, checkpoint_dir="unused"), "minutes and checkpoint_dir exclude"),
     (dict(checkpoint_every=0, checkpoint_dir="unused"), "Received: checkpoint_every=0"),
     (dict(checkpoint_every=-3, checkpoint_dir="unused"), "argument checkpoint_every"),
     (dict(checkpoint_every=2), "checkpoint_every=2 without checkpoint_dir"),
