@@ -342,6 +342,12 @@ class TrainingSpeed(keras.callbacks.Callback):
 # How often `TimeBudget` re-estimates the run's length: often enough that the
 # schedule follows a change of speed, rarely enough to cost nothing.
 _ESTIMATE_EVERY_N_STEPS = 10
+# Its first estimate: after enough steps that those which compiled a program
+# (one per batch shape under XLA, most of them among the first steps) are a
+# minority the median sees past. An estimate made of compilations would make
+# the run look short, end the warm-up at once and train at the peak rate
+# too early.
+_FIRST_ESTIMATE_AT_STEP = 30
 # The steps a speed estimate reads: the recent ones, so a machine that slows
 # down (or speeds up) is followed within a minute or so.
 _SPEED_WINDOW = 200
@@ -356,13 +362,14 @@ class TimeBudget(keras.callbacks.Callback):
     training stops after the current step (`model.stop_training`).
 
     With a `schedule` (a `schedules.WarmupCosineDecay`), the run's length in
-    steps is estimated every 10 steps as the steps done plus the remaining
-    time over the recent time per step (steps that compiled a program left
-    out), and the schedule is set to it: its warm-up stays a fraction of the
-    run and its cosine reaches 0 as the budget ends, whatever the corpus,
-    the machine or its load. Until the first estimate the schedule keeps the
-    run it was given (`Translator.fit` gives it one long enough that the
-    rate stays near 0 for those steps).
+    steps is estimated every 10 steps from the 30th on, as the steps done
+    plus the remaining time over the recent time per step (steps slower than
+    4 times the median, which compiled a program, left out), and the
+    schedule is set to it: its warm-up stays a fraction of the run and its
+    cosine reaches 0 as the budget ends, whatever the corpus, the machine or
+    its load. Until the first estimate the schedule keeps the run it was
+    given (`Translator.fit` gives it one long enough that the rate stays
+    near 0 for those steps).
 
     Args:
         seconds: float. The training-time budget.
@@ -419,7 +426,7 @@ class TimeBudget(keras.callbacks.Callback):
         # call covers `steps_per_execution` steps.
         self._recent = collections.deque(maxlen=_SPEED_WINDOW)
         self._first_step = self._optimizer_step()
-        self._estimated_at = 0
+        self._estimated_at = _FIRST_ESTIMATE_AT_STEP - _ESTIMATE_EVERY_N_STEPS
 
     def _optimizer_step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -454,11 +461,7 @@ class TimeBudget(keras.callbacks.Callback):
         budget holds at the recent speed."""
         seconds, steps = (np.asarray(column, float) for column in zip(*self._recent))
         per_step = seconds / np.maximum(steps, 1)
-        # Compiling steps are left out against a low quantile, not the
-        # median: the first steps under XLA may be mostly compilations, and
-        # counting them would make the run look short and the warm-up end
-        # at once.
-        usual = per_step <= _COMPILE_STEP_FACTOR * np.quantile(per_step, 0.1)
+        usual = per_step <= _COMPILE_STEP_FACTOR * np.median(per_step)
         seconds_per_step = seconds[usual].sum() / max(steps[usual].sum(), 1)
         remaining = max(0.0, self.seconds - self.elapsed)
         total = self.steps + int(remaining / seconds_per_step)

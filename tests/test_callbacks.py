@@ -243,15 +243,15 @@ class LearningRates(keras.callbacks.Callback):
         self.rates.append(float(self.model.optimizer.learning_rate))
 
 
-def budget_run(clock, seconds, schedule=None, epochs=100):
+def budget_run(clock, seconds, schedule=None, epochs=100, steps=4):
     model = tiny_model()
-    if schedule is not None:
-        model.compile(
-            optimizer=keras.optimizers.SGD(schedule), loss="mse", run_eagerly=True
-        )
+    # Traced: runs of a few hundred steps.
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule or 0.1), loss="mse", run_eagerly=False
+    )
     budget = callbacks.TimeBudget(seconds, schedule, clock=clock)
     rates = LearningRates()
-    fit(model, epochs, [rates, AdvanceClock(clock), budget])
+    fit(model, epochs, [rates, AdvanceClock(clock), budget], steps=steps)
     return model, budget, rates.rates
 
 
@@ -267,32 +267,47 @@ def test_a_time_budget_stops_training_once_spent_and_leaves_validation_time_out(
 def test_a_time_budget_fits_the_schedule_so_the_rate_reaches_zero_as_it_ends():
     from keras_transformer import schedules
 
-    schedule = schedules.WarmupCosineDecay(0.1, warmup_fraction=0.1)
+    schedule = schedules.WarmupCosineDecay(0.1, warmup_fraction=0.4)
     clock = FakeClock([1.0])
-    model, _, rates = budget_run(clock, seconds=40, schedule=schedule)
-    assert int(model.optimizer.iterations) == 40
-    # From the first estimate (step 10) on, the run is the 40 steps the
-    # budget holds: 4 of warm-up, then a cosine to 0 (NumPy reference).
-    assert (schedule.total_steps, schedule.resolved_warmup_steps()) == (40, 4)
-    steps = np.arange(10, 40)
-    expected = 0.1 * 0.5 * (1 + np.cos(np.pi * (steps - 4) / 36))
-    np.testing.assert_allclose(rates[10:], expected, rtol=1e-5, atol=1e-7)
+    model, _, rates = budget_run(clock, seconds=100, schedule=schedule, steps=25)
+    assert int(model.optimizer.iterations) == 100
+    # From the first estimate (step 30) on, the run is the 100 steps the
+    # budget holds: 40 of warm-up, then a cosine to 0 (NumPy reference).
+    assert (schedule.total_steps, schedule.resolved_warmup_steps()) == (100, 40)
+    steps = np.arange(30, 100)
+    expected = np.where(
+        steps < 40,
+        0.1 * (steps + 1) / 40,
+        0.1 * 0.5 * (1 + np.cos(np.pi * (steps - 40) / 60)),
+    )
+    np.testing.assert_allclose(rates[30:], expected, rtol=1e-5, atol=1e-7)
     assert rates[-1] < 0.001
     # Before it, the run fit gave the schedule was kept (unknown here: the
-    # inverse square root rise of its warm-up of 1000 steps).
-    np.testing.assert_allclose(rates[:10], 0.1 * (np.arange(10) + 1) / 1000, rtol=1e-5)
+    # rise of its warm-up of 1000 steps).
+    np.testing.assert_allclose(rates[:30], 0.1 * (np.arange(30) + 1) / 1000, rtol=1e-5)
 
 
-def test_steps_that_compile_do_not_shorten_the_estimated_run():
+@pytest.mark.parametrize(
+    "compilations, seconds, steps",
+    [
+        # Three 30-second steps, then 1 second a step: 90 s, then 110 steps
+        # of the remaining 110 s.
+        ([30.0] * 3, 200, 113),
+        # XLA's eight bucket shapes first: 160 s, then 240 steps.
+        ([20.0] * 8, 400, 248),
+    ],
+)
+def test_steps_that_compile_do_not_shorten_the_estimated_run(compilations, seconds, steps):
     from keras_transformer import schedules
 
     schedule = schedules.WarmupCosineDecay(0.1)
-    # Three 30-second steps (compilations), then 1 second a step: 90 s, then
-    # 110 steps of the remaining 110 s.
-    clock = FakeClock([30.0, 30.0, 30.0, 1.0])
-    model, _, _ = budget_run(clock, seconds=200, schedule=schedule)
-    assert int(model.optimizer.iterations) == 113
-    assert schedule.total_steps == 113
+    clock = FakeClock([*compilations, 1.0])
+    model, _, rates = budget_run(clock, seconds=seconds, schedule=schedule, steps=50)
+    assert int(model.optimizer.iterations) == steps
+    assert schedule.total_steps == steps
+    # The first estimate comes after the compilations: no early jump of the
+    # rate towards its peak.
+    assert max(rates[:30]) < 0.1 * 30 / 1000 + 1e-9
 
 
 @pytest.mark.parametrize(
