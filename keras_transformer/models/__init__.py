@@ -11,7 +11,8 @@ use, and raise an ImportError saying what to install when TensorFlow (which
 its tokenizers need) is missing. Until then a stand-in is registered under
 the Translator's Keras name, so that `load_model` (and
 `keras.saving.load_model`) of a Translator's `.keras` file imports the class
-when it needs it.
+when it needs it (and `load_model` upgrades a file of the Translator's first
+layout, see `Translator.upgrade_keras_file`).
 """
 
 import importlib
@@ -64,6 +65,11 @@ class _TranslatorOnFirstLoad:
     @classmethod
     def from_config(cls, config):
         return _translator_class().from_config(config)
+
+    @classmethod
+    def upgrade_keras_file(cls, config):
+        # `load_model` asks before Keras imports the class (`loading`).
+        return _translator_class().upgrade_keras_file(config)
 
 
 keras.saving.get_custom_objects().setdefault(
