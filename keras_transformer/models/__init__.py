@@ -3,8 +3,8 @@
 `Transformer` maps token ids to logits (`encode` / `decode` / `decode_step`
 serve training, cached decoding and export alike).
 
-The `Translator`, which adds the tokenizers, the training recipe, decoding,
-saving and export, now lives in `keras_transformer.translation` (the text
+The `Translator`, which holds a `Transformer` as its `backbone` beside the
+tokenizers and adds the training recipe, decoding, saving and export, lives in `keras_transformer.translation` (the text
 task, a floor above this one). `models.Translator` and `from
 keras_transformer.models import Translator` still give it, imported on first
 use, and raise an ImportError saying what to install when TensorFlow (which
