@@ -4,11 +4,11 @@
 serve training, cached decoding and export alike).
 
 The `Translator`, which holds a `Transformer` as its `backbone` beside the
-tokenizers and adds the training recipe, decoding, saving and export, lives in `keras_transformer.translation` (the text
-task, a floor above this one). `models.Translator` and `from
-keras_transformer.models import Translator` still give it, imported on first
-use, and raise an ImportError saying what to install when TensorFlow (which
-its tokenizers need) is missing. Until then a stand-in is registered under
+tokenizers and adds the training recipe, decoding, saving and export, lives
+in `keras_transformer.translation` (the text task, a floor above this one).
+`models.Translator` and `from keras_transformer.models import Translator`
+still give it, imported on first use, and raise an ImportError saying what to
+install when TensorFlow (which its tokenizers need) is missing. Until then a stand-in is registered under
 the Translator's Keras name, so that `load_model` (and
 `keras.saving.load_model`) of a Translator's `.keras` file imports the class
 when it needs it (and `load_model` upgrades a file of the Translator's first
