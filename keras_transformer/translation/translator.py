@@ -12,10 +12,9 @@ translator.export("saved_models/dates")    # saved_models/dates/1/, TF only
 
 Reading order: texts -> `source_tokenizer` -> ids -> `backbone`, the
 `Transformer` (embeddings -> encoder -> decoder -> logits,
-`models/transformer.py`) -> a
-`Sampler` (`keras_transformer.decoding`) -> ids -> `target_tokenizer` ->
-texts (`text.text_decoder`); the same path is saved into the export
-(`keras_transformer.translation.export`).
+`models/transformer.py`) -> a `Sampler` (`keras_transformer.decoding`) -> ids
+-> `target_tokenizer` -> texts (`text.text_decoder`); the same path is saved
+into the export (`keras_transformer.translation.export`).
 """
 
 import collections.abc

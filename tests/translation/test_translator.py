@@ -681,6 +681,31 @@ def test_a_first_layout_file_saved_again_is_of_the_current_layout(
     assert_translates_as_the_first_layout_did(loaded, first_layout, "dogs")
 
 
+LOAD_BEFORE_THE_TRANSLATOR_IS_IMPORTED = r"""
+import json, sys
+from keras_transformer import models
+assert "keras_transformer.translation.translator" not in sys.modules
+model = models.load_model(sys.argv[1])
+print(json.dumps(model.translate(json.loads(sys.argv[2]))))
+"""
+
+
+@pytest.mark.slow
+def test_a_first_layout_file_loads_before_the_translator_class_is_imported(
+    first_layout,
+):
+    # Keras' registry holds the Translator's stand-in then (models/__init__.py),
+    # which must pass the upgrade on too.
+    result = run_python(
+        LOAD_BEFORE_THE_TRANSLATOR_IS_IMPORTED,
+        first_layout.keras_path,
+        json.dumps(first_layout.texts),
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == first_layout.base_translations
+
+
 def test_keras_load_model_of_a_first_layout_file_says_to_load_it_with_the_librarys(
     first_layout,
 ):
