@@ -3,15 +3,16 @@
 `Transformer` maps token ids to logits (`encode` / `decode` / `decode_step`
 serve training, cached decoding and export alike).
 
-The `Translator`, which adds the tokenizers, the training recipe, decoding,
-saving and export, now lives in `keras_transformer.translation` (the text
-task, a floor above this one). `models.Translator` and `from
-keras_transformer.models import Translator` still give it, imported on first
-use, and raise an ImportError saying what to install when TensorFlow (which
-its tokenizers need) is missing. Until then a stand-in is registered under
+The `Translator`, which holds a `Transformer` as its `backbone` beside the
+tokenizers and adds the training recipe, decoding, saving and export, lives
+in `keras_transformer.translation` (the text task, a floor above this one).
+`models.Translator` and `from keras_transformer.models import Translator`
+still give it, imported on first use, and raise an ImportError saying what to
+install when TensorFlow (which its tokenizers need) is missing. Until then a stand-in is registered under
 the Translator's Keras name, so that `load_model` (and
 `keras.saving.load_model`) of a Translator's `.keras` file imports the class
-when it needs it.
+when it needs it (and `load_model` upgrades a file of the Translator's first
+layout, see `Translator.upgrade_keras_file`).
 """
 
 import importlib
@@ -64,6 +65,11 @@ class _TranslatorOnFirstLoad:
     @classmethod
     def from_config(cls, config):
         return _translator_class().from_config(config)
+
+    @classmethod
+    def upgrade_keras_file(cls, config):
+        # `load_model` asks before Keras imports the class (`loading`).
+        return _translator_class().upgrade_keras_file(config)
 
 
 keras.saving.get_custom_objects().setdefault(

@@ -13,12 +13,10 @@ import dataclasses
 import functools
 import inspect
 import json
-import os
 from typing import Optional
 
 import keras
 
-from keras_transformer import _files
 from keras_transformer import layers
 from keras_transformer import validation
 from keras_transformer.layers import _token_ids
@@ -680,7 +678,7 @@ def make_transformer_layers(config, dtype=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class Transformer(keras.Model):
+class Transformer(loading.AtomicSave, keras.Model):
     """The encoder-decoder Transformer as a functional `keras.Model`.
 
     Inputs `{"source_ids", "target_ids"}` (int32 `(batch, length)`, padded
@@ -778,39 +776,6 @@ class Transformer(keras.Model):
         """The model as the samplers of `keras_transformer.decoding` see it
         (`StepModel`)."""
         return self.transformer_layers.step_model()
-
-    def save(self, filepath, overwrite=True, **kwargs):
-        """Saves to a `.keras` file atomically (a `Translator` with its
-        tokenizers).
-
-        The file is written beside `filepath` and renamed over it once
-        complete (the rule of `keras_transformer._files`), so a failure or a
-        kill mid-write leaves any previous file as it was; a temporary left
-        by a killed save is removed by the next save to `filepath`. A
-        missing or unwritable folder, or a folder at `filepath`, is refused
-        with a `ValueError` before anything is written. Load the file with
-        `keras_transformer.models.load_model(filepath)`, which names a
-        damaged file where `keras.saving.load_model` says "File not found".
-        (`keras.saving.save_model(model, filepath)` is Keras' own function
-        and writes in place, not atomically.)
-
-        Args:
-            filepath: str or path ending in `.keras`; its folder must exist.
-            overwrite: bool. Whether to replace an existing file; False
-                refuses one with a `ValueError` (Keras would prompt).
-            **kwargs: other `keras.Model.save` arguments.
-        """
-        path = loading.keras_path(filepath)
-        what = f"the {type(self).__name__}"
-        _files.check_destination(path, what, "model.keras")
-        validation.check_bool("overwrite", overwrite)
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(
-                f"Cannot save to {filepath!r}: the file exists and "
-                "overwrite=False."
-            )
-        with _files.replacing(path, what, suffix=".keras") as temporary:
-            super().save(temporary, overwrite=True, **kwargs)
 
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable}

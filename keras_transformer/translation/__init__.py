@@ -3,8 +3,9 @@
 The top floor of the package (imports run layers -> models -> decoding ->
 translation, never back):
 
-- `translator`: the `Translator`, a `Transformer` that owns its tokenizers,
-  training recipe, decoding, saving and export;
+- `translator`: the `Translator`, which holds a `Transformer` (its
+  `backbone`) and its tokenizers, and owns its training recipe, decoding,
+  saving and export;
 - `text`: the tokenize -> pad -> decode -> detokenize path that the
   Translator and its export share;
 - `adapters`: the Translator's named LoRA adapters;

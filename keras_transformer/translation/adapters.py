@@ -30,6 +30,10 @@ Because the choice of adapter is Python state read while a function is
 traced, an export traces one decoding function per adapter and picks among
 them per text (`export_adapters`).
 
+Layer paths start at the translator's backbone ("encoder_block_0/..."):
+the adapted layers are the backbone's, and paths so counted are the ones of
+adapter files written while the Translator was its backbone.
+
 Adapter files (`save_adapter`) are NumPy `.npz` archives, one array per
 variable under "<layer path>/lora_kernel_a" and "<layer path>/lora_kernel_b",
 plus JSON metadata: the adapter's name, rank, alpha, layer paths and the
@@ -240,6 +244,12 @@ def _bank(translator):
     return getattr(translator, _BANK_ATTRIBUTE, None)
 
 
+def adaptable_layers(translator):
+    """The `LoRADense` layers adapters can adapt, by layer path from the
+    backbone (see the module docstring)."""
+    return lora._lora_dense_layers(translator.backbone)
+
+
 def adapter_names(translator):
     """The translator's adapter names, in the order they were added."""
     bank = _bank(translator)
@@ -270,7 +280,7 @@ def fingerprint(translator, paths):
         config without adapters (architecture and tokenizers) and of the
         float32 kernels of the layers at `paths`, in order.
     """
-    layers_by_path = lora._lora_dense_layers(translator)
+    layers_by_path = adaptable_layers(translator)
     weights = hashlib.sha256()
     for path in paths:
         kernel = np.ascontiguousarray(
@@ -286,10 +296,21 @@ def fingerprint(translator, paths):
 
 
 def base_config(translator):
-    """The translator's config without its adapters, name or trainability."""
-    config = dict(translator.get_config())
-    for key in ("adapters", "active_adapter", "name", "trainable"):
-        config.pop(key, None)
+    """What the base is, for `fingerprint`: the backbone's config
+    (architecture and dtype policy) and the tokenizers, without names.
+
+    The same dict as the Translator config of the first layout (when the
+    Translator was its backbone) less its name and adapters, so adapter files
+    written then keep their fingerprints: keep it so.
+    """
+    config = {
+        key: value
+        for key, value in translator.backbone.get_config().items()
+        if key not in ("name", "trainable")
+    }
+    translator_config = translator.get_config()
+    for key in ("source_tokenizer", "target_tokenizer"):
+        config[key] = translator_config[key]
     return config
 
 
@@ -319,7 +340,7 @@ def add_adapter(translator, name, rank=8, alpha=16, target_layers=None):
     alpha = validation.check_positive_float("alpha", alpha)
     if target_layers is None:
         target_layers = lora.DEFAULT_TARGET_LAYERS
-    paths = tuple(lora.match_layers(translator, target_layers))
+    paths = tuple(lora.match_layers(translator.backbone, target_layers))
     spec = AdapterSpec(name, rank, alpha, paths, fingerprint(translator, paths))
     _add(translator, spec)
     _refresh(translator)
@@ -335,7 +356,7 @@ def _add(translator, spec):
             setattr(translator, _BANK_ATTRIBUTE, bank)
         finally:
             translator._tracker.lock()
-    bank.add(spec, lora._lora_dense_layers(translator))
+    bank.add(spec, adaptable_layers(translator))
 
 
 def set_adapter(translator, name):
@@ -378,7 +399,7 @@ def _refresh(translator):
 
 def _attach(translator, name):
     bank = _bank(translator)
-    layers_by_path = lora._lora_dense_layers(translator)
+    layers_by_path = adaptable_layers(translator)
     for spec in bank.specs.values():
         for path in spec.paths:
             layers_by_path[path].attach(None)
@@ -457,7 +478,7 @@ def load_adapter(translator, filepath, name=None):
             "translator already has an adapter of that name (adapters: "
             f"{adapter_names(translator)}). Pass name= to load it under another."
         )
-    layers_by_path = lora._lora_dense_layers(translator)
+    layers_by_path = adaptable_layers(translator)
     unknown = [path for path in spec.paths if path not in layers_by_path]
     current = None if unknown else fingerprint(translator, spec.paths)
     if current != spec.base:
@@ -508,7 +529,7 @@ def merge_adapter(translator, name):
     spec = _spec(translator, name)
     bank = _bank(translator)
     merged = without_adapters(translator)
-    layers_by_path = lora._lora_dense_layers(merged)
+    layers_by_path = adaptable_layers(merged)
     for path in spec.paths:
         kernel_a, kernel_b = bank.kernels(name, path)
         layer = layers_by_path[path]
@@ -520,9 +541,10 @@ def merge_adapter(translator, name):
 
 def without_adapters(translator):
     """A new translator of the same config and base weights, no adapters."""
-    copy = type(translator).from_config(
-        {**base_config(translator), "name": translator.name}
-    )
+    config = translator.get_config()
+    for key in ("adapters", "active_adapter"):
+        config.pop(key, None)
+    copy = type(translator).from_config(config)
     bank = _bank(translator)
     bank_ids = set() if bank is None else {id(v) for v in bank.weights}
     base = [v for v in translator.weights if id(v) not in bank_ids]
@@ -561,7 +583,7 @@ def restore(translator, adapters, active_adapter=None):
         spec = record if isinstance(record, AdapterSpec) else AdapterSpec.from_dict(record)
         if spec.name in adapter_names(translator):
             raise ValueError(f"Received two adapters named {spec.name!r}.")
-        lora.match_layers(translator, list(spec.paths))
+        lora.match_layers(translator.backbone, list(spec.paths))
         _add(translator, spec)
     if active_adapter is not None:
         _spec(translator, active_adapter)

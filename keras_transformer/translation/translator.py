@@ -1,5 +1,5 @@
-"""The Translator: one object that owns a Transformer, its tokenizers, its
-training recipe, its decoding, its saving and its export.
+"""The Translator: one object that holds a Transformer (its `backbone`) and
+its tokenizers, and owns the training recipe, decoding, saving and export.
 
 ```python
 translator = Translator.from_texts(sources, targets, tokenizer="character")
@@ -10,11 +10,11 @@ translator.save("dates.keras")             # tokenizers inside, atomic
 translator.export("saved_models/dates")    # saved_models/dates/1/, TF only
 ```
 
-Reading order: texts -> `source_tokenizer` -> ids -> the `Transformer`
-(embeddings -> encoder -> decoder -> logits, `models/transformer.py`) -> a
-`Sampler` (`keras_transformer.decoding`) -> ids -> `target_tokenizer` ->
-texts (`text.text_decoder`); the same path is saved into the export
-(`keras_transformer.translation.export`).
+Reading order: texts -> `source_tokenizer` -> ids -> `backbone`, the
+`Transformer` (embeddings -> encoder -> decoder -> logits,
+`models/transformer.py`) -> a `Sampler` (`keras_transformer.decoding`) -> ids
+-> `target_tokenizer` -> texts (`text.text_decoder`); the same path is saved
+into the export (`keras_transformer.translation.export`).
 """
 
 import collections.abc
@@ -33,6 +33,7 @@ from keras_transformer import callbacks, decoding, distribute, losses, metrics
 from keras_transformer import schedules, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
+from keras_transformer.models import loading
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 from keras_transformer.translation import adapters as adapters_lib
 from keras_transformer.translation import export, text
@@ -67,6 +68,20 @@ DERIVED_FIELDS = ("source_vocabulary_size", "target_vocabulary_size", "padding_i
 _PLACEHOLDER_VOCABULARY_SIZE = 1000
 # A SentencePiece size to suggest: recipes.CORPUS's, for 10k-1M pairs.
 SUGGESTED_SENTENCEPIECE_SIZE = 4000
+# The fields of a first-layout Translator config that described its network
+# (the Transformer's own config fields, `Transformer.get_config`).
+_BACKBONE_FIELDS = ("config", "dtype", "transformer_layers")
+# Where the weights of a first-layout `.keras` file (written while the
+# Translator *was* its Transformer, before it held one as `backbone`) lie in
+# `model.weights.h5`, and where the composed Translator keeps them: Keras
+# names weights by the attributes that hold them, so the network's layers
+# moved under "backbone/" and the adapter bank, a Translator layer now
+# listed with the backbone in `Translator.layers`, under "layers/". Moved in
+# this order (the second move reuses the name the first freed).
+_FIRST_LAYOUT_MOVES = (
+    ("layers", "backbone/layers"),
+    ("_adapter_bank", "layers/adapter_bank"),
+)
 
 
 def _tokenizer_class(name):
@@ -237,17 +252,22 @@ def _text_pairs(dataset):
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class Translator(adapters_lib.AdapterMethods, Transformer):
-    """An encoder-decoder Transformer that translates text.
+class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
+    """A translator of text: a Transformer backbone and its tokenizers.
 
-    A `Transformer` (a functional `keras.Model`: ids in, logits out) that
-    also owns its source and target tokenizers, so it trains on raw text,
-    translates strings, saves to one `.keras` file with its vocabularies and
-    exports a SavedModel that serves strings with TensorFlow alone.
+    The Translator holds its network, `backbone` (a `Transformer`: ids in,
+    logits out), and its source and target tokenizers, as keras-hub's
+    `Seq2SeqLM` holds a backbone and a preprocessor; calling the Translator
+    calls the backbone. So it trains on raw text, translates strings, saves
+    to one `.keras` file with its vocabularies and exports a SavedModel that
+    serves strings with TensorFlow alone. `config`, `transformer_layers`,
+    `padding_id`, `max_source_length` and `max_target_length` are the
+    backbone's.
 
     Args:
-        config: `TransformerConfig` (or a dict of its fields). Exactly one
-            of `config` and `transformer_layers`.
+        config: `TransformerConfig` (or a dict of its fields) of the
+            backbone to build. Exactly one of `config`,
+            `transformer_layers` and `backbone`.
         source_tokenizer: a `keras_transformer.data.Tokenizer` for the
             inputs; its ids must fit the source vocabulary.
         target_tokenizer: likewise for the outputs (may be the same object
@@ -259,7 +279,19 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         adapters: optional list of named LoRA adapter records (what
             `get_config` writes; use `add_adapter` to make them).
         active_adapter: optional name of the adapter active after loading.
+        backbone: a built `Transformer` to hold, instead of `config` or
+            `transformer_layers` (and then without `dtype`: the backbone's
+            layers have theirs).
         **kwargs: `keras.Model` arguments (`name`, `trainable`).
+
+    Call arguments:
+        inputs: dict of int32 `"source_ids"` and `"target_ids"`
+            `(batch, length)`, padded with the padding id; `target_ids`
+            starts with BOS.
+        training: bool. Whether dropout is on.
+
+    Returns float32 next-token logits
+    `(batch, target_length, target_vocabulary_size)`, those of `backbone`.
 
     Example:
 
@@ -271,6 +303,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
     translator.fit(sources, targets, epochs=1, batch_size=2)
     translator.translate(["two"])                      # ["..."]
     translator.translate(["two"], method="beam", beam_size=4)
+    translator.backbone                                # the Transformer
     ```
     """
 
@@ -283,6 +316,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         dtype=None,
         adapters=None,
         active_adapter=None,
+        backbone=None,
         **kwargs,
     ):
         if isinstance(source_tokenizer, dict):
@@ -290,24 +324,83 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
         if isinstance(target_tokenizer, dict):
             target_tokenizer = tokenizers.deserialize_tokenizer(target_tokenizer)
         kwargs.setdefault("name", "translator")
-        super().__init__(
-            config=config, transformer_layers=transformer_layers, dtype=dtype, **kwargs
-        )
-        text.check_tokenizers_fit(
-            self.transformer_layers, source_tokenizer, target_tokenizer
-        )
-        if self.padding_id != target_tokenizer.pad_id:
+        given = {"config": config, "transformer_layers": transformer_layers,
+                 "backbone": backbone}  # fmt: skip
+        if sum(value is not None for value in given.values()) != 1:
             raise ValueError(
-                f"The model's padding id {self.padding_id} differs from the "
+                "Pass exactly one of config (a TransformerConfig), "
+                "transformer_layers (a TransformerLayers) and backbone (a "
+                "Transformer). Received: "
+                + ", ".join(f"{name}={value!r}" for name, value in given.items())
+            )
+        if backbone is None:
+            backbone = Transformer(
+                config=config,
+                transformer_layers=transformer_layers,
+                dtype=dtype,
+                name="transformer",
+            )
+        elif not isinstance(backbone, Transformer):
+            raise ValueError(
+                "Received an invalid value for argument backbone, expected a "
+                f"keras_transformer Transformer. Received: backbone={backbone!r}"
+            )
+        elif dtype is not None:
+            raise ValueError(
+                f"Received dtype={dtype!r} with a backbone: the backbone's "
+                "layers were built with their dtype policy. Build the "
+                "backbone with Transformer(config, dtype=...) instead."
+            )
+        text.check_tokenizers_fit(
+            backbone.transformer_layers, source_tokenizer, target_tokenizer
+        )
+        if backbone.padding_id != target_tokenizer.pad_id:
+            raise ValueError(
+                f"The model's padding id {backbone.padding_id} differs from the "
                 f"target tokenizer's {target_tokenizer.pad_id}. Build the model "
                 "with padding_id=tokenizer.pad_id."
             )
+        super().__init__(**kwargs)
+        self.backbone = backbone
         self.source_tokenizer = source_tokenizer
         self.target_tokenizer = target_tokenizer
+        # The backbone built every variable; the Translator adds none.
+        self.built = True
         self._jit_compile_auto = False
         # One compiled decoding function per setting, reused across calls.
         self._decoders = _DecoderCache()
         adapters_lib.restore(self, adapters, active_adapter)
+
+    def call(self, inputs, training=None):
+        return self.backbone(inputs, training=training)
+
+    @property
+    def config(self):
+        """The backbone's `TransformerConfig` (None for hand-composed
+        layers)."""
+        return self.backbone.config
+
+    @property
+    def transformer_layers(self):
+        """The backbone's `TransformerLayers`."""
+        return self.backbone.transformer_layers
+
+    @property
+    def padding_id(self):
+        return self.backbone.padding_id
+
+    @property
+    def max_source_length(self):
+        return self.backbone.max_source_length
+
+    @property
+    def max_target_length(self):
+        return self.backbone.max_target_length
+
+    def step_model(self):
+        """The backbone as the samplers of `keras_transformer.decoding` see
+        it."""
+        return self.backbone.step_model()
 
     @classmethod
     def from_texts(
@@ -510,7 +603,7 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
             ),
         )
         optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
-        if _policy_name(self._layers_dtype) == "mixed_float16":
+        if _policy_name(self.backbone._layers_dtype) == "mixed_float16":
             # compile() wraps the optimizer only when the model's own policy
             # is mixed_float16; here only the layers' is.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -1127,11 +1220,62 @@ class Translator(adapters_lib.AdapterMethods, Transformer):
 
     def get_config(self):
         return {
-            **super().get_config(),
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
             "source_tokenizer": tokenizers.serialize_tokenizer(self.source_tokenizer),
             "target_tokenizer": tokenizers.serialize_tokenizer(self.target_tokenizer),
             **adapters_lib.get_config(self),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        if "backbone" not in config:
+            raise ValueError(
+                "Received a Translator config of the first layout, without "
+                "'backbone': it was written while the Translator was its "
+                "Transformer (keras_transformer before the Translator held "
+                "one), and a .keras file of that version keeps the weights "
+                "where that layout put them, which keras.saving.load_model "
+                "cannot place. Load the file with "
+                "keras_transformer.models.load_model(path), which upgrades "
+                "it as it loads (the file is left as it is), and save it "
+                "again to write the current layout."
+            )
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+    @classmethod
+    def upgrade_keras_file(cls, config):
+        """How `keras_transformer.models.load_model` reads a `.keras` file of
+        the first layout, where the Translator was its Transformer.
+
+        Args:
+            config: dict, the Translator config in the file.
+
+        Returns:
+            None for a file of the current layout; else `(config, moves)`:
+            the config with its network fields as a `backbone`, and the
+            `(old, new)` paths of the weight groups to move in the file's
+            `model.weights.h5` (`_FIRST_LAYOUT_MOVES`).
+        """
+        if "backbone" in config:
+            return None
+        backbone = {"name": "transformer", "trainable": True}
+        backbone.update(
+            (field, config[field]) for field in _BACKBONE_FIELDS if field in config
+        )
+        upgraded = {
+            key: value for key, value in config.items() if key not in _BACKBONE_FIELDS
+        }
+        upgraded["backbone"] = {
+            "module": Transformer.__module__,
+            "class_name": Transformer.__name__,
+            "config": backbone,
+            "registered_name": keras.saving.get_registered_name(Transformer),
+        }
+        return upgraded, _FIRST_LAYOUT_MOVES
 
     def export(
         self,

@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run i
 
 from keras_transformer.translation import Translator, adapters  # noqa: E402
 from tests.conftest import run_python, to_numpy  # noqa: E402
+from tests.translation.conftest import assert_translates_as_the_first_layout_did  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -148,6 +149,31 @@ def test_an_adapter_saved_and_loaded_onto_a_fresh_base_computes_the_same(
     assert os.path.getsize(path) < 0.2 * os.path.getsize(adapted.base_path)
 
 
+def test_an_adapter_file_of_the_first_layout_loads_onto_its_base_as_it_was(
+    first_layout,
+):
+    from keras_transformer import models
+
+    base = models.load_model(first_layout.keras_path)
+
+    assert base.load_adapter(first_layout.adapter_path, name="dogs_file") == "dogs_file"
+    assert base._adapter_bank.specs["dogs_file"].paths == base._adapter_bank.specs["dogs"].paths
+    assert_translates_as_the_first_layout_did(base, first_layout, "dogs_file")
+
+
+def test_an_adapter_file_of_the_first_layout_is_refused_by_another_base(first_layout):
+    from keras_transformer import models
+
+    other = models.load_model(first_layout.keras_path)
+    paths = other._adapter_bank.specs["dogs"].paths
+    target = _lora_layer(other, paths[-1])
+    target.kernel.assign(target.kernel + 1e-3)
+
+    with pytest.raises(ValueError, match="'again' in .*dogs.npz.* was trained on another base"):
+        other.load_adapter(first_layout.adapter_path, name="again")
+    assert other.adapters == ["dogs"]
+
+
 @pytest.mark.slow
 def test_an_adapter_trained_on_another_base_is_refused_naming_both(
     adapter_translator, adapted, tmp_path
@@ -169,9 +195,7 @@ def test_an_adapter_trained_on_another_base_is_refused_naming_both(
 
 
 def _lora_layer(translator, path):
-    from keras_transformer.layers import lora
-
-    return lora._lora_dense_layers(translator)[path]
+    return adapters.adaptable_layers(translator)[path]
 
 
 @pytest.mark.slow
