@@ -749,7 +749,9 @@ class Transformer(loading.AtomicSave, keras.Model):
         # it, and a dataclass attribute is not a layer collection to track.
         self.config = config
         self.transformer_layers = transformer_layers
-        self._layers_dtype = dtype
+        # The `dtype` argument: the layers' policy, which need not be the
+        # model's own (`self.dtype_policy`).
+        self.layers_dtype = dtype
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         # The functional graph casts its inputs to int32, which would turn
@@ -781,7 +783,7 @@ class Transformer(loading.AtomicSave, keras.Model):
         config = {"name": self.name, "trainable": self.trainable}
         if self.config is not None:
             config["config"] = self.config.to_dict()
-            policy = self._layers_dtype
+            policy = self.layers_dtype
             if policy is not None and not isinstance(policy, str):
                 policy = keras.saving.serialize_keras_object(policy)
             config["dtype"] = policy

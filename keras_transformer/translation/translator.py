@@ -603,7 +603,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             ),
         )
         optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
-        if _policy_name(self.backbone._layers_dtype) == "mixed_float16":
+        if _policy_name(self.backbone.layers_dtype) == "mixed_float16":
             # compile() wraps the optimizer only when the model's own policy
             # is mixed_float16; here only the layers' is.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
