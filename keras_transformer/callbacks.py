@@ -279,7 +279,8 @@ class TrainingSpeed(keras.callbacks.Callback):
     `History` and TensorBoard show them): `source_tokens_per_second` and
     `target_tokens_per_second`, the epoch's real (non-padding) tokens over
     the wall time of its training steps, validation and other callbacks
-    excluded; and `compile_seconds`, the time of the epoch's steps that took
+    excluded (an epoch cut short counts its share of the tokens, by steps);
+    and `compile_seconds`, the time of the epoch's steps that took
     more than 4 times the median step, less a median step each: the first
     trace, and under XLA one compilation per new batch shape.
 
@@ -321,13 +322,16 @@ class TrainingSpeed(keras.callbacks.Callback):
         seconds = float(steps.sum())
         median = float(np.median(steps))
         slow = steps[steps > _COMPILE_STEP_FACTOR * median]
+        # An epoch cut short (a time budget, early stopping) saw that share
+        # of the epoch's tokens.
+        share = min(1.0, len(steps) / (self.params.get("steps") or len(steps)))
         record = {
             "epoch": epoch + 1,
             "training_seconds": seconds,
             "compile_seconds": float((slow - median).sum()),
             "steps": len(steps),
-            "source_tokens_per_second": self.source_tokens / seconds,
-            "target_tokens_per_second": self.target_tokens / seconds,
+            "source_tokens_per_second": share * self.source_tokens / seconds,
+            "target_tokens_per_second": share * self.target_tokens / seconds,
         }
         self.epochs.append(record)
         if logs is not None:

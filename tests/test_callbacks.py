@@ -322,3 +322,29 @@ def test_steps_that_compile_do_not_shorten_the_estimated_run(compilations, secon
 def test_time_budget_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         callbacks.TimeBudget(**kwargs)
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stops training after `steps` steps, mid-epoch."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+        self.done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if self.done == self.steps:
+            self.model.stop_training = True
+
+
+def test_training_speed_counts_the_tokens_of_the_steps_an_epoch_made():
+    speed = callbacks.TrainingSpeed(source_tokens=400, target_tokens=800)
+    # Four steps an epoch; stopped after two steps of the second.
+    fit(tiny_model(), 3, [speed, StopAfter(6)], steps=4)
+    full, cut = speed.epochs
+    assert (full["steps"], cut["steps"]) == (4, 2)
+    for record, share in ((full, 1.0), (cut, 0.5)):
+        seconds = record["training_seconds"]
+        assert record["source_tokens_per_second"] * seconds == pytest.approx(400 * share)
+        assert record["target_tokens_per_second"] * seconds == pytest.approx(800 * share)
