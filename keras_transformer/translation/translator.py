@@ -20,7 +20,6 @@ into the export (`keras_transformer.translation.export`).
 import collections.abc
 import dataclasses
 import math
-import os
 import re
 
 import keras
@@ -1018,26 +1017,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             return self.merge_adapter(merge_adapter).export(
                 path, version, max_decode_length, beam_size, length_penalty, jit_compile
             )
-        base = os.fspath(path)
-        if os.path.exists(base) and not os.path.isdir(base):
-            raise ValueError(
-                f"Cannot export to {base!r}: it exists and is not a folder."
-            )
-        existing = (
-            [int(name) for name in os.listdir(base) if re.fullmatch(r"[0-9]+", name)]
-            if os.path.isdir(base)
-            else []
-        )
-        if version is None:
-            version = max(existing, default=0) + 1
-        validation.check_positive_int("version", version)
-        if version in existing:
-            raise ValueError(
-                f"Received version={version}, but {os.path.join(base, str(version))!r} "
-                "already exists; versions are never overwritten. Pass another "
-                "version or version=None for the next one."
-            )
-        target = os.path.join(base, str(version))
+        target = export.new_version_folder(path, version)
         export.export_translator(
             self,
             self.source_tokenizer,
