@@ -15,6 +15,13 @@ Reading order: texts -> `source_tokenizer` -> ids -> `backbone`, the
 `models/transformer.py`) -> a `Sampler` (`keras_transformer.decoding`) -> ids
 -> `target_tokenizer` -> texts (`text.text_decoder`); the same path is saved
 into the export (`keras_transformer.translation.export`).
+
+The Translator is the entry point; each of its jobs lives in the module
+named for it, and its methods delegate: tokenizer kinds and training in
+`vocabulary`, the checks of text arguments in `text`, the decisions of a
+training run (optimizer, schedule, XLA, time budget) in `training`,
+attention analysis in `attention`, reading first-layout `.keras` files in
+`layout`, the SavedModel and its version folders in `export`.
 """
 
 import collections.abc
@@ -33,7 +40,7 @@ from keras_transformer.models import loading
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 from keras_transformer.translation import adapters as adapters_lib
 from keras_transformer.translation import attention, export, text, training
-from keras_transformer.translation import vocabulary
+from keras_transformer.translation import layout, vocabulary
 
 # Re-exported: `AttentionMap` was defined here, and callers import it from here.
 from keras_transformer.translation.attention import AttentionMap  # noqa: F401
@@ -47,20 +54,6 @@ DERIVED_FIELDS = ("source_vocabulary_size", "target_vocabulary_size", "padding_i
 # Stands in for the vocabulary sizes when model fields are checked before
 # any tokenizer is trained (`check_model_fields`).
 _PLACEHOLDER_VOCABULARY_SIZE = 1000
-# The fields of a first-layout Translator config that described its network
-# (the Transformer's own config fields, `Transformer.get_config`).
-_BACKBONE_FIELDS = ("config", "dtype", "transformer_layers")
-# Where the weights of a first-layout `.keras` file (written while the
-# Translator *was* its Transformer, before it held one as `backbone`) lie in
-# `model.weights.h5`, and where the composed Translator keeps them: Keras
-# names weights by the attributes that hold them, so the network's layers
-# moved under "backbone/" and the adapter bank, a Translator layer now
-# listed with the backbone in `Translator.layers`, under "layers/". Moved in
-# this order (the second move reuses the name the first freed).
-_FIRST_LAYOUT_MOVES = (
-    ("layers", "backbone/layers"),
-    ("_adapter_bank", "layers/adapter_bank"),
-)
 
 
 def check_model_fields(fields):
@@ -951,24 +944,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             None for a file of the current layout; else `(config, moves)`:
             the config with its network fields as a `backbone`, and the
             `(old, new)` paths of the weight groups to move in the file's
-            `model.weights.h5` (`_FIRST_LAYOUT_MOVES`).
+            `model.weights.h5` (`layout.FIRST_LAYOUT_MOVES`).
         """
-        if "backbone" in config:
-            return None
-        backbone = {"name": "transformer", "trainable": True}
-        backbone.update(
-            (field, config[field]) for field in _BACKBONE_FIELDS if field in config
-        )
-        upgraded = {
-            key: value for key, value in config.items() if key not in _BACKBONE_FIELDS
-        }
-        upgraded["backbone"] = {
-            "module": Transformer.__module__,
-            "class_name": Transformer.__name__,
-            "config": backbone,
-            "registered_name": keras.saving.get_registered_name(Transformer),
-        }
-        return upgraded, _FIRST_LAYOUT_MOVES
+        return layout.upgrade_first_layout(config)
 
     def export(
         self,
