@@ -24,21 +24,9 @@ class AttentionMap:
 
 
 def attention_scores(translator, texts, layer=-1, max_length=None):
-    """Cross-attention of one decoder block while translating greedily.
-
-    Args:
-        translator: a `Translator`.
-        texts: list of non-empty str.
-        layer: int. Decoder block (negative counts from the last).
-        max_length: int or None. Tokens generated at most.
-
-    Returns:
-        list of `AttentionMap`, one per text: `source_tokens`,
-        `target_tokens` (the generated tokens, EOS included) and
-        `scores`, float32 `(num_heads, len(target_tokens),
-        len(source_tokens))`; row `t` is the step that produced target
-        token `t`.
-    """
+    """`Translator.attention_scores` of `translator` (a `Translator`): one
+    `AttentionMap` per text, of decoder block `layer`, while translating
+    greedily up to `max_length` tokens."""
     texts = text.check_texts("texts", texts)
     parts = translator.transformer_layers
     num_layers = len(parts.decoder_blocks)
