@@ -7,7 +7,12 @@ translation, never back):
   `backbone`) and its tokenizers, and owns its training recipe, decoding,
   saving and export;
 - `text`: the tokenize -> pad -> decode -> detokenize path that the
-  Translator and its export share;
+  Translator and its export share, and the checks of its text arguments;
+- `vocabulary`: the tokenizer kinds the Translator trains, and training them;
+- `training`: the decisions of a training run (the recipe's optimizer, the
+  schedule fitted to `fit`, XLA, the time budget);
+- `attention`: the Translator's attention analysis;
+- `layout`: reading a `.keras` file of the Translator's first layout;
 - `adapters`: the Translator's named LoRA adapters;
 - `export`: the self-contained SavedModel of a Translator;
 - `recipes`: the training recipes (`DATE_TASK`, `CORPUS`), which apply

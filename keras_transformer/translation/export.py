@@ -61,6 +61,7 @@ settings and tokenizer configs the export was made with.
 import contextlib
 import json
 import os
+import re
 
 import keras
 
@@ -76,6 +77,42 @@ tf = import_tensorflow(__name__)
 METADATA_PATH = os.path.join("assets.extra", "translator.json")
 ENDPOINTS = ("serve", "translate", "translate_beam", "serving_default")
 
+
+def new_version_folder(path, version=None):
+    """The version folder `path/<version>/` an export is to be written to.
+
+    TF Serving serves the largest integer folder of a model's base folder,
+    so a new export takes the next integer, and an existing version is never
+    overwritten.
+
+    Args:
+        path: str. The model's base folder (holding version folders).
+        version: int or None. None takes the next integer after the largest
+            existing one (1 for a new folder).
+
+    Returns:
+        str, `path/<version>`, which does not exist yet.
+    """
+    base = os.fspath(path)
+    if os.path.exists(base) and not os.path.isdir(base):
+        raise ValueError(
+            f"Cannot export to {base!r}: it exists and is not a folder."
+        )
+    existing = (
+        [int(name) for name in os.listdir(base) if re.fullmatch(r"[0-9]+", name)]
+        if os.path.isdir(base)
+        else []
+    )
+    if version is None:
+        version = max(existing, default=0) + 1
+    validation.check_positive_int("version", version)
+    if version in existing:
+        raise ValueError(
+            f"Received version={version}, but {os.path.join(base, str(version))!r} "
+            "already exists; versions are never overwritten. Pass another "
+            "version or version=None for the next one."
+        )
+    return os.path.join(base, str(version))
 
 def export_translator(
     model,

@@ -28,10 +28,11 @@ import typing
 
 from keras_transformer import validation
 from keras_transformer.translation import translator as translator_lib
+from keras_transformer.translation import vocabulary
 
 # The tokenizer kinds a Recipe or `scripts/train.py --tokenizer` may name:
 # those `Translator.from_texts` trains.
-TOKENIZERS = translator_lib.TOKENIZERS
+TOKENIZERS = vocabulary.TOKENIZERS
 # Length buckets of `Recipe.bucket_boundaries`, at most: one XLA program each.
 MAX_BUCKETS = 8
 
@@ -105,7 +106,7 @@ class Recipe:
     def __post_init__(self):
         # Checked now against what `from_texts` will do with them, so a bad
         # recipe fails where it is written, not after the corpus is read.
-        translator_lib.check_tokenizer_arguments(
+        vocabulary.check_tokenizer_arguments(
             self.tokenizer, self.vocabulary_size, self.tokenizer_options
         )
         validation.check_bool("joint_vocabulary", self.joint_vocabulary)

@@ -15,125 +15,45 @@ Reading order: texts -> `source_tokenizer` -> ids -> `backbone`, the
 `models/transformer.py`) -> a `Sampler` (`keras_transformer.decoding`) -> ids
 -> `target_tokenizer` -> texts (`text.text_decoder`); the same path is saved
 into the export (`keras_transformer.translation.export`).
+
+The Translator is the entry point; each of its jobs lives in the module
+named for it, and its methods delegate: tokenizer kinds and training in
+`vocabulary`, the checks of text arguments in `text`, the decisions of a
+training run (optimizer, schedule, XLA, time budget) in `training`,
+attention analysis in `attention`, reading first-layout `.keras` files in
+`layout`, the SavedModel and its version folders in `export`.
 """
 
 import collections.abc
 import dataclasses
 import math
-import numbers
-import os
 import re
 
 import keras
 import numpy as np
 
-from keras_transformer import _compat
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer import callbacks, decoding, distribute, losses, metrics
-from keras_transformer import schedules, validation
+from keras_transformer import callbacks, decoding, distribute, losses, validation
 from keras_transformer.data import pipeline, tokenizers
 from keras_transformer.layers import _token_ids
 from keras_transformer.models import loading
 from keras_transformer.models.transformer import Transformer, TransformerConfig
 from keras_transformer.translation import adapters as adapters_lib
-from keras_transformer.translation import export, text
+from keras_transformer.translation import attention, export, text, training
+from keras_transformer.translation import layout, vocabulary
+
+# Re-exported: `AttentionMap` was defined here, and callers import it from here.
+from keras_transformer.translation.attention import AttentionMap  # noqa: F401
 
 tf = import_tensorflow(__name__)
 
-# The tokenizer kinds `from_texts` trains, defined once, here (recipes and
-# scripts/train.py take them from this tuple).
-TOKENIZERS = ("character", "word", "sentencepiece")
-
 # Texts decoded per call of the compiled decoding function.
 DEFAULT_TRANSLATE_BATCH_SIZE = 64
-# `compile(jit_compile="auto")` turns XLA on for a `fit` on texts with at
-# least this many steps per length bucket: XLA compiles each bucket's shape
-# once (about 15 s for the corpus recipe's model on 2 CPU cores) and runs a
-# step about 1.3x faster (about 0.1 s saved a step), so a bucket repays its
-# compilation after about 150 steps; the rest is margin.
-XLA_STEPS_PER_PROGRAM = 300
-# The same rule for `fit(minutes=...)`: 300 steps of the corpus recipe take
-# about 100 s on 2 CPU cores.
-XLA_SECONDS_PER_PROGRAM = 100
-# `fit(minutes=...)` without `epochs`: epochs enough for any budget (the
-# budget ends the run).
-EPOCHS_OF_A_TIME_BUDGET = 10_000
-# Without explicit limits, `from_texts` allows this much more than the
-# longest training text, so slightly longer inputs still translate.
-LENGTH_MARGIN = 1.5
 # TransformerConfig fields that the tokenizers set, never the caller.
 DERIVED_FIELDS = ("source_vocabulary_size", "target_vocabulary_size", "padding_id")
 # Stands in for the vocabulary sizes when model fields are checked before
 # any tokenizer is trained (`check_model_fields`).
 _PLACEHOLDER_VOCABULARY_SIZE = 1000
-# A SentencePiece size to suggest: recipes.CORPUS's, for 10k-1M pairs.
-SUGGESTED_SENTENCEPIECE_SIZE = 4000
-# The fields of a first-layout Translator config that described its network
-# (the Transformer's own config fields, `Transformer.get_config`).
-_BACKBONE_FIELDS = ("config", "dtype", "transformer_layers")
-# Where the weights of a first-layout `.keras` file (written while the
-# Translator *was* its Transformer, before it held one as `backbone`) lie in
-# `model.weights.h5`, and where the composed Translator keeps them: Keras
-# names weights by the attributes that hold them, so the network's layers
-# moved under "backbone/" and the adapter bank, a Translator layer now
-# listed with the backbone in `Translator.layers`, under "layers/". Moved in
-# this order (the second move reuses the name the first freed).
-_FIRST_LAYOUT_MOVES = (
-    ("layers", "backbone/layers"),
-    ("_adapter_bank", "layers/adapter_bank"),
-)
-
-
-def _tokenizer_class(name):
-    if name == "sentencepiece":
-        from keras_transformer.data.subword import SentencePieceTokenizer
-
-        return SentencePieceTokenizer
-    return {"character": tokenizers.CharacterTokenizer, "word": tokenizers.WordTokenizer}[
-        name
-    ]
-
-
-def check_tokenizer_arguments(tokenizer, vocabulary_size, options):
-    """Raises `ValueError` for tokenizer settings `from_texts` would refuse
-    only after reading the corpus, or not at all.
-
-    Args:
-        tokenizer: str, one of `TOKENIZERS`.
-        vocabulary_size: int or None.
-        options: mapping of further arguments of the tokenizer's
-            `from_texts` (e.g. `model_type`, `min_frequency`).
-    """
-    validation.check_choice("tokenizer", tokenizer, TOKENIZERS)
-    validation.check_positive_int("vocabulary_size", vocabulary_size, allow_none=True)
-    if tokenizer == "sentencepiece" and vocabulary_size is None:
-        raise ValueError(
-            "Received vocabulary_size=None with tokenizer='sentencepiece': a "
-            "SentencePiece model has a fixed number of pieces, so it needs "
-            f"one. Pass vocabulary_size={SUGGESTED_SENTENCEPIECE_SIZE} (the "
-            "corpus recipe's, for 10k-1M sentence pairs; SentencePiece says "
-            "the largest size a smaller corpus allows), or use "
-            "tokenizer='word' or 'character', whose size may be None."
-        )
-    if vocabulary_size is not None and vocabulary_size <= len(tokenizers.SPECIAL_TOKENS):
-        raise ValueError(
-            "Received an invalid value for argument vocabulary_size, expected "
-            f"more than the {len(tokenizers.SPECIAL_TOKENS)} special tokens. "
-            f"Received: vocabulary_size={vocabulary_size}"
-        )
-    if not isinstance(options, collections.abc.Mapping):
-        raise ValueError(
-            "Received an invalid value for argument tokenizer_options, "
-            f"expected a dict. Received: tokenizer_options={options!r}"
-        )
-    for name in ("vocabulary_size", "max_vocabulary_size"):
-        if name in options:
-            raise ValueError(
-                f"Received tokenizer_options with {name}={options[name]!r}: the "
-                "vocabulary size is an argument of its own. Pass "
-                "vocabulary_size= instead."
-            )
-    _tokenizer_class(tokenizer).check_training_options(dict(options))
 
 
 def check_model_fields(fields):
@@ -172,83 +92,6 @@ def check_model_fields(fields):
         target_vocabulary_size=_PLACEHOLDER_VOCABULARY_SIZE,
         **fields,
     )
-
-
-def _train_tokenizer(name, texts, vocabulary_size, options):
-    tokenizer_class = _tokenizer_class(name)
-    if name == "sentencepiece":
-        return tokenizer_class.from_texts(
-            texts, vocabulary_size=vocabulary_size, **options
-        )
-    return tokenizer_class.from_texts(
-        texts, max_vocabulary_size=vocabulary_size, **options
-    )
-
-
-def _is_text_list(value):
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1 and value.dtype.kind in "USO"
-    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-
-
-def _is_text_dataset(value):
-    if not isinstance(value, tf.data.Dataset):
-        return False
-    spec = value.element_spec
-    return (
-        isinstance(spec, tuple)
-        and len(spec) == 2
-        and all(
-            isinstance(s, tf.TensorSpec) and s.dtype == tf.string and s.shape.rank == 0
-            for s in spec
-        )
-    )
-
-
-def _texts(name, value):
-    """A list of str from a list/tuple/array of strings, or a ValueError."""
-    if isinstance(value, (str, bytes)) or not _is_text_list(value):
-        raise ValueError(
-            f"Received an invalid value for argument {name}, expected a list of "
-            f"strings. Received: {name}={_short_repr(value)}"
-        )
-    return [str(v) for v in value]
-
-
-def _check_model_data(name, value, method):
-    """Refuses what is neither texts nor data `keras.Model.<method>` takes
-    (Keras would fail later with a `KeyError` or an unclear message)."""
-    wrong = (
-        value is None
-        or isinstance(value, (str, bytes, numbers.Number))
-        or (
-            isinstance(value, (list, tuple))
-            and any(isinstance(v, (str, bytes)) or _is_text_list(v) for v in value)
-        )
-    )
-    if wrong:
-        raise ValueError(
-            f"Received an invalid value for argument {name}, expected texts "
-            "(a list of source strings, with their targets as y, or a "
-            "tf.data.Dataset of (source, target) strings) or batches of ids "
-            f"as keras.Model.{method} takes them (a dict of 'source_ids' and "
-            "'target_ids' arrays with labels, or a tf.data.Dataset of them). "
-            f"Received: {name}={_short_repr(value)}"
-        )
-
-
-def _short_repr(value):
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def _text_pairs(dataset):
-    """Reads a finite dataset of (source, target) strings into two lists."""
-    sources, targets = [], []
-    for source, target in dataset.as_numpy_iterator():
-        sources.append(source.decode("utf-8"))
-        targets.append(target.decode("utf-8"))
-    return sources, targets
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -442,8 +285,8 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         Returns:
             A `Translator`, not yet compiled.
         """
-        sources = _texts("sources", sources)
-        targets = _texts("targets", targets)
+        sources = text.check_texts("sources", sources)
+        targets = text.check_texts("targets", targets)
         if len(sources) != len(targets) or not sources:
             raise ValueError(
                 "sources and targets must pair up and be non-empty, but received "
@@ -458,29 +301,30 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                     "were read from."
                 )
         options = {} if tokenizer_options is None else tokenizer_options
-        check_tokenizer_arguments(tokenizer, vocabulary_size, options)
+        vocabulary.check_tokenizer_arguments(tokenizer, vocabulary_size, options)
         options = dict(options)
         joint_vocabulary = validation.check_bool("joint_vocabulary", joint_vocabulary)
         check_model_fields(config)
         if joint_vocabulary:
-            source_tokenizer = target_tokenizer = _train_tokenizer(
+            source_tokenizer = target_tokenizer = vocabulary.train_tokenizer(
                 tokenizer, sources + targets, vocabulary_size, options
             )
             config.setdefault("share_embeddings", True)
         else:
-            source_tokenizer = _train_tokenizer(
+            source_tokenizer = vocabulary.train_tokenizer(
                 tokenizer, sources, vocabulary_size, options
             )
-            target_tokenizer = _train_tokenizer(
+            target_tokenizer = vocabulary.train_tokenizer(
                 tokenizer, targets, vocabulary_size, options
             )
         if "max_source_length" not in config:
             config["max_source_length"] = math.ceil(
-                LENGTH_MARGIN * _longest(source_tokenizer, sources)
+                vocabulary.LENGTH_MARGIN * vocabulary.longest(source_tokenizer, sources)
             )
         if "max_target_length" not in config:
             config["max_target_length"] = math.ceil(
-                LENGTH_MARGIN * (_longest(target_tokenizer, targets) + 1)
+                vocabulary.LENGTH_MARGIN
+                * (vocabulary.longest(target_tokenizer, targets) + 1)
             )
         config = TransformerConfig(
             source_vocabulary_size=source_tokenizer.vocabulary_size,
@@ -540,21 +384,21 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 shape (about 15 s each for the corpus recipe's model on a
                 2-core CPU) and then runs each step about 1.3x faster, so
                 `fit` turns it on, with static shapes, when the run has at
-                least `XLA_STEPS_PER_PROGRAM` steps per length bucket.
+                least `training.XLA_STEPS_PER_PROGRAM` steps per length bucket.
             warmup_fraction: float in (0, 1) or None. The warm-up's share of
                 the run when `warmup_steps` is None; None: 5%.
             **kwargs: other `keras.Model.compile` arguments.
         """
         if optimizer is None:
-            optimizer = self._recipe_optimizer(
-                learning_rate, warmup_steps, total_steps, warmup_fraction
+            optimizer = training.recipe_optimizer(
+                self, learning_rate, warmup_steps, total_steps, warmup_fraction
             )
         if loss is None:
             loss = losses.MaskedSparseCategoricalCrossentropy(
                 label_smoothing=label_smoothing, padding_id=self.padding_id
             )
         if metrics is None:
-            metrics = _default_metrics(self.padding_id)
+            metrics = training.default_metrics(self.padding_id)
         # `fit` on texts decides "auto" once it knows the run's length.
         self._jit_compile_auto = jit_compile == "auto"
         if jit_compile == "auto":
@@ -585,29 +429,6 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         if self.built:
             # Create the optimizer's variables so the saved ones load.
             self.optimizer.build(self.trainable_variables)
-
-    def _recipe_optimizer(self, learning_rate, warmup_steps, total_steps, warmup_fraction):
-        if learning_rate is None:
-            learning_rate = schedules.default_learning_rate(
-                self.transformer_layers.target_embedding.embedding_dim
-            )
-        learning_rate = validation.check_positive_float("learning_rate", learning_rate)
-        schedule = schedules.WarmupCosineDecay(
-            learning_rate,
-            total_steps=total_steps,
-            warmup_steps=warmup_steps,
-            warmup_fraction=(
-                schedules.DEFAULT_WARMUP_FRACTION
-                if warmup_fraction is None
-                else warmup_fraction
-            ),
-        )
-        optimizer = keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.98, epsilon=1e-9)
-        if _policy_name(self.backbone.layers_dtype) == "mixed_float16":
-            # compile() wraps the optimizer only when the model's own policy
-            # is mixed_float16; here only the layers' is.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        return optimizer
 
     def make_dataset(
         self,
@@ -653,8 +474,8 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         """The pairs every dataset of a run is batched from, tokenized once
         (`data.pipeline.tokenize_pairs`)."""
         return pipeline.tokenize_pairs(
-            _texts("sources", sources),
-            _texts("targets", targets),
+            text.check_texts("sources", sources),
+            text.check_texts("targets", targets),
             self.source_tokenizer,
             self.target_tokenizer,
             self.max_source_length,
@@ -745,7 +566,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 (`callbacks.TimeBudget`), so it warms up for a fraction of
                 them and decays to 0 as the budget ends, on any corpus and
                 machine. Under `jit_compile="auto"` XLA is turned on for a
-                budget of at least `XLA_SECONDS_PER_PROGRAM` per length
+                budget of at least `training.XLA_SECONDS_PER_PROGRAM` per length
                 bucket. TensorFlow backend only.
             **kwargs: other `keras.Model.fit` arguments.
 
@@ -754,9 +575,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         """
         # Keras trains nothing, without a word, for epochs < 1.
         validation.check_positive_int("epochs", epochs, allow_none=True)
-        budget = self._time_budget(minutes, checkpoint_dir)
+        budget = training.time_budget(self, minutes, checkpoint_dir)
         if epochs is None:
-            epochs = 1 if budget is None else EPOCHS_OF_A_TIME_BUDGET
+            epochs = 1 if budget is None else training.EPOCHS_OF_A_TIME_BUDGET
         if budget is not None:
             kwargs["callbacks"] = [budget, *(kwargs.get("callbacks") or [])]
         validation.check_positive_int("checkpoint_every", checkpoint_every, allow_none=True)
@@ -766,17 +587,20 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 "checkpoint_dir: nothing would be checkpointed. Pass "
                 "checkpoint_dir= as well."
             )
-        texts = self._as_texts("x", x, y)
+        texts = text.as_texts("x", x, y)
         if texts is None:
-            _check_model_data("x", x, "fit")
+            text.check_model_data("x", x, "fit")
             if checkpoint_dir is not None:
                 raise ValueError(
                     "checkpoint_dir works with texts (lists of strings or a "
                     "dataset of string pairs); for batches of ids use "
                     "keras_transformer.checkpointing.fit_resumable."
                 )
-            self._fit_schedule_to_run(
-                _steps_of_keras_fit(x, batch_size, epochs, kwargs.get("steps_per_epoch"))
+            training.fit_schedule_to_run(
+                self,
+                training.steps_of_keras_fit(
+                    x, batch_size, epochs, kwargs.get("steps_per_epoch")
+                ),
             )
             return super().fit(
                 x,
@@ -814,13 +638,15 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
 
         steps_per_epoch = len(make_training_dataset(repeat=False, static_shapes=False))
         if static_shapes is None:
-            static_shapes = self._use_xla_for_run(
-                epochs * steps_per_epoch, bucket_boundaries, budget
+            static_shapes = training.use_xla_for_run(
+                self, epochs * steps_per_epoch, bucket_boundaries, budget
             )
         if validation_data is not None:
-            validation_texts = self._as_texts("validation_data", *_pair(validation_data))
+            validation_texts = text.as_texts(
+                "validation_data", *text.validation_pair(validation_data)
+            )
             if validation_texts is None:
-                _check_model_data("validation_data", validation_data, "fit")
+                text.check_model_data("validation_data", validation_data, "fit")
             else:
                 validation_data = self.make_dataset(
                     *validation_texts,
@@ -831,7 +657,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                     bucket_boundaries=bucket_boundaries,
                 )
 
-        self._fit_schedule_to_run(epochs * steps_per_epoch)
+        training.fit_schedule_to_run(self, epochs * steps_per_epoch)
         # Tokens per second and compile time in the progress line and the
         # history.
         speed = callbacks.TrainingSpeed(pairs.source_tokens, pairs.label_tokens)
@@ -864,83 +690,11 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             **kwargs,
         )
 
-    def _use_xla_for_run(self, steps, bucket_boundaries, budget=None):
-        """Under `jit_compile="auto"`, turns XLA on for a run of enough
-        `steps` (or, under a time `budget`, of enough seconds) per batch
-        shape; returns whether the run uses XLA (and so static shapes)."""
-        if not (
-            self._jit_compile_auto
-            and keras.backend.backend() == "tensorflow"
-            and distribute.jit_compile_works(self.distribute_strategy)
-        ):
-            return bool(self.jit_compile)
-        programs = (
-            pipeline.DEFAULT_NUM_BUCKETS
-            if bucket_boundaries is None
-            else len(bucket_boundaries) + 1
-        )
-        if budget is None:
-            repays = steps >= XLA_STEPS_PER_PROGRAM * programs
-        else:
-            repays = budget.seconds >= XLA_SECONDS_PER_PROGRAM * programs
-        use_xla = repays or bool(self.jit_compile)
-        if use_xla != self.jit_compile:
-            self.jit_compile = use_xla
-            self.train_function = self.test_function = None
-        return use_xla
-
-    def _time_budget(self, minutes, checkpoint_dir):
-        """The `callbacks.TimeBudget` of `fit(minutes=...)`, or None."""
-        validation.check_positive_float("minutes", minutes, allow_none=True)
-        if minutes is None:
-            return None
-        if checkpoint_dir is not None:
-            raise ValueError(
-                "minutes and checkpoint_dir exclude each other: a resumed run "
-                "cannot know the training time spent before it stopped. "
-                f"Received: minutes={minutes}, checkpoint_dir={checkpoint_dir!r}. "
-                "Give epochs instead of minutes to checkpoint."
-            )
-        if distribute.is_multi_worker(self.distribute_strategy):
-            raise ValueError(
-                "fit(minutes=...) does not work across workers: each would "
-                "read its own clock, stop at its own step and fit its own "
-                f"schedule. Received: minutes={minutes} under a multi-worker "
-                "strategy. Give epochs instead."
-            )
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "fit(minutes=...) fits the schedule to the run as it goes, which "
-                "needs the TensorFlow backend (elsewhere the schedule is a "
-                "constant of the compiled step). Received: minutes="
-                f"{minutes} on the {keras.backend.backend()} backend. Give "
-                "epochs instead."
-            )
-        optimizer = getattr(self, "optimizer", None)
-        return callbacks.TimeBudget(
-            60.0 * minutes,
-            None if optimizer is None else _schedule_following_fit(optimizer),
-        )
-
-    def _fit_schedule_to_run(self, steps):
-        """Fits a schedule made by `compile(total_steps=None)` to the `steps`
-        updates the next `fit` makes, counted from the optimizer's step."""
-        schedule = _schedule_following_fit(self.optimizer)
-        if schedule is None or steps is None:
-            return
-        first_step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-        if (schedule.total_steps, schedule.first_step) != (steps, first_step):
-            schedule.set_run(steps, first_step)
-            if keras.backend.backend() != "tensorflow":
-                # Elsewhere the run's numbers are constants of the traced
-                # train step: trace it again.
-                self.train_function = None
-
     def evaluate(self, x=None, y=None, batch_size=None, static_shapes=False, **kwargs):
         """`keras.Model.evaluate` on texts (as in `fit`) or on ids."""
-        texts = self._as_texts("x", x, y)
+        texts = text.as_texts("x", x, y)
         if texts is None:
-            _check_model_data("x", x, "evaluate")
+            text.check_model_data("x", x, "evaluate")
             return super().evaluate(x, y, batch_size=batch_size, **kwargs)
         dataset = self.make_dataset(
             *texts,
@@ -949,26 +703,6 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             static_shapes=static_shapes,
         )
         return super().evaluate(dataset, **kwargs)
-
-    def _as_texts(self, name, x, y):
-        """(sources, targets) when `x`/`y` hold texts, else None."""
-        if _is_text_dataset(x):
-            if y is not None:
-                raise ValueError(
-                    f"Received a dataset of (source, target) strings as {name} "
-                    "and a y: the dataset holds the targets. Pass y=None."
-                )
-            return _text_pairs(x)
-        if _is_text_list(x) and not isinstance(x, (str, bytes)):
-            targets = _texts("y", y)
-            sources = _texts(name, x)
-            if len(sources) != len(targets):
-                raise ValueError(
-                    "Source and target texts must pair up, but received "
-                    f"{len(sources)} sources and {len(targets)} targets."
-                )
-            return sources, targets
-        return None
 
     # Decoding ----------------------------------------------------------------
 
@@ -1071,7 +805,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             ValueError: a text has more tokens than the model's maximum
                 source length (texts are never truncated), or bad options.
         """
-        texts = _texts("texts", texts)
+        texts = text.check_texts("texts", texts)
         batch_size = validation.check_positive_int("batch_size", batch_size)
         if not isinstance(jit_compile, bool):
             raise ValueError(
@@ -1164,57 +898,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             len(source_tokens))`; row `t` is the step that produced target
             token `t`.
         """
-        from keras_transformer.models import transformer
-
-        texts = _texts("texts", texts)
-        parts = self.transformer_layers
-        num_layers = len(parts.decoder_blocks)
-        if isinstance(layer, bool) or not isinstance(layer, int) or not (
-            -num_layers <= layer < num_layers
-        ):
-            raise ValueError(
-                "Received an invalid value for argument layer, expected a "
-                f"decoder block index in [-{num_layers}, {num_layers}). "
-                f"Received: layer={layer!r}"
-            )
-        maps = []
-        for source_text in texts:
-            source_ids = self.source_tokenizer.tokenize([source_text]).to_tensor().numpy()
-            if source_ids.shape[1] == 0:
-                raise ValueError(
-                    f"Cannot show attention for {source_text!r}: it has no tokens."
-                )
-            if source_ids.shape[1] > self.max_source_length:
-                raise ValueError(
-                    f"Cannot show attention for {_short_repr(source_text)}: it has "
-                    f"{source_ids.shape[1]} tokens, more than the model's "
-                    f"maximum source length of {self.max_source_length}."
-                )
-            generated = [int(i) for i in self.generate(source_ids, max_length=max_length)[0]]
-            eos = self.target_tokenizer.eos_id
-            if eos in generated:
-                generated = generated[: generated.index(eos) + 1]
-            decoder_inputs = np.array([[self.target_tokenizer.bos_id] + generated[:-1]])
-            encoded, source_mask = transformer.encode(parts, source_ids, training=False)
-            _, scores = transformer.decode(
-                parts,
-                decoder_inputs,
-                encoded,
-                source_mask,
-                training=False,
-                return_attention_scores=True,
-            )
-            maps.append(
-                AttentionMap(
-                    source_tokens=_token_labels(self.source_tokenizer, source_ids[0]),
-                    target_tokens=_token_labels(self.target_tokenizer, generated),
-                    scores=np.asarray(
-                        keras.ops.convert_to_numpy(scores[layer]["cross_attention"])[0],
-                        dtype="float32",
-                    ),
-                )
-            )
-        return maps
+        return attention.attention_scores(
+            self, texts, layer=layer, max_length=max_length
+        )
 
     # Saving and export --------------------------------------------------------
 
@@ -1258,24 +944,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             None for a file of the current layout; else `(config, moves)`:
             the config with its network fields as a `backbone`, and the
             `(old, new)` paths of the weight groups to move in the file's
-            `model.weights.h5` (`_FIRST_LAYOUT_MOVES`).
+            `model.weights.h5` (`layout.FIRST_LAYOUT_MOVES`).
         """
-        if "backbone" in config:
-            return None
-        backbone = {"name": "transformer", "trainable": True}
-        backbone.update(
-            (field, config[field]) for field in _BACKBONE_FIELDS if field in config
-        )
-        upgraded = {
-            key: value for key, value in config.items() if key not in _BACKBONE_FIELDS
-        }
-        upgraded["backbone"] = {
-            "module": Transformer.__module__,
-            "class_name": Transformer.__name__,
-            "config": backbone,
-            "registered_name": keras.saving.get_registered_name(Transformer),
-        }
-        return upgraded, _FIRST_LAYOUT_MOVES
+        return layout.upgrade_first_layout(config)
 
     def export(
         self,
@@ -1324,26 +995,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             return self.merge_adapter(merge_adapter).export(
                 path, version, max_decode_length, beam_size, length_penalty, jit_compile
             )
-        base = os.fspath(path)
-        if os.path.exists(base) and not os.path.isdir(base):
-            raise ValueError(
-                f"Cannot export to {base!r}: it exists and is not a folder."
-            )
-        existing = (
-            [int(name) for name in os.listdir(base) if re.fullmatch(r"[0-9]+", name)]
-            if os.path.isdir(base)
-            else []
-        )
-        if version is None:
-            version = max(existing, default=0) + 1
-        validation.check_positive_int("version", version)
-        if version in existing:
-            raise ValueError(
-                f"Received version={version}, but {os.path.join(base, str(version))!r} "
-                "already exists; versions are never overwritten. Pass another "
-                "version or version=None for the next one."
-            )
-        target = os.path.join(base, str(version))
+        target = export.new_version_folder(path, version)
         export.export_translator(
             self,
             self.source_tokenizer,
@@ -1366,64 +1018,6 @@ class _DecoderCache:
         self.functions = {}
 
 
-@dataclasses.dataclass(frozen=True)
-class AttentionMap:
-    """One text's cross-attention, from `Translator.attention_scores`."""
-
-    source_tokens: list
-    target_tokens: list
-    scores: np.ndarray
-
-
-def _token_labels(tokenizer, ids):
-    vocabulary = tokenizer.vocabulary
-    # A space token would be an invisible tick label.
-    return [vocabulary[int(i)].replace(" ", "\u2423") for i in ids]
-
-
-def _schedule_following_fit(optimizer):
-    """The `WarmupCosineDecay` of a recipe optimizer whose run `fit` sets, or
-    None."""
-    schedule = _compat.learning_rate_schedule(optimizer)
-    if isinstance(schedule, schedules.WarmupCosineDecay) and schedule.follows_fit:
-        return schedule
-    return None
-
-
-def _steps_of_keras_fit(x, batch_size, epochs, steps_per_epoch):
-    """Updates `keras.Model.fit` will make on ids, or None when unknown."""
-    if steps_per_epoch is None:
-        if isinstance(x, tf.data.Dataset):
-            cardinality = int(x.cardinality())
-            if cardinality < 0:
-                return None
-            steps_per_epoch = cardinality
-        elif isinstance(x, keras.utils.PyDataset):
-            steps_per_epoch = len(x)
-        elif isinstance(x, dict) and x:
-            # Arrays: Keras batches them by 32 unless told otherwise.
-            rows = len(next(iter(x.values())))
-            steps_per_epoch = math.ceil(rows / (batch_size or 32))
-        else:
-            return None
-    return epochs * steps_per_epoch if isinstance(epochs, int) and epochs > 0 else None
-
-
-def _default_metrics(padding_id):
-    return [
-        metrics.MaskedAccuracy(padding_id=padding_id),
-        metrics.SequenceExactMatch(padding_id=padding_id),
-    ]
-
-
-def _pair(validation_data):
-    if _is_text_dataset(validation_data):
-        return validation_data, None
-    if isinstance(validation_data, (list, tuple)) and len(validation_data) == 2:
-        return validation_data
-    return validation_data, None
-
-
 def _seed_tensor(seed):
     """The `(2,)` int64 seed of a call: drawn at random when None."""
     if seed is None:
@@ -1431,13 +1025,3 @@ def _seed_tensor(seed):
     validation.check_non_negative_int("seed", seed)
     return tf.constant([seed, 0], tf.int64)
 
-
-def _policy_name(dtype):
-    if dtype is None:
-        return keras.config.dtype_policy().name
-    return getattr(dtype, "name", dtype)
-
-
-def _longest(tokenizer, texts):
-    lengths = tokenizer.tokenize(texts).row_lengths().numpy()
-    return max(1, int(lengths.max()))

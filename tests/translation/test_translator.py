@@ -15,7 +15,7 @@ import keras_transformer  # noqa: E402
 from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
 from keras_transformer import schedules  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
-from keras_transformer.translation import translator as translator_module  # noqa: E402
+from keras_transformer.translation import training as training_module  # noqa: E402
 from keras_transformer.translation.translator import Translator  # noqa: E402
 from tests.conftest import run_python, save_then_fail_a_second_save  # noqa: E402
 from tests.translation.conftest import assert_translates_as_the_first_layout_did  # noqa: E402
@@ -135,7 +135,7 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
     translator.compile(learning_rate=1e-2)
     translator.fit(SOURCES, TARGETS, batch_size=2, epochs=2, verbose=0)
     steps = int(translator.optimizer.iterations)
-    schedule = translator_module._schedule_following_fit(translator.optimizer)
+    schedule = training_module.schedule_following_fit(translator.optimizer)
     # 5% warm-up (at least a step), then 0 exactly at the last step.
     assert (schedule.total_steps, schedule.first_step) == (steps, 0)
     assert schedule.resolved_warmup_steps() == max(1, round(0.05 * steps))
@@ -158,8 +158,8 @@ def test_fit_for_minutes_stops_at_the_budget_with_the_rate_decayed_to_zero():
     # Six seconds hold many 2-step epochs (hundreds of steps on an idle
     # machine; the schedule is first fitted at step 30), far fewer than the
     # unbounded run's.
-    assert 3 < len(history.history["loss"]) < translator_module.EPOCHS_OF_A_TIME_BUDGET
-    schedule = translator_module._schedule_following_fit(translator.optimizer)
+    assert 3 < len(history.history["loss"]) < training_module.EPOCHS_OF_A_TIME_BUDGET
+    schedule = training_module.schedule_following_fit(translator.optimizer)
     # The schedule was fitted to the run as it went (not left at the
     # unbounded run's 20,000 steps): it ends about where the run ended, the
     # rate decayed. (How closely depends on the machine's steadiness; the
@@ -784,9 +784,9 @@ def test_from_texts_refuses_bad_arguments_before_training_a_tokenizer(
     def trained(*args, **kwargs):
         raise AssertionError("a tokenizer was trained")
 
-    from keras_transformer.translation import translator as module
+    from keras_transformer.translation import vocabulary
 
-    monkeypatch.setattr(module, "_train_tokenizer", trained)
+    monkeypatch.setattr(vocabulary, "train_tokenizer", trained)
     arguments = dict(sources=SOURCES, targets=TARGETS, tokenizer="character")
     arguments.update(overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
