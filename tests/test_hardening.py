@@ -759,14 +759,37 @@ def test_attention_refuses_mismatched_batches_and_attends_any_equal_ones(
 
 @FAST
 @hypothesis.given(
-    epochs=st.one_of(
-        st.integers(max_value=0), st.floats(allow_nan=True), st.none(), st.text(max_size=3)
-    )
+    epochs=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.text(max_size=3))
 )
-def test_fit_refuses_any_epochs_but_a_positive_integer(tiny_translator, epochs):
+def test_fit_refuses_any_epochs_but_a_positive_integer_or_none(tiny_translator, epochs):
     refused(
         lambda: tiny_translator.fit(["5 May"], ["2020-05-05"], epochs=epochs, verbose=0),
         "argument epochs",
+    )
+
+
+@FAST
+@hypothesis.given(
+    minutes=st.one_of(
+        st.floats(max_value=0.0),
+        st.just(float("nan")),
+        st.just(float("inf")),
+        st.text(max_size=3),
+    )
+)
+def test_fit_refuses_any_minutes_but_a_positive_finite_number(tiny_translator, minutes):
+    refused(
+        lambda: tiny_translator.fit(["5 May"], ["2020-05-05"], minutes=minutes, verbose=0),
+        "argument minutes",
+    )
+
+
+def test_fit_before_compile_is_refused_saying_to_compile(tiny_translator):
+    # epochs=None is one epoch (or, with minutes, as many as the budget
+    # holds); uncompiled, the translator has no optimizer to train with.
+    refused(
+        lambda: tiny_translator.fit(["5 May"], ["2020-05-05"], epochs=None, verbose=0),
+        "Call compile() before fit",
     )
 
 

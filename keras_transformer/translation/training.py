@@ -81,7 +81,19 @@ def schedule_following_fit(optimizer):
 
 def fit_schedule_to_run(translator, steps):
     """Fits a schedule made by `compile(total_steps=None)` to the `steps`
-    updates the next `fit` makes, counted from the optimizer's step."""
+    updates the next `fit` makes, counted from the optimizer's step.
+
+    Raises:
+        ValueError: for a translator not yet compiled (it has no optimizer),
+            before the data is batched.
+    """
+    if not translator.compiled:
+        raise ValueError(
+            "Call compile() before fit: the translator has no optimizer yet. "
+            "Received an uncompiled Translator; translator.compile() gives it "
+            "the library's recipe (Adam, warm-up and cosine decay, the "
+            "masked loss)."
+        )
     schedule = schedule_following_fit(translator.optimizer)
     if schedule is None or steps is None:
         return
