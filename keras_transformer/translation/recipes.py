@@ -128,8 +128,8 @@ class Recipe:
         validation.check_positive_float("minutes", self.minutes, allow_none=True)
         if self.epochs is None and self.minutes is None:
             raise ValueError(
-                "A recipe needs epochs or minutes (the length of its run); "
-                "both are None."
+                "A recipe needs epochs or minutes (the length of its run). "
+                "Received: epochs=None, minutes=None"
             )
         validation.check_positive_int("batch_size", self.batch_size, allow_none=True)
         validation.check_positive_int(

@@ -40,7 +40,7 @@ def recipe_summary(recipe, translator):
 
     Returns:
         A str such as `"sentencepiece 4000 joint; 4+4 layers, d 128, FFN
-        256, 4 heads, dropout 0.1; 30 minutes, lr 0.005 (warm-up 5% of the run),
+        256, 4 heads, dropout 0.1; 30 minutes, lr 0.005 (warm-up 15% of the run),
         label smoothing 0.1, 2048 tokens a batch, average of 5 snapshots"`.
     """
     config = translator.config
