@@ -31,8 +31,14 @@ _MODEL_FLAGS = tuple(
 ) + ("tokenizer", "vocabulary_size", "joint_vocabulary", "checkpoint_dir",
      "attention_plot")  # fmt: skip
 # Flag values the adapter path honours (static_shapes: None, the default,
-# lets fit decide).
-_FIXED_FLAGS = {"precision": "float32", "strategy": "default", "static_shapes": None}
+# lets fit decide; an adapter trains for --epochs, by its own schedule).
+_FIXED_FLAGS = {
+    "precision": "float32",
+    "strategy": "default",
+    "static_shapes": None,
+    "minutes": None,
+    "warmup_fraction": None,
+}
 
 
 def add_flags(parser):

@@ -367,6 +367,8 @@ def test_base_and_adapter_fine_tune_an_adapter_and_write_it_with_a_run_record(
          "expected a positive integer, got 0"),
         (["--base", "{keras}", "--adapter", "x", "--precision", "mixed_float16"],
          "--precision: not available with --adapter"),
+        (["--base", "{keras}", "--adapter", "x", "--minutes", "5"],
+         "--minutes: not available with --adapter"),
     ],
 )  # fmt: skip
 def test_bad_adapter_flags_exit_with_a_usage_error(tmp_path, capsys, arguments, message):
