@@ -27,12 +27,31 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
-if keras.backend.backend() == "jax":
-    import jax
 
-    # As XLA_FLAGS above, for JAX's own passes: the JAX line takes ~40% less
-    # CPU (637 s -> 393 s).
-    jax.config.update("jax_disable_most_optimizations", True)
+
+def lighten_graph_optimizations():
+    """Turns off the graph optimisers that a test's tiny programs do not repay.
+
+    On JAX, as XLA_FLAGS above, JAX's own passes: the JAX line takes ~40%
+    less CPU (637 s -> 393 s). On TensorFlow, Grappler, which rewrites
+    every traced graph on its first run (constant folding, op fusion): the
+    slow Translator tests take ~15% less CPU without it (302 s -> 256 s).
+    Both compute the same functions without the rewrites. The test
+    processes call this at import, and so do the children that train in
+    tests/test_checkpointing.py and tests/test_distribute.py; processes that
+    run a script or serve an export keep the defaults users get.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_disable_most_optimizations", True)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
+lighten_graph_optimizations()
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 SCRIPTS = pathlib.Path(__file__).parents[1] / "scripts"

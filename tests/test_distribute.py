@@ -230,7 +230,14 @@ def error_lines(output):
 
 
 def worker_command(mode, initial_path, output_path):
-    return [sys.executable, __file__, mode, str(initial_path), str(output_path)]
+    return [
+        sys.executable,
+        "-m",
+        "tests.test_distribute",
+        mode,
+        str(initial_path),
+        str(output_path),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -591,7 +598,10 @@ def worker_main(mode, initial_path, output_path):
     import keras
     from keras.src.backend.tensorflow import trainer
 
+    from tests.conftest import lighten_graph_optimizations
+
     keras.config.disable_traceback_filtering()
+    lighten_graph_optimizations()
     initial, _ = load_run(initial_path)
     if mode == "mirrored":
         (cpu,) = tf.config.list_physical_devices("CPU")

@@ -114,6 +114,7 @@ def new_version_folder(path, version=None):
         )
     return os.path.join(base, str(version))
 
+
 def export_translator(
     model,
     source_tokenizer,
