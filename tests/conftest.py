@@ -37,9 +37,11 @@ def lighten_graph_optimizations():
     every traced graph on its first run (constant folding, op fusion): the
     slow Translator tests take ~15% less CPU without it (302 s -> 256 s).
     Both compute the same functions without the rewrites. The test
-    processes call this at import, and so do the children that train in
-    tests/test_checkpointing.py and tests/test_distribute.py; processes that
-    run a script or serve an export keep the defaults users get.
+    processes call this at import, and so do the single-process children
+    that train in tests/test_checkpointing.py and tests/test_distribute.py.
+    Processes that run a script, serve an export or have their logs checked
+    (the multi-worker ones: without Grappler oneDNN logs an error-level
+    line about int64 that users never see) keep the defaults users get.
     """
     if keras.backend.backend() == "jax":
         import jax

@@ -1,10 +1,10 @@
 """One model, three Keras backends, and a Python without TensorFlow.
 
-Keras fixes its backend once per process, so each backend runs in a child
-process: `python -m tests.test_backends BACKEND FOLDER` builds the
-Transformers below, loads the weights the TensorFlow child saved (saving them
-first when it is that child), and writes their logits and greedy ids to
-`FOLDER/BACKEND.npz`.
+Keras fixes its backend once per process, so JAX and PyTorch run in child
+processes: `python -m tests.test_backends BACKEND FOLDER` builds the
+Transformers below, loads the weights that the test process saved on
+TensorFlow (`_child("tensorflow", FOLDER)` saves them), and writes their
+logits and greedy ids to `FOLDER/BACKEND.npz`.
 """
 
 import importlib.util
@@ -107,10 +107,14 @@ def _needs(module):
 
 @pytest.fixture(scope="module")
 def tensorflow_results(tmp_path_factory):
-    if not _installed("tensorflow"):
-        pytest.skip("tensorflow is not installed: it saves the shared weights")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("runs on the TensorFlow line: it saves the shared weights")
     folder = tmp_path_factory.mktemp("backends")
-    _run(["tensorflow", str(folder)], "tensorflow")
+    # This process is the TensorFlow child (a process of its own would cost
+    # ~10 CPU-s to import TensorFlow again).
+    _child("tensorflow", folder)
     return folder, np.load(folder / "tensorflow.npz")
 
 

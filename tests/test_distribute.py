@@ -598,12 +598,14 @@ def worker_main(mode, initial_path, output_path):
     import keras
     from keras.src.backend.tensorflow import trainer
 
-    from tests.conftest import lighten_graph_optimizations
-
     keras.config.disable_traceback_filtering()
-    lighten_graph_optimizations()
     initial, _ = load_run(initial_path)
     if mode == "mirrored":
+        # (Importing the conftest lightens this process; see there why the
+        # workers below are left as users run them.)
+        from tests.conftest import lighten_graph_optimizations
+
+        lighten_graph_optimizations()
         (cpu,) = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2
