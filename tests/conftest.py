@@ -28,7 +28,6 @@ import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
 
-
 def lighten_graph_optimizations():
     """Turns off the graph optimisers that a test's tiny programs do not repay.
 

@@ -601,8 +601,8 @@ def worker_main(mode, initial_path, output_path):
     keras.config.disable_traceback_filtering()
     initial, _ = load_run(initial_path)
     if mode == "mirrored":
-        # (Importing the conftest lightens this process; see there why the
-        # workers below are left as users run them.)
+        # The multi-worker runs are not lightened: their logs are checked
+        # for errors (see lighten_graph_optimizations).
         from tests.conftest import lighten_graph_optimizations
 
         lighten_graph_optimizations()
