@@ -70,6 +70,12 @@ def check_keras_file(filepath):
     Returns:
         The absolute path, as a str.
     """
+    return _read_checked(filepath)[0]
+
+
+def _read_checked(filepath):
+    """`check_keras_file`'s checks; returns (absolute path, parsed
+    `config.json`), so that `load_model` reads the config once."""
     path = keras_path(filepath)
     if os.path.isdir(path):
         raise _corrupt(path, "it is a folder, not a file")
@@ -85,14 +91,14 @@ def check_keras_file(filepath):
             damaged = archive.testzip()
             if damaged is not None:
                 raise _corrupt(path, f"the member {damaged!r} fails its checksum")
-            config = json.loads(archive.read("config.json"))
+            config = json.loads(archive.read(_CONFIG))
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise _corrupt(path, f"the archive cannot be read ({error})") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise _corrupt(path, f"its config.json is not JSON ({error})") from error
     if not isinstance(config, dict):
         raise _corrupt(path, "its config.json is not a JSON object")
-    return path
+    return path, config
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
@@ -122,9 +128,9 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     reloaded = keras_transformer.models.load_model("dates.keras")
     ```
     """
-    path = check_keras_file(filepath)
+    path, config = _read_checked(filepath)
     try:
-        with _in_current_layout(path) as current:
+        with _in_current_layout(path, config) as current:
             return keras.saving.load_model(
                 current,
                 custom_objects=custom_objects,
@@ -146,11 +152,10 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
 
 
 @contextlib.contextmanager
-def _in_current_layout(path):
+def _in_current_layout(path, config):
     """Yields `path`, or a temporary upgraded copy when the model class of
-    the file says the file is of an older layout (`upgrade_keras_file`)."""
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read(_CONFIG))
+    the file (named by `config`, its parsed `config.json`) says the file is
+    of an older layout (`upgrade_keras_file`)."""
     model_class = keras.saving.get_registered_object(config.get("registered_name"))
     upgrade = getattr(model_class, "upgrade_keras_file", None)
     upgraded = (
