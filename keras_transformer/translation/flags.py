@@ -194,7 +194,9 @@ def recipe_from_flags(recipe, args):
     sets it and one named like a `TransformerConfig` field sets that model
     field; a flag left out (None) keeps the recipe's value. `--batch-size`
     batches by pairs, so it also clears the recipe's `tokens_per_batch`;
-    `--epochs` without `--minutes` clears the recipe's time budget.
+    `--epochs` without `--minutes` clears the recipe's time budget;
+    `--hidden-dim` without `--learning-rate` moves the recipe's rate to
+    that width.
 
     Args:
         recipe: a `Recipe`.

@@ -26,7 +26,8 @@ import math
 import types
 import typing
 
-from keras_transformer import validation
+from keras_transformer import schedules, validation
+from keras_transformer.models.transformer import TransformerConfig
 from keras_transformer.translation import translator as translator_lib
 from keras_transformer.translation import vocabulary
 
@@ -50,8 +51,10 @@ class Recipe:
             sizes or `padding_id`, which come from the tokenizers). Checked
             when the recipe is made, as a `TransformerConfig` with
             placeholder vocabulary sizes; so are the tokenizer settings.
-        learning_rate: float or None. Peak Adam learning rate; None takes
-            `schedules.default_learning_rate` of the model's width.
+        learning_rate: float or None. Peak Adam learning rate, for the
+            recipe's model width (`override` moves it to another width);
+            None takes `schedules.default_learning_rate` of the model's
+            width.
         warmup_steps: int or None. Linear warm-up steps; None warms up for
             `warmup_fraction` of the run, whatever its length.
         label_smoothing: float.
@@ -153,11 +156,14 @@ class Recipe:
     def override(self, **changes):
         """A copy of the recipe with some fields changed, checked again.
 
-        As `dataclasses.replace`, with two differences that make a flag or
-        a tweak change only what it names: `model` fields update the
-        recipe's (the others are kept), and a different `tokenizer` drops
-        the recipe's `tokenizer_options`, which fit its own tokenizer only
-        (unless new ones are given).
+        As `dataclasses.replace`, with three differences that make a flag
+        or a tweak change only what it names: `model` fields update the
+        recipe's (the others are kept); a different `tokenizer` drops the
+        recipe's `tokenizer_options`, which fit its own tokenizer only
+        (unless new ones are given); and a different `hidden_dim` moves the
+        recipe's `learning_rate`, tuned for its own width, to the new one
+        (`schedules.learning_rate_for_width`: half the rate at twice the
+        width), unless a `learning_rate` is given too.
 
         Args:
             **changes: `Recipe` fields and their new values.
@@ -172,10 +178,23 @@ class Recipe:
                                         model={"hidden_dim": 64})
         small.model["num_encoder_layers"]  # 4, the corpus recipe's
         small.tokenizer_options  # {}: SentencePiece's options are dropped
+        small.learning_rate  # 0.01: the recipe's 5e-3 at width 128, moved to 64
         ```
         """
         if isinstance(changes.get("model"), collections.abc.Mapping):
             changes["model"] = {**self.model, **changes["model"]}
+            width, new_width = (
+                model.get("hidden_dim", TransformerConfig.hidden_dim)
+                for model in (self.model, changes["model"])
+            )
+            if (
+                new_width != width
+                and self.learning_rate is not None
+                and "learning_rate" not in changes
+            ):
+                changes["learning_rate"] = schedules.learning_rate_for_width(
+                    self.learning_rate, width, new_width
+                )
         if changes.get("tokenizer", self.tokenizer) != self.tokenizer:
             changes.setdefault("tokenizer_options", {})
         return dataclasses.replace(self, **changes)

@@ -33,6 +33,11 @@ def test_recipe_and_model_flags_change_only_their_fields():
     assert recipe.tokens_per_batch == recipes.CORPUS.tokens_per_batch
 
 
+def test_a_width_flag_alone_moves_the_recipes_learning_rate_to_that_width():
+    recipe = recipe_of("--hidden-dim", "256", "--num-heads", "8")
+    assert recipe.learning_rate == pytest.approx(recipes.CORPUS.learning_rate / 2)
+
+
 def test_epochs_alone_replace_the_recipes_time_budget_and_minutes_set_one():
     assert recipes.CORPUS.minutes == 30
     assert (recipe_of("--epochs", "3").epochs, recipe_of("--epochs", "3").minutes) == (3, None)

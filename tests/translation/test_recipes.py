@@ -183,6 +183,20 @@ def test_override_updates_model_fields_and_keeps_the_others():
     }
 
 
+def test_override_of_the_width_moves_the_learning_rate_unless_one_is_given():
+    corpus_rate = recipes.CORPUS.learning_rate
+    wide = recipes.CORPUS.override(model={"hidden_dim": 256, "num_heads": 8})
+    # Tuned at width 128: half the rate at twice the width.
+    assert wide.learning_rate == pytest.approx(corpus_rate * 128 / 256)
+    assert wide.override(model={"hidden_dim": 128}).learning_rate == pytest.approx(corpus_rate)
+    assert recipes.CORPUS.override(model={"num_encoder_layers": 1}).learning_rate == corpus_rate
+    given = recipes.CORPUS.override(model={"hidden_dim": 256}, learning_rate=1e-3)
+    assert given.learning_rate == 1e-3
+    # No rate: compile() takes the default of whatever width the model has.
+    unset = recipes.CORPUS.override(learning_rate=None)
+    assert unset.override(model={"hidden_dim": 256}).learning_rate is None
+
+
 def test_override_with_another_tokenizer_drops_the_recipes_tokenizer_options():
     assert recipes.CORPUS.override(tokenizer="word").tokenizer_options == {}
     same = recipes.CORPUS.override(tokenizer="sentencepiece")
