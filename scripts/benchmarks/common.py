@@ -8,6 +8,7 @@ import os
 import statistics
 import sys
 import time
+import typing
 
 import keras
 import numpy as np
@@ -56,7 +57,9 @@ class Settings:
     scaling_steps_per_repeat: int = 3
     fit_pairs: int = 4000
     fit_vocabulary_size: int = 4000
-    fit_hidden_dim: int = 128
+    # None: the corpus recipe's model as it is; a width: a 1+1-layer model
+    # of that width (the quick settings' smoke run).
+    fit_hidden_dim: typing.Optional[int] = None
     fit_tokens_per_batch: int = 2048
 
 

@@ -4,7 +4,7 @@ pipeline.
 
 A synthetic corpus with Multi30k's shape (sentence lengths drawn around
 Multi30k's subword lengths, a joint vocabulary of `fit_vocabulary_size`
-words) trains the corpus recipe's model (4+4 layers, d 128, FFN 256) four
+words) trains the corpus recipe's model (`recipes.CORPUS.model`) four
 ways, epoch by epoch in turns, so a change of machine load hits all alike:
 
 - ceiling: the same model's `train_on_batch` on one fixed 128 x 16 batch
@@ -99,7 +99,7 @@ def keras_hub_twin(keras_hub, translator):
 def run(settings, options):
     recipe = recipes.CORPUS
     model_fields = dict(recipe.model)
-    if settings.fit_hidden_dim != model_fields["hidden_dim"]:
+    if settings.fit_hidden_dim is not None:
         model_fields.update(
             hidden_dim=settings.fit_hidden_dim,
             intermediate_dim=2 * settings.fit_hidden_dim,

@@ -34,7 +34,8 @@ def test_recipe_and_model_flags_change_only_their_fields():
 
 
 def test_a_width_flag_alone_moves_the_recipes_learning_rate_to_that_width():
-    recipe = recipe_of("--hidden-dim", "256", "--num-heads", "8")
+    twice = 2 * recipes.CORPUS.model["hidden_dim"]
+    recipe = recipe_of("--hidden-dim", str(twice), "--num-heads", "8")
     assert recipe.learning_rate == pytest.approx(recipes.CORPUS.learning_rate / 2)
 
 
@@ -60,7 +61,7 @@ def test_another_tokenizer_drops_the_recipes_tokenizer_options():
 @pytest.mark.parametrize(
     "arguments, line",
     [
-        (["--hidden-dim", "30"], "--hidden-dim: expected a multiple of num_heads=4, received 30"),
+        (["--hidden-dim", "30"], "--hidden-dim: expected a multiple of num_heads=8, received 30"),
         (["--label-smoothing", "1"], "--label-smoothing: expected a float in the range [0, 1), received 1.0"),
         (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
         (["--minutes", "0"], "argument --minutes: expected a positive number, got 0"),

@@ -184,17 +184,17 @@ def test_override_updates_model_fields_and_keeps_the_others():
 
 
 def test_override_of_the_width_moves_the_learning_rate_unless_one_is_given():
-    corpus_rate = recipes.CORPUS.learning_rate
-    wide = recipes.CORPUS.override(model={"hidden_dim": 256, "num_heads": 8})
-    # Tuned at width 128: half the rate at twice the width.
-    assert wide.learning_rate == pytest.approx(corpus_rate * 128 / 256)
-    assert wide.override(model={"hidden_dim": 128}).learning_rate == pytest.approx(corpus_rate)
+    corpus_rate, width = recipes.CORPUS.learning_rate, recipes.CORPUS.model["hidden_dim"]
+    wide = recipes.CORPUS.override(model={"hidden_dim": 2 * width, "num_heads": 8})
+    # Half the rate at twice the width the recipe was tuned at.
+    assert wide.learning_rate == pytest.approx(corpus_rate / 2)
+    assert wide.override(model={"hidden_dim": width}).learning_rate == pytest.approx(corpus_rate)
     assert recipes.CORPUS.override(model={"num_encoder_layers": 1}).learning_rate == corpus_rate
-    given = recipes.CORPUS.override(model={"hidden_dim": 256}, learning_rate=1e-3)
+    given = recipes.CORPUS.override(model={"hidden_dim": 2 * width}, learning_rate=1e-3)
     assert given.learning_rate == 1e-3
     # No rate: compile() takes the default of whatever width the model has.
     unset = recipes.CORPUS.override(learning_rate=None)
-    assert unset.override(model={"hidden_dim": 256}).learning_rate is None
+    assert unset.override(model={"hidden_dim": 2 * width}).learning_rate is None
 
 
 def test_override_with_another_tokenizer_drops_the_recipes_tokenizer_options():
@@ -208,7 +208,7 @@ def test_override_with_another_tokenizer_drops_the_recipes_tokenizer_options():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"model": {"hidden_dim": 30}}, "expected a multiple of num_heads=4. Received: hidden_dim=30"),
+        ({"model": {"hidden_dim": 30}}, "expected a multiple of num_heads=8. Received: hidden_dim=30"),
         ({"model": [("hidden_dim", 64)]}, "expected a dict of TransformerConfig fields"),
         ({"epochs": 0}, "argument epochs"),
         ({"vocabulary_size": 3}, "more than the 4 special tokens"),
