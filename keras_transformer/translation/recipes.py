@@ -428,8 +428,9 @@ CORPUS = Recipe(
     # programs in half the time (91 s instead of 193 s): test_2016_flickr
     # beam BLEU 37.5 lowercased after 30 minutes against 34.9, validation
     # BLEU 18.6 after 7.5 minutes against 11.8 after 8.3. On word-level
-    # de->en, 10 minutes: masked accuracy 0.65 for a 1+1-layer d-256 model
-    # against 0.54.
+    # de->en, 10 minutes: masked accuracy 0.645 against 0.541 (keras-hub's
+    # translation example: 0.641); on its first 5,000 pairs, 5 minutes:
+    # 0.450 against 0.335.
     model={
         "num_encoder_layers": 2,
         "num_decoder_layers": 2,
