@@ -56,7 +56,8 @@ def build_parser():
     fit.add_argument(
         "--jit-compile", choices=("auto", "on", "off"), default="auto",
         help="XLA for the train step; auto: on under a TPU, and for runs "
-        "long enough to repay compiling one program per length bucket",
+        "long enough to repay compiling one program per length bucket (packed "
+        "rows: one)",
     )  # fmt: skip
     fit.add_argument(
         "--static-shapes", action=argparse.BooleanOptionalAction,

@@ -33,6 +33,8 @@ from keras_transformer.layers.masks import (
     decoder_self_attention_mask,
     encoder_self_attention_mask,
     padding_mask,
+    segment_mask,
+    segment_positions,
 )
 from keras_transformer.layers.attention import MultiHeadAttention
 from keras_transformer.layers.encoder import TransformerEncoderBlock

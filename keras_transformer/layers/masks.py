@@ -133,3 +133,65 @@ def decoder_self_attention_mask(padding_mask, offset=0):
         encoder_self_attention_mask(padding_mask),
         causal_mask(length, length, offset)[None, :, :],
     )
+
+
+def segment_mask(query_segment_ids, key_segment_ids):
+    """Lets a query attend to the keys of its own segment in packed rows.
+
+    Packing puts several sequences in one row, numbered 1, 2, ... by
+    segment ids, with 0 for the padding after the last one. A query sees
+    only the keys of its own segment; padding keys are masked for every
+    query (a padding query's row is then fully masked, as in the padding
+    convention above).
+
+    Args:
+        query_segment_ids: int tensor `(batch_size, query_length)`.
+        key_segment_ids: int tensor `(batch_size, key_length)`.
+
+    Returns:
+        Boolean tensor of shape `(batch_size, query_length, key_length)`.
+
+    Example:
+
+    ```python
+    segment_mask([[1, 1, 2]], [[1, 2, 0]])
+    # [[[True, False, False], [True, False, False], [False, True, False]]]
+    ```
+    """
+    query_segment_ids = ops.convert_to_tensor(query_segment_ids)
+    key_segment_ids = ops.convert_to_tensor(key_segment_ids)
+    return ops.logical_and(
+        ops.equal(query_segment_ids[:, :, None], key_segment_ids[:, None, :]),
+        ops.not_equal(key_segment_ids, 0)[:, None, :],
+    )
+
+
+def segment_positions(segment_ids):
+    """The position of every token within its segment of a packed row.
+
+    Each segment's first token is at position 0, as it would be alone in
+    its own row, so packed rows see the position encodings that unpacked
+    ones do; padding (segment 0) is at position 0. Segments must be
+    contiguous (as packing writes them).
+
+    Args:
+        segment_ids: int tensor `(batch_size, length)`.
+
+    Returns:
+        int32 tensor of shape `(batch_size, length)`.
+
+    Example:
+
+    ```python
+    segment_positions([[1, 1, 1, 2, 2, 0, 0]])  # [[0, 1, 2, 0, 1, 0, 0]]
+    ```
+    """
+    segment_ids = ops.convert_to_tensor(segment_ids)
+    same = ops.equal(segment_ids[:, :, None], segment_ids[:, None, :])
+    length = ops.shape(segment_ids)[1]
+    # Token i's position: the tokens of its segment before it (keys j < i).
+    earlier = causal_mask(length, length, offset=-1)
+    positions = ops.sum(ops.cast(ops.logical_and(same, earlier[None]), "int32"), axis=-1)
+    # Padding (segment 0) at position 0: a long padded tail would otherwise
+    # count past the position table.
+    return positions * ops.cast(ops.not_equal(segment_ids, 0), "int32")

@@ -8,7 +8,10 @@ from keras import ops
 from keras_transformer import validation
 from keras_transformer.layers import _static
 from keras_transformer.layers import _token_ids
-from keras_transformer.layers.position_encoding import SinusoidalPositionEncoding
+from keras_transformer.layers.position_encoding import (
+    SinusoidalPositionEncoding,
+    check_positions_exclude_start,
+)
 
 
 def _check_fits(layer_name, length, start_index, sequence_length):
@@ -46,14 +49,46 @@ def _check_fits(layer_name, length, start_index, sequence_length):
     return True
 
 
-def _positions_in_graph(layer_name, inputs, start_index, sequence_length, dtype):
-    """The in-graph form of `_check_fits` for ids `inputs`: `(inputs, factor)`
-    (see `_static.guard_in_graph`)."""
-    end = ops.shape(inputs)[-1] + ops.cast(start_index, "int32")
+def _check_positions_fit(layer_name, positions, sequence_length):
+    """`_check_fits` for explicit `positions`: raises when their values are
+    known now and some lie outside `[0, sequence_length)`.
+
+    Returns:
+        True when checked (or there is no maximum), False when the values
+        are only known once a compiled graph runs.
+    """
+    if sequence_length is None:
+        return True
+    lowest = _static.known_int(ops.min(positions))
+    highest = _static.known_int(ops.max(positions))
+    if lowest is None or highest is None:
+        return False
+    if lowest < 0 or highest >= sequence_length:
+        raise ValueError(
+            f"Layer {layer_name} received positions from {lowest} to "
+            f"{highest}, but they must lie in [0, sequence_length) with "
+            f"sequence_length={sequence_length}. Increase sequence_length "
+            "or pass shorter sequences."
+        )
+    return True
+
+
+def _positions_in_graph(
+    layer_name, inputs, start_index, sequence_length, dtype, positions=None
+):
+    """The in-graph form of `_check_fits` (or, given `positions`, of
+    `_check_positions_fit`) for ids `inputs`: `(inputs, factor)` (see
+    `_static.guard_in_graph`)."""
+    if positions is None:
+        end = ops.shape(inputs)[-1] + ops.cast(start_index, "int32")
+        start = ops.cast(start_index, "int32")
+    else:
+        end = ops.max(positions) + 1
+        start = ops.min(positions)
     return _static.guard_in_graph(
         ops.logical_and(
             ops.less_equal(end, sequence_length),
-            ops.greater_equal(ops.cast(start_index, "int32"), 0),
+            ops.greater_equal(start, 0),
         ),
         inputs,
         f"Layer {layer_name} received positions past its maximum "
@@ -91,6 +126,10 @@ class PositionEmbedding(keras.layers.Layer):
             shape is used.
         start_index: int or scalar int tensor. Position of the first step,
             for incremental decoding with a cache. Defaults to 0.
+        positions: optional int tensor `(batch_size, length)`. The
+            position of every step, for rows that are not one sequence from
+            position 0 (packed sequences: `layers.segment_positions`); rows
+            past the table are NaN as above. Excludes `start_index`.
 
     Example:
 
@@ -120,11 +159,16 @@ class PositionEmbedding(keras.layers.Layer):
             initializer=self.initializer,
         )
 
-    def call(self, inputs, start_index=0):
-        _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
-        positions = ops.arange(ops.shape(inputs)[-2], dtype="int32") + ops.cast(
-            start_index, "int32"
-        )
+    def call(self, inputs, start_index=0, positions=None):
+        if positions is None:
+            _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
+            positions = ops.arange(ops.shape(inputs)[-2], dtype="int32") + ops.cast(
+                start_index, "int32"
+            )
+        else:
+            check_positions_exclude_start(self.name, start_index)
+            positions = ops.cast(positions, "int32")
+            _check_positions_fit(self.name, positions, self.sequence_length)
         # A gather, not a slice: its output has `length` rows whatever the
         # values, where JAX's dynamic slice would shift the window back
         # inside the table. Reading the variable as a tensor first is what
@@ -140,8 +184,9 @@ class PositionEmbedding(keras.layers.Layer):
     # placeholder length (an int such as 83 on PyTorch) that would fail the
     # overflow check; a real static length and an int start_index are
     # checked here.
-    def compute_output_spec(self, inputs, start_index=0):
-        _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
+    def compute_output_spec(self, inputs, start_index=0, positions=None):
+        if positions is None:
+            _check_fits(self.name, inputs.shape[-2], start_index, self.sequence_length)
         return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
 
     def get_config(self):
@@ -190,6 +235,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             `(batch_size, length, embedding_dim)`.
         start_index: int or scalar int tensor. Position of the first token,
             for incremental decoding with a cache. Defaults to 0.
+        positions: optional int tensor `(batch_size, length)`. The position
+            of every token, for packed rows (`layers.segment_positions`);
+            needs a position table (`position_encoding` other than
+            `"none"`). Excludes `start_index`.
         reverse: bool. Whether to return tied logits
             `(batch_size, length, vocabulary_size)` instead of embeddings.
 
@@ -281,7 +330,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_embedding.build(batch_and_length + (self.embedding_dim,))
         self.built = True
 
-    def _check_token_ids(self, inputs, start_index):
+    def _check_token_ids(self, inputs, start_index, positions=None):
         if len(inputs.shape) != 2:
             raise ValueError(
                 f"Layer {self.name} expected token ids of shape "
@@ -289,14 +338,24 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 "Pass reverse=True to map hidden states to logits."
             )
         _token_ids.check_dtype("inputs", inputs, layer_name=self.name)
+        if positions is not None:
+            check_positions_exclude_start(self.name, start_index)
+            return _check_positions_fit(self.name, positions, self.sequence_length)
         return _check_fits(
             self.name, inputs.shape[-1], start_index, self.sequence_length
         )
 
-    def call(self, inputs, start_index=0, reverse=False):
+    def call(self, inputs, start_index=0, reverse=False, positions=None):
         if reverse:
             return self._logits(inputs)
-        positions_fit = self._check_token_ids(inputs, start_index)
+        if positions is not None and self.position_embedding is None:
+            raise ValueError(
+                f"Layer {self.name} received positions, but it adds no "
+                "positions (position_encoding='none': they enter inside "
+                "attention). Pass positions only with position_encoding="
+                "'learned' or 'sinusoidal'."
+            )
+        positions_fit = self._check_token_ids(inputs, start_index, positions)
         known = _token_ids.check_values(
             "inputs", inputs, self.vocabulary_size, layer_name=self.name
         )
@@ -308,7 +367,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             # no end and a learned one would fail in the gather, so the
             # maximum is checked here, folded into the scale.
             inputs, factor = _positions_in_graph(
-                self.name, inputs, start_index, self.sequence_length, self.compute_dtype
+                self.name,
+                inputs,
+                start_index,
+                self.sequence_length,
+                self.compute_dtype,
+                positions,
             )
             scale = scale * factor
         if not known:
@@ -326,7 +390,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             embedded = embedded * scale
         if self.position_embedding is None:
             return embedded
-        return embedded + self.position_embedding(embedded, start_index=start_index)
+        return embedded + self.position_embedding(
+            embedded, start_index=start_index, positions=positions
+        )
 
     def _logits(self, hidden_states):
         validation.check_last_dim(
@@ -337,14 +403,14 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     # Symbolic calls infer the shape here rather than by tracing `call`
     # with a placeholder length (see `PositionEmbedding`).
-    def compute_output_spec(self, inputs, start_index=0, reverse=False):
+    def compute_output_spec(self, inputs, start_index=0, reverse=False, positions=None):
         if reverse:
             validation.check_last_dim(
                 self.name, "inputs", inputs.shape, self.embedding_dim
             )
             shape = tuple(inputs.shape[:-1]) + (self.vocabulary_size,)
         else:
-            self._check_token_ids(inputs, start_index)
+            self._check_token_ids(inputs, start_index, positions)
             shape = tuple(inputs.shape) + (self.embedding_dim,)
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 

@@ -7,6 +7,17 @@ from keras import ops
 from keras_transformer import validation
 
 
+def check_positions_exclude_start(layer_name, start_index):
+    """Raises for a call given both explicit `positions` and a
+    `start_index`: the positions already say where each step is."""
+    if not (isinstance(start_index, int) and start_index == 0):
+        raise ValueError(
+            f"Layer {layer_name} received both positions and start_index="
+            f"{start_index!r}. Pass one: positions give every step's "
+            "position, start_index the first of consecutive ones."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class SinusoidalPositionEncoding(keras.layers.Layer):
     """Sinusoidal position encoding from "Attention Is All You Need".
@@ -33,6 +44,10 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
             Only its shape is used.
         start_index: int or scalar int tensor. Position of the first step,
             for incremental decoding with a cache. Defaults to 0.
+        positions: optional int tensor `(batch_size, sequence_length)`.
+            The position of every step, for rows that are not one sequence
+            from position 0 (packed sequences: `layers.segment_positions`).
+            Excludes `start_index`.
 
     Example:
 
@@ -57,23 +72,26 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         validation.check_last_dim(self.name, "inputs", input_shape, None)
         self.built = True
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         feature_size = inputs.shape[-1]
         num_frequencies = (feature_size + 1) // 2
         inverse_frequencies = self.max_wavelength ** (
             -2.0 * np.arange(num_frequencies) / feature_size
         )
-        positions = ops.cast(ops.arange(ops.shape(inputs)[-2]), "float32") + ops.cast(
-            start_index, "float32"
-        )
-        angles = ops.expand_dims(positions, -1) * ops.convert_to_tensor(
-            inverse_frequencies.astype("float32")
+        if positions is None:
+            positions = ops.arange(ops.shape(inputs)[-2], dtype="int32") + ops.cast(
+                start_index, "int32"
+            )
+        else:
+            check_positions_exclude_start(self.name, start_index)
+        angles = ops.expand_dims(ops.cast(positions, "float32"), -1) * (
+            ops.convert_to_tensor(inverse_frequencies.astype("float32"))
         )
         # Stacking on a new last axis and flattening interleaves sin and cos.
         encoding = ops.reshape(
             ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1),
-            (-1, 2 * num_frequencies),
-        )[:, :feature_size]
+            tuple(ops.shape(angles)[:-1]) + (2 * num_frequencies,),
+        )[..., :feature_size]
         encoding = ops.cast(encoding, self.compute_dtype)
         return ops.broadcast_to(encoding, ops.shape(inputs))
 

@@ -385,14 +385,100 @@ class PaddingMask(keras.layers.Layer):
         return {**super().get_config(), "padding_id": self.padding_id}
 
 
-def encode(transformer_layers, source_ids, training=None):
-    """Source ids -> (encoder output, source padding mask)."""
+# The extra inputs of packed rows (several pairs to a row, see
+# `keras_transformer.data.packing`): 1, 2, ... numbers the pairs of a row,
+# 0 marks padding; a pair's source and target share their number.
+PACKED_INPUTS = ("source_segment_ids", "target_segment_ids")
+
+
+def _embed(embedding, token_ids, positions):
+    # Hand-composed layers need not take `positions` unless rows are packed.
+    if positions is None:
+        return embedding(token_ids)
+    return embedding(token_ids, positions=positions)
+
+
+def check_packable(transformer_layers):
+    """Raises unless packed rows give every pair what it sees alone.
+
+    Packing restarts the positions of each pair through the embeddings'
+    position tables; positions inside attention (rotary, ALiBi, relative
+    biases) would count from the start of the row instead.
+    """
+    inside_attention = any(
+        block.use_rotary or block.position_bias
+        for block in transformer_layers.encoder_blocks
+        + transformer_layers.decoder_blocks
+    )
+    embeddings = (transformer_layers.source_embedding, transformer_layers.target_embedding)
+    if inside_attention or any(
+        getattr(embedding, "position_embedding", None) is None for embedding in embeddings
+    ):
+        raise ValueError(
+            "Packed rows (pack=True) need positions added by the embeddings "
+            "(position_encoding='sinusoidal' or 'learned'): positions inside "
+            "attention would run on across the pairs of a row. Received a "
+            "model whose positions enter inside attention. Use pack=False "
+            "for it."
+        )
+
+
+def packed_logits(transformer_layers, inputs, training=None):
+    """Next-token logits of packed rows: `inputs` holds `source_ids`,
+    `target_ids` and the `PACKED_INPUTS`; each pair sees only itself, as
+    it would alone in its own row."""
+    missing = [
+        name
+        for name in ("source_ids", "target_ids", *PACKED_INPUTS)
+        if name not in inputs
+    ]
+    if missing:
+        raise ValueError(
+            f"Packed rows need the inputs source_ids, target_ids, "
+            f"{', '.join(PACKED_INPUTS)}; missing: {', '.join(missing)}. "
+            f"Received the inputs {sorted(inputs)}."
+        )
+    check_packable(transformer_layers)
+    source_segment_ids = inputs["source_segment_ids"]
+    encoded, source_mask = encode(
+        transformer_layers,
+        inputs["source_ids"],
+        training=training,
+        segment_ids=source_segment_ids,
+    )
+    return decode(
+        transformer_layers,
+        inputs["target_ids"],
+        encoded,
+        source_mask,
+        training=training,
+        segment_ids=inputs["target_segment_ids"],
+        source_segment_ids=source_segment_ids,
+    )
+
+
+def encode(transformer_layers, source_ids, training=None, segment_ids=None):
+    """Source ids -> (encoder output, source padding mask).
+
+    With `segment_ids` (packed rows, see `PACKED_INPUTS`), each source
+    attends to its own segment only and its positions start at 0.
+    """
     source_mask = transformer_layers.padding_mask(source_ids)
+    positions = attention_mask = None
+    if segment_ids is not None:
+        positions = layers.segment_positions(segment_ids)
+        attention_mask = layers.segment_mask(segment_ids, segment_ids)
     hidden = transformer_layers.embedding_dropout(
-        transformer_layers.source_embedding(source_ids), training=training
+        _embed(transformer_layers.source_embedding, source_ids, positions),
+        training=training,
     )
     for block in transformer_layers.encoder_blocks:
-        hidden = block(hidden, padding_mask=source_mask, training=training)
+        hidden = block(
+            hidden,
+            padding_mask=source_mask,
+            attention_mask=attention_mask,
+            training=training,
+        )
     if transformer_layers.encoder_norm is not None:
         hidden = transformer_layers.encoder_norm(hidden)
     return hidden, source_mask
@@ -405,16 +491,26 @@ def decode(
     source_mask,
     training=None,
     return_attention_scores=False,
+    segment_ids=None,
+    source_segment_ids=None,
 ):
     """Target ids (BOS first) attending to the encoder -> next-token logits.
 
     With `return_attention_scores=True`, returns `(logits, scores)` where
     `scores[i]` is `{"self_attention": ..., "cross_attention": ...}` for
     decoder block `i`, each `(batch, num_heads, target_length, key_length)`.
+    With `segment_ids` and `source_segment_ids` (packed rows), each target
+    attends to its own segment and to its own source only.
     """
     target_mask = transformer_layers.padding_mask(target_ids)
+    positions = self_mask = cross_mask = None
+    if segment_ids is not None:
+        positions = layers.segment_positions(segment_ids)
+        self_mask = layers.segment_mask(segment_ids, segment_ids)
+        cross_mask = layers.segment_mask(segment_ids, source_segment_ids)
     hidden = transformer_layers.embedding_dropout(
-        transformer_layers.target_embedding(target_ids), training=training
+        _embed(transformer_layers.target_embedding, target_ids, positions),
+        training=training,
     )
     scores = []
     for block in transformer_layers.decoder_blocks:
@@ -422,7 +518,9 @@ def decode(
             hidden,
             encoded,
             decoder_padding_mask=target_mask,
+            decoder_attention_mask=self_mask,
             encoder_padding_mask=source_mask,
+            encoder_attention_mask=cross_mask,
             training=training,
             return_attention_scores=return_attention_scores,
         )
@@ -760,6 +858,8 @@ class Transformer(loading.AtomicSave, keras.Model):
             for name in ("source_ids", "target_ids"):
                 if name in inputs:
                     _token_ids.check_dtype(name, inputs[name])
+            if any(name in inputs for name in PACKED_INPUTS):
+                return packed_logits(self.transformer_layers, inputs, training)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     @property

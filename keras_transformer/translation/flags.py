@@ -159,6 +159,11 @@ def add_recipe_flags(parser):
         help="training time, validation excluded; the schedule fits it",
     )
     group.add_argument("--batch-size", type=positive_int, help="pairs per replica")
+    group.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        help="several pairs to a row instead of length buckets",
+    )
     group.add_argument("--learning-rate", type=float, help="peak Adam learning rate")
     group.add_argument("--warmup-steps", type=int)
     group.add_argument(
@@ -193,7 +198,8 @@ def recipe_from_flags(recipe, args):
     A flag named like a `Recipe` field (`--epochs`, `--learning-rate`, ...)
     sets it and one named like a `TransformerConfig` field sets that model
     field; a flag left out (None) keeps the recipe's value. `--batch-size`
-    batches by pairs, so it also clears the recipe's `tokens_per_batch`;
+    batches by pairs, so it also clears the recipe's `tokens_per_batch`
+    (and `pack`, unless `--pack` is given);
     `--epochs` without `--minutes` clears the recipe's time budget;
     `--hidden-dim` without `--learning-rate` moves the recipe's rate to
     that width.
@@ -216,6 +222,8 @@ def recipe_from_flags(recipe, args):
     }
     if "batch_size" in changes:
         changes["tokens_per_batch"] = None
+        # Packed rows are sized by tokens.
+        changes.setdefault("pack", False)
     # An epoch count alone is a run of that many epochs, not a bound on a
     # time budget.
     if "epochs" in changes and "minutes" not in changes:

@@ -76,6 +76,10 @@ class Recipe:
             precedence over `batch_size`.
         bucket_width: int or None. Width of the length buckets (see
             `bucket_boundaries`); None keeps the pipeline's 8 equal buckets.
+        pack: bool. Pack several pairs to a row instead of bucketing them
+            (`Translator.fit(pack=True)`): one batch shape and almost no
+            padding. Needs `tokens_per_batch`; `bucket_width` is then
+            unused.
         checkpoints_averaged: int. Weight snapshots averaged at the end of
             training (`CheckpointAveraging`); 1 keeps the last weights.
         average_every_n_steps: int or None. Steps between those snapshots;
@@ -105,6 +109,7 @@ class Recipe:
     length_penalty: float = 0.6
     minutes: typing.Optional[float] = None
     warmup_fraction: typing.Optional[float] = None
+    pack: bool = False
 
     def __post_init__(self):
         # Checked now against what `from_texts` will do with them, so a bad
@@ -143,6 +148,11 @@ class Recipe:
                 "A recipe needs batch_size or tokens_per_batch; both are None."
             )
         validation.check_positive_int("bucket_width", self.bucket_width, allow_none=True)
+        if validation.check_bool("pack", self.pack) and self.tokens_per_batch is None:
+            raise ValueError(
+                "A recipe with pack=True sizes its batches by tokens: give "
+                "it tokens_per_batch. Received: pack=True, tokens_per_batch=None"
+            )
         validation.check_positive_int("checkpoints_averaged", self.checkpoints_averaged)
         validation.check_positive_int(
             "average_every_n_steps", self.average_every_n_steps, allow_none=True
@@ -280,8 +290,8 @@ class Recipe:
         Returns:
             A dict: `epochs` and `minutes`; `batch_size` and `tokens_per_batch`, the
             recipe's per replica times the replicas (batches by tokens when
-            `tokens_per_batch` is set); `bucket_boundaries` for the
-            translator's longest sequences; and `callbacks`, the recipe's,
+            `tokens_per_batch` is set); `pack`, or else `bucket_boundaries`
+            for the translator's longest sequences; and `callbacks`, the recipe's,
             whose validation BLEU decodes greedily as one XLA program
             (several times faster than the traced loop once compiled).
 
@@ -300,7 +310,8 @@ class Recipe:
             "minutes": self.minutes,
             "batch_size": self.batch_size and self.batch_size * replicas,
             "tokens_per_batch": self.tokens_per_batch and self.tokens_per_batch * replicas,
-            "bucket_boundaries": self.bucket_boundaries(longest),
+            "pack": self.pack,
+            "bucket_boundaries": None if self.pack else self.bucket_boundaries(longest),
             "callbacks": self.callbacks(decode_fn, valid_sources, valid_targets),
         }
 

@@ -55,6 +55,8 @@ def recipe_summary(recipe, translator):
         if recipe.tokens_per_batch
         else f"{recipe.batch_size} pairs a batch"
     )
+    if recipe.pack:
+        batches += " (packed rows)"
     return (
         f"{recipe.tokenizer} {translator.source_tokenizer.vocabulary_size}"
         f"{' joint' if recipe.joint_vocabulary else ''}; "

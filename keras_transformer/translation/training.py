@@ -125,21 +125,23 @@ def steps_of_keras_fit(x, batch_size, epochs, steps_per_epoch):
     return epochs * steps_per_epoch if isinstance(epochs, int) and epochs > 0 else None
 
 
-def use_xla_for_run(translator, steps, bucket_boundaries, budget=None):
+def use_xla_for_run(translator, steps, bucket_boundaries, budget=None, pack=False):
     """Under `jit_compile="auto"`, turns XLA on for a run of enough
     `steps` (or, under a time `budget`, of enough seconds) per batch
-    shape; returns whether the run uses XLA (and so static shapes)."""
+    shape (packed rows have one); returns whether the run uses XLA (and so
+    static shapes)."""
     if not (
         translator._jit_compile_auto
         and keras.backend.backend() == "tensorflow"
         and distribute.jit_compile_works(translator.distribute_strategy)
     ):
         return bool(translator.jit_compile)
-    programs = (
-        pipeline.DEFAULT_NUM_BUCKETS
-        if bucket_boundaries is None
-        else len(bucket_boundaries) + 1
-    )
+    if pack:
+        programs = 1
+    elif bucket_boundaries is None:
+        programs = pipeline.DEFAULT_NUM_BUCKETS
+    else:
+        programs = len(bucket_boundaries) + 1
     if budget is None:
         repays = steps >= XLA_STEPS_PER_PROGRAM * programs
     else:

@@ -34,10 +34,14 @@ import numpy as np
 
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, decoding, distribute, losses, validation
-from keras_transformer.data import pipeline, tokenizers
+from keras_transformer.data import packing, pipeline, tokenizers
 from keras_transformer.layers import _token_ids
 from keras_transformer.models import loading
-from keras_transformer.models.transformer import Transformer, TransformerConfig
+from keras_transformer.models.transformer import (
+    Transformer,
+    TransformerConfig,
+    check_packable,
+)
 from keras_transformer.translation import adapters as adapters_lib
 from keras_transformer.translation import attention, export, text, training
 from keras_transformer.translation import layout, vocabulary
@@ -441,24 +445,30 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         static_shapes=False,
         tokens_per_batch=None,
         bucket_boundaries=None,
+        pack=False,
     ):
-        """Teacher-forcing batches from parallel texts, length-bucketed.
+        """Teacher-forcing batches from parallel texts, length-bucketed or
+        packed.
 
         Pairs longer than the model's limits are dropped (and counted in a
         warning), never truncated. With `tokens_per_batch`, batches hold
         about that many tokens (padding included) instead of `batch_size`
-        pairs. See `keras_transformer.data.make_translation_dataset`.
+        pairs. See `keras_transformer.data.make_translation_dataset`. With
+        `pack=True`, pairs are packed several to a row instead
+        (`keras_transformer.data.packing`; needs `tokens_per_batch`).
 
         Returns:
-            A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)`;
-            unless it repeats, its cardinality is set (Keras then knows the
-            epoch length from the first epoch on).
+            A `tf.data.Dataset` of `({"source_ids", "target_ids"}, labels)`
+            (packed: with the segment ids as well); unless it repeats, its
+            cardinality is set (Keras then knows the epoch length from the
+            first epoch on).
         """
         validation.check_positive_int(
             "tokens_per_batch", tokens_per_batch, allow_none=True
         )
         shuffle = validation.check_bool("shuffle", shuffle)
         static_shapes = validation.check_bool("static_shapes", static_shapes)
+        self._check_packing(pack, tokens_per_batch, bucket_boundaries)
         return self._batches(
             self._tokenize(sources, targets),
             batch_size=batch_size,
@@ -468,7 +478,22 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             static_shapes=static_shapes,
             tokens_per_batch=tokens_per_batch,
             bucket_boundaries=bucket_boundaries,
+            pack=pack,
         )
+
+    def _check_packing(self, pack, tokens_per_batch, bucket_boundaries):
+        """Raises, before any tokenizing, for packing this model or these
+        batches cannot take."""
+        if not validation.check_bool("pack", pack):
+            return
+        if tokens_per_batch is None or bucket_boundaries is not None:
+            raise ValueError(
+                "pack=True fills rows of one length, sized by tokens: it "
+                "needs tokens_per_batch and takes no bucket_boundaries. "
+                f"Received: tokens_per_batch={tokens_per_batch}, "
+                f"bucket_boundaries={bucket_boundaries!r}"
+            )
+        check_packable(self.transformer_layers)
 
     def _tokenize(self, sources, targets):
         """The pairs every dataset of a run is batched from, tokenized once
@@ -492,8 +517,20 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         static_shapes,
         tokens_per_batch,
         bucket_boundaries,
+        pack=False,
     ):
         """`make_dataset` on pairs `_tokenize` made."""
+        if pack:
+            dataset = packing.packed_dataset(
+                pairs,
+                tokens_per_batch,
+                shuffle=shuffle,
+                seed=seed,
+                repeat=repeat,
+                drop_remainder=static_shapes and repeat,
+                pad_incomplete_batches=static_shapes and not repeat,
+            )
+            return distribute.shard_dataset(dataset)
         dataset = pipeline.batch_pairs(
             pairs,
             batch_size=None if tokens_per_batch else batch_size,
@@ -525,6 +562,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         checkpoint_dir=None,
         checkpoint_every=None,
         minutes=None,
+        pack=False,
         **kwargs,
     ):
         """`keras.Model.fit` on raw text as well as on ids.
@@ -552,6 +590,12 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 only) instead of `batch_size` pairs.
             bucket_boundaries: list of int or None. Length-bucket
                 boundaries (texts only; default: 8 equal buckets).
+            pack: bool. Pack several pairs to a row instead of bucketing
+                (texts only; needs `tokens_per_batch`): one batch shape,
+                so one XLA program, and almost no padding
+                (`keras_transformer.data.packing`). Validation texts are
+                packed too. The `sequence_exact_match` metric then scores
+                rows, not pairs.
             checkpoint_dir: str or None. Checkpoint into this folder every
                 `checkpoint_every` steps (default: every epoch) and resume
                 from it when it holds a checkpoint
@@ -620,6 +664,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         shuffle = validation.check_bool("shuffle", shuffle)
         if static_shapes is not None:
             static_shapes = validation.check_bool("static_shapes", static_shapes)
+        self._check_packing(pack, tokens_per_batch, bucket_boundaries)
         # Tokenized once: the step count, the training stream of every epoch
         # (and of a resumed run) and the token count all read these.
         pairs = self._tokenize(*texts)
@@ -634,12 +679,13 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 static_shapes=static_shapes,
                 tokens_per_batch=tokens_per_batch,
                 bucket_boundaries=bucket_boundaries,
+                pack=pack,
             )
 
         steps_per_epoch = len(make_training_dataset(repeat=False, static_shapes=False))
         if static_shapes is None:
             static_shapes = training.use_xla_for_run(
-                self, epochs * steps_per_epoch, bucket_boundaries, budget
+                self, epochs * steps_per_epoch, bucket_boundaries, budget, pack
             )
         if validation_data is not None:
             validation_texts = text.as_texts(
@@ -655,6 +701,7 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                     static_shapes=static_shapes,
                     tokens_per_batch=tokens_per_batch,
                     bucket_boundaries=bucket_boundaries,
+                    pack=pack,
                 )
 
         training.fit_schedule_to_run(self, epochs * steps_per_epoch)

@@ -77,3 +77,20 @@ def test_mask_helpers_accept_integer_padding_masks():
         to_numpy(layers.encoder_self_attention_mask(as_ints)),
         to_numpy(layers.encoder_self_attention_mask(PADDING)),
     )
+
+
+def test_segment_mask_lets_queries_see_only_the_real_keys_of_their_own_segment():
+    queries = np.array([[1, 1, 2, 2, 0]])
+    keys = np.array([[1, 2, 2, 0]])
+    expected = (queries[0][:, None] == keys[0][None, :]) & (keys[0] != 0)[None, :]
+    np.testing.assert_array_equal(
+        to_numpy(layers.segment_mask(queries, keys)), expected[None]
+    )
+
+
+def test_segment_positions_restart_at_every_segment_and_pad_at_zero():
+    segments = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(
+        to_numpy(layers.segment_positions(segments)),
+        [[0, 1, 2, 0, 1, 0, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7]],
+    )

@@ -100,6 +100,22 @@ def test_compiled_start_index_past_the_table_gives_nan_rows_instead_of_clipping(
     assert np.isnan(rows[2:]).all()
 
 
+def test_explicit_positions_select_their_rows_even_in_rows_longer_than_the_table():
+    layer = layers.PositionEmbedding(sequence_length=LENGTH)
+    layer(random_floats(1, 4, DIM))
+    table = to_numpy(layer.embeddings)
+    # Packed rows: each segment restarts at 0, so a row may outrun the table.
+    positions = np.tile(np.arange(LENGTH), 2)[None]
+    rows = to_numpy(layer(random_floats(1, 2 * LENGTH, DIM), positions=positions))
+    np.testing.assert_array_equal(rows[0], table[positions[0]])
+
+
+def test_explicit_positions_past_the_table_are_rejected():
+    layer = layers.PositionEmbedding(sequence_length=LENGTH)
+    with pytest.raises(ValueError, match=f"positions from 0 to {LENGTH}"):
+        layer(random_floats(1, 2, DIM), positions=np.array([[0, LENGTH]]))
+
+
 def test_learned_positions_build_a_functional_model_of_unknown_length():
     # Keras infers shapes with a placeholder length on JAX (a symbolic
     # dimension) and PyTorch (83, longer than the table).
@@ -211,6 +227,36 @@ def test_sinusoidal_positions_match_the_standalone_encoding_and_add_no_weights()
     )
     expected = tokens[token_ids] * math.sqrt(DIM) + encoding[:, 2:]
     np.testing.assert_allclose(outputs, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("position_encoding", ["learned", "sinusoidal"])
+def test_explicit_positions_add_the_rows_of_those_positions(position_encoding):
+    layer = token_and_position(position_encoding=position_encoding)
+    ids = random_token_ids(1, 6, VOCAB)
+    positions = np.array([[0, 1, 2, 0, 1, 2]])
+    # Two segments [a b c][a b c] embed as the first three tokens do alone.
+    repeated = np.concatenate([ids[:, :3], ids[:, :3]], axis=1)
+    outputs = to_numpy(layer(repeated, positions=positions))
+    alone = to_numpy(layer(ids[:, :3]))
+    np.testing.assert_allclose(outputs[:, 3:], alone, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(outputs[:, :3], alone, atol=1e-6, rtol=0)
+
+
+@compiled_backends
+def test_compiled_positions_past_the_table_give_nan_instead_of_wrong_rows():
+    layer = token_and_position()
+    layer(random_token_ids(1, 4, VOCAB))
+    embed = compile_function(
+        lambda positions: layer(random_token_ids(1, 2, VOCAB), positions=positions)
+    )
+    outputs = to_numpy(embed(keras.ops.convert_to_tensor([[0, LENGTH]], "int32")))
+    assert np.isnan(outputs).all()
+
+
+def test_positions_without_a_position_table_are_rejected():
+    layer = token_and_position(position_encoding="none")
+    with pytest.raises(ValueError, match="adds no positions"):
+        layer(random_token_ids(1, 3, VOCAB), positions=np.array([[0, 1, 0]]))
 
 
 def test_no_position_encoding_returns_scaled_token_embeddings_only():

@@ -67,6 +67,21 @@ def test_start_index_offsets_positions_for_incremental_decoding(as_tensor):
     np.testing.assert_allclose(step, full[:, 3:5], atol=1e-6, rtol=0)
 
 
+def test_explicit_positions_give_each_row_the_encoding_of_its_own_positions():
+    layer = layers.SinusoidalPositionEncoding()
+    table = to_numpy(layer(np.zeros((1, 8, 6), "float32")))[0]
+    positions = np.array([[0, 1, 2, 0, 1], [4, 5, 6, 7, 0]])
+    outputs = to_numpy(layer(np.zeros((2, 5, 6), "float32"), positions=positions))
+    np.testing.assert_allclose(outputs, table[positions], atol=1e-6, rtol=0)
+
+
+def test_positions_and_a_start_index_together_are_rejected():
+    with pytest.raises(ValueError, match="both positions and start_index=2"):
+        layers.SinusoidalPositionEncoding()(
+            np.zeros((1, 3, 4), "float32"), start_index=2, positions=np.zeros((1, 3))
+        )
+
+
 def test_mixed_float16_output_is_the_float32_table_cast_to_float16():
     inputs = random_floats(2, 8, 16)
     reference = to_numpy(layers.SinusoidalPositionEncoding()(inputs))

@@ -238,3 +238,73 @@ def test_a_config_keeps_its_signature_for_introspection():
     parameters = inspect.signature(models.TransformerConfig).parameters
     assert list(parameters)[:2] == ["source_vocabulary_size", "target_vocabulary_size"]
     assert models.TransformerConfig(3, 3, padding_id=0).target_vocabulary_size == 3
+
+
+# Packed rows (several pairs to a row, told apart by segment ids)
+
+PAIRS = [([5, 6, 7], [2, 8, 9, 4]), ([11, 12, 13, 14, 15], [2, 3]), ([9, 4], [2, 6, 7, 8, 9, 10])]
+
+
+def packed_row(pairs, source_length=12, target_length=14):
+    """One packed row of `pairs`, padded at its end, as a batch of one."""
+    row = {name: np.zeros((1, length), "int32") for name, length in (
+        ("source_ids", source_length), ("source_segment_ids", source_length),
+        ("target_ids", target_length), ("target_segment_ids", target_length))}  # fmt: skip
+    source_at = target_at = 0
+    for segment, (source, target) in enumerate(pairs, start=1):
+        for side, ids, at in (("source", source, source_at), ("target", target, target_at)):
+            row[f"{side}_ids"][0, at : at + len(ids)] = ids
+            row[f"{side}_segment_ids"][0, at : at + len(ids)] = segment
+        source_at, target_at = source_at + len(source), target_at + len(target)
+    return row
+
+
+@pytest.mark.parametrize("position_encoding", ["sinusoidal", "learned"])
+def test_a_packed_row_gives_every_pair_the_logits_it_gets_alone(position_encoding):
+    # Rows longer than the position tables: positions restart at each pair.
+    model = small_model(position_encoding=position_encoding, max_source_length=6,
+                        max_target_length=6)  # fmt: skip
+    packed = to_numpy(model(packed_row(PAIRS)))
+    at = 0
+    for source, target in PAIRS:
+        alone = predict(model, np.array([source], "int32"), np.array([target], "int32"))
+        np.testing.assert_allclose(packed[0, at : at + len(target)], alone[0], atol=1e-5)
+        at += len(target)
+    assert np.isfinite(packed).all()
+
+
+def test_the_loss_of_a_packed_row_is_the_loss_of_its_pairs_batched_alone():
+    # The same loss computed another way: every pair in its own padded row.
+    packed_model = small_model()
+    model = small_model()
+    model.set_weights(packed_model.get_weights())
+    loss = losses.MaskedSparseCategoricalCrossentropy()
+    row = packed_row(PAIRS)
+    labels = np.zeros_like(row["target_ids"])
+    at = 0
+    for _, target in PAIRS:
+        labels[0, at : at + len(target)] = target[1:] + [1]  # shifted, then an end
+        at += len(target)
+    width = max(len(target) for _, target in PAIRS)
+    sources = keras.utils.pad_sequences([s for s, _ in PAIRS], padding="post")
+    targets = keras.utils.pad_sequences([t for _, t in PAIRS], maxlen=width, padding="post")
+    pair_labels = keras.utils.pad_sequences(
+        [t[1:] + [1] for _, t in PAIRS], maxlen=width, padding="post"
+    )
+    packed_loss = to_numpy(loss(labels, packed_model(row)))
+    pairs_loss = to_numpy(loss(pair_labels, model({"source_ids": sources, "target_ids": targets})))
+    np.testing.assert_allclose(packed_loss, pairs_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("position_encoding", ["rotary", "alibi", "relative"])
+def test_packed_rows_are_refused_when_positions_enter_inside_attention(position_encoding):
+    model = small_model(position_encoding=position_encoding)
+    with pytest.raises(ValueError, match="positions inside attention"):
+        model(packed_row(PAIRS))
+
+
+def test_packed_rows_without_every_segment_input_are_refused():
+    row = packed_row(PAIRS)
+    del row["source_segment_ids"]
+    with pytest.raises(ValueError, match="missing: source_segment_ids"):
+        small_model()(row)

@@ -49,8 +49,14 @@ def test_epochs_alone_replace_the_recipes_time_budget_and_minutes_set_one():
 
 
 def test_batch_size_batches_by_pairs_instead_of_tokens():
-    recipe = recipe_of("--batch-size", "16")
-    assert (recipe.batch_size, recipe.tokens_per_batch) == (16, None)
+    packing = recipes.CORPUS.override(pack=True)
+    recipe = recipe_of("--batch-size", "16", recipe=packing)
+    assert (recipe.batch_size, recipe.tokens_per_batch, recipe.pack) == (16, None, False)
+
+
+def test_pack_flags_turn_packing_on_and_off():
+    assert recipe_of("--pack", recipe=recipes.CORPUS.override(pack=False)).pack is True
+    assert recipe_of("--no-pack", recipe=recipes.CORPUS.override(pack=True)).pack is False
 
 
 def test_another_tokenizer_drops_the_recipes_tokenizer_options():

@@ -106,6 +106,8 @@ def test_recipes_are_frozen_down_to_their_mappings():
         ({"tokens_per_batch": 0}, "argument tokens_per_batch"),
         ({"tokens_per_batch": None, "batch_size": None}, "batch_size or tokens"),
         ({"bucket_width": 0}, "argument bucket_width"),
+        ({"pack": "yes"}, "argument pack"),
+        ({"pack": True, "tokens_per_batch": None}, "pack=True, tokens_per_batch=None"),
         ({"checkpoints_averaged": 0}, "argument checkpoints_averaged"),
         ({"average_every_n_steps": 0}, "argument average_every_n_steps"),
         ({"bleu_every_n_epochs": 0}, "argument bleu_every_n_epochs"),
@@ -274,6 +276,7 @@ def test_fit_options_train_a_translator_as_the_recipe_says(tiny_recipe, date_tex
         "minutes": None,
         "batch_size": 16,
         "tokens_per_batch": None,
+        "pack": False,
         "bucket_boundaries": None,
         "callbacks": [],
     }
@@ -295,7 +298,10 @@ def test_fit_options_give_the_recipes_buckets_and_callbacks(tiny_recipe, date_te
     options = recipe.fit_options(translator, sources[:2], targets[:2])
     longest = max(translator.max_source_length, translator.max_target_length)
     assert options["bucket_boundaries"] == recipe.bucket_boundaries(longest) != None
-    assert options["tokens_per_batch"] == 256
+    assert options["tokens_per_batch"] == 256 and options["pack"] is False
+    # A packing recipe fills rows instead of buckets.
+    packed = recipe.override(pack=True).fit_options(translator)
+    assert (packed["pack"], packed["bucket_boundaries"]) == (True, None)
     bleu, averaging = options["callbacks"]
     assert isinstance(bleu, callbacks.BleuEvaluation)
     assert bleu.references == targets[:2] and bleu.every_n_epochs == 1

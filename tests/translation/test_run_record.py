@@ -23,6 +23,8 @@ def test_the_recipe_summary_names_the_model_and_its_training(tiny_recipe, date_t
     assert "character" in run_record.recipe_summary(by_tokens, translator)
     assert " joint; " in run_record.recipe_summary(by_tokens, translator)
     assert "512 tokens a batch" in run_record.recipe_summary(by_tokens, translator)
+    packed = by_tokens.override(pack=True)
+    assert "512 tokens a batch (packed rows)," in run_record.recipe_summary(packed, translator)
 
 
 def test_a_run_is_recorded_with_its_bleu_speed_and_time(tiny_recipe, date_texts, tmp_path):

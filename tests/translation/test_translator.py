@@ -201,6 +201,39 @@ def test_fit_on_texts_tokenizes_once_and_logs_tokens_per_second_and_compile_time
     assert history.history["compile_seconds"][0] > 0
 
 
+def test_fit_on_packed_rows_learns_and_validates_on_packed_rows():
+    translator = make_translator()
+    translator.compile(learning_rate=1e-2)
+    sources, targets = SOURCES * 8, TARGETS * 8
+    history = translator.fit(
+        sources, targets, tokens_per_batch=64, pack=True, epochs=8,
+        validation_data=(SOURCES, TARGETS), verbose=0,
+    )  # fmt: skip
+    losses_by_epoch = history.history["loss"]
+    assert losses_by_epoch[-1] < 0.7 * losses_by_epoch[0], losses_by_epoch
+    assert history.history["val_loss"][-1] < history.history["val_loss"][0]
+    # 32 pairs of 11-12 decoder tokens fill 64-position rows five at a time.
+    assert int(translator.optimizer.iterations) == 8 * 7
+    assert all(value > 0 for value in history.history["target_tokens_per_second"])
+
+
+def test_xla_auto_counts_one_program_for_packed_rows():
+    translator = make_translator()
+    translator.compile()
+    steps = training_module.XLA_STEPS_PER_PROGRAM
+    # Enough steps for one program, not for the pipeline's 8 buckets.
+    assert not training_module.use_xla_for_run(translator, steps, None)
+    assert training_module.use_xla_for_run(translator, steps, None, pack=True)
+    assert translator.jit_compile is True
+
+
+def test_packing_is_refused_for_a_model_whose_positions_enter_inside_attention():
+    translator = make_translator(position_encoding="rotary")
+    translator.compile()
+    with pytest.raises(ValueError, match="positions inside attention"):
+        translator.fit(SOURCES, TARGETS, tokens_per_batch=64, pack=True, verbose=0)
+
+
 def test_compile_with_total_steps_decays_to_zero_and_takes_keras_overrides():
     translator = make_translator()
     translator.compile(learning_rate=5e-3, warmup_steps=10, total_steps=100)
@@ -858,6 +891,10 @@ FIT_REFUSALS = [
     (dict(batch_size=0), "argument batch_size"),
     (dict(shuffle="no"), "argument shuffle"),
     (dict(static_shapes=1), "argument static_shapes"),
+    (dict(pack="yes"), "argument pack"),
+    (dict(pack=True), "needs tokens_per_batch and takes no bucket_boundaries"),
+    (dict(pack=True, tokens_per_batch=64, bucket_boundaries=[4]), "bucket_boundaries=[4]"),
+    (dict(pack=True, tokens_per_batch=8), "fewer than one packed row of 64"),
     (dict(x=None, y=None), "argument x, expected texts"),
     (dict(x=42, y=None), "Received: x=42"),
     (dict(x="5 March 2021", y="2021-03-05"), "argument x, expected texts"),
@@ -899,6 +936,7 @@ def test_evaluate_refuses_what_is_neither_texts_nor_batches(translator, argument
         (dict(tokens_per_batch=2.5), "argument tokens_per_batch"),
         (dict(shuffle="yes"), "argument shuffle"),
         (dict(static_shapes=None), "argument static_shapes"),
+        (dict(pack=True), "needs tokens_per_batch"),
         (dict(sources=["", ""], targets=["a", "b"]), "give sources of at least one token"),
     ],
 )
