@@ -146,7 +146,7 @@ def plot(runs, path):
     """Validation BLEU against training time, one line per run."""
     from matplotlib.figure import Figure
 
-    figure_ = Figure(figsize=(7, 4), layout="constrained")
+    figure_ = Figure(figsize=(7, 5.5), layout="constrained")
     axes = figure_.subplots()
     for run in runs:
         curve = run.get("record", {}).get("val_bleu") or []
@@ -164,7 +164,8 @@ def plot(runs, path):
     )
     axes.grid(True, alpha=0.3)
     if axes.lines:
-        axes.legend()
+        # Below the axes: inside, the legend of many runs hides their curves.
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize="small")
     write_atomically(path, lambda file: figure_.savefig(file, format="png", dpi=100))
 
 

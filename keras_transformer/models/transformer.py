@@ -3,7 +3,8 @@
 Read top to bottom: `TransformerConfig` says what the model is,
 `build_transformer` makes its layers and wires them as
 tokens -> embeddings -> encoder -> decoder -> logits. `encode` and `decode`
-are that wiring; the functional model runs them, and `StepModel` hands the
+are that wiring (with segment ids, of packed rows: `packed_logits`); the
+functional model runs them, and `StepModel` hands the
 samplers of `keras_transformer.decoding` the same `encode` and its cached
 `decode_step`, so training and decoding can never disagree about the
 architecture.
@@ -781,7 +782,10 @@ class Transformer(loading.AtomicSave, keras.Model):
 
     Inputs `{"source_ids", "target_ids"}` (int32 `(batch, length)`, padded
     with the padding id; `target_ids` starts with BOS), output float32
-    next-token logits `(batch, target_length, target_vocabulary_size)`. The
+    next-token logits `(batch, target_length, target_vocabulary_size)`.
+    Given also the `PACKED_INPUTS` (segment ids of packed rows, see
+    `keras_transformer.data.packing`), it runs `packed_logits` instead:
+    each pair of a row attends only to itself, its positions from 0. The
     model keeps its layers as the attribute `transformer_layers` (a
     `TransformerLayers`) and its `config`, so decoding, export and LoRA use
     them directly; a `.keras` file restores both.

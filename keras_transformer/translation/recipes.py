@@ -473,8 +473,15 @@ CORPUS = Recipe(
     # Small batches give more updates per CPU second, which short runs need
     # more than large-batch efficiency.
     tokens_per_batch=2048,
+    # Several pairs to a row: 97% of Multi30k's target positions are real
+    # tokens (length buckets: about 72%), and one batch shape is one XLA
+    # program (26 s to compile instead of 91 s for 8 buckets). Same 30
+    # minutes: validation BLEU 12.0 after 3.6 minutes and 23.1 after 7.1
+    # (buckets: 7.0 after 4.5, 18.6 after 7.5); test_2016_flickr beam 37.5 /
+    # 37.1 both ways, greedy 36.8 / 36.4 against 36.1 / 35.7.
+    pack=True,
     # Buckets 4 tokens wide for short sentences, a quarter wider for long
-    # ones: little padding, and few shapes for XLA to compile.
+    # ones, when packing is turned off (`override(pack=False)`).
     bucket_width=4,
     # The tail of the cosine decay, averaged (fairseq averages the last 10
     # epochs of 150; a run of a dozen epochs averages within the last one).
