@@ -640,6 +640,13 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                     "dataset of string pairs); for batches of ids use "
                     "keras_transformer.checkpointing.fit_resumable."
                 )
+            if validation.check_bool("pack", pack):
+                raise ValueError(
+                    "pack=True packs texts (lists of strings or a dataset of "
+                    "string pairs) into rows; batches of ids are taken as "
+                    "they are. Received pack=True with batches of ids: pack "
+                    "them with keras_transformer.data.packing, or pass texts."
+                )
             training.fit_schedule_to_run(
                 self,
                 training.steps_of_keras_fit(

@@ -227,6 +227,12 @@ def test_xla_auto_counts_one_program_for_packed_rows():
     assert translator.jit_compile is True
 
 
+def test_packing_batches_of_ids_is_refused_rather_than_ignored(translator):
+    batches = translator.make_dataset(SOURCES, TARGETS, batch_size=2)
+    with pytest.raises(ValueError, match="pack=True with batches of ids"):
+        translator.fit(batches, pack=True, verbose=0)
+
+
 def test_packing_is_refused_for_a_model_whose_positions_enter_inside_attention():
     translator = make_translator(position_encoding="rotary")
     translator.compile()
