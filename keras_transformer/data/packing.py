@@ -19,7 +19,10 @@ import math
 import numpy as np
 
 from keras_transformer._tensorflow import import_tensorflow
-from keras_transformer.data.pipeline import TokenizedPairs
+from keras_transformer.data.pipeline import (
+    check_remainder_options,
+    check_tokenized_pairs,
+)
 from keras_transformer.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from keras_transformer.models.transformer import PACKED_INPUTS
 from keras_transformer.validation import check_non_negative_int, check_positive_int
@@ -178,20 +181,10 @@ def packed_dataset(
         (`models.transformer.PACKED_INPUTS`); unless it repeats, its
         cardinality is set.
     """
-    if not isinstance(pairs, TokenizedPairs):
-        raise ValueError(
-            "Received an invalid value for argument pairs, expected the "
-            "TokenizedPairs of tokenize_pairs(...). Received: "
-            f"pairs={type(pairs).__name__}"
-        )
+    check_tokenized_pairs(pairs)
     check_positive_int("tokens_per_batch", tokens_per_batch)
     check_non_negative_int("seed", seed)
-    if drop_remainder and pad_incomplete_batches:
-        raise ValueError(
-            "drop_remainder and pad_incomplete_batches exclude each other: "
-            "an incomplete batch is either dropped or padded. Received: "
-            "drop_remainder=True, pad_incomplete_batches=True"
-        )
+    check_remainder_options(drop_remainder, pad_incomplete_batches)
     source_length, target_length = row_lengths(pairs)
     if tokens_per_batch < target_length:
         raise ValueError(

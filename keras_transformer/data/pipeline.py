@@ -583,6 +583,26 @@ def make_translation_dataset(
     )
 
 
+def check_tokenized_pairs(pairs):
+    """Raises unless `pairs` is what `tokenize_pairs` returns."""
+    if not isinstance(pairs, TokenizedPairs):
+        raise ValueError(
+            "Received an invalid value for argument pairs, expected the "
+            "TokenizedPairs of tokenize_pairs(...). Received: "
+            f"pairs={type(pairs).__name__}"
+        )
+
+
+def check_remainder_options(drop_remainder, pad_incomplete_batches):
+    """Raises for an incomplete last batch both dropped and padded."""
+    if drop_remainder and pad_incomplete_batches:
+        raise ValueError(
+            "drop_remainder and pad_incomplete_batches exclude each other: "
+            "an incomplete batch is either dropped or padded. Received: "
+            "drop_remainder=True, pad_incomplete_batches=True"
+        )
+
+
 def _check_batching(
     batch_size,
     tokens_per_batch,
@@ -602,12 +622,7 @@ def _check_batching(
     check_positive_int("batch_size", batch_size, allow_none=True)
     check_positive_int("tokens_per_batch", tokens_per_batch, allow_none=True)
     check_non_negative_int("seed", seed)
-    if drop_remainder and pad_incomplete_batches:
-        raise ValueError(
-            "drop_remainder and pad_incomplete_batches exclude each other: "
-            "an incomplete batch is either dropped or padded. Received: "
-            "drop_remainder=True, pad_incomplete_batches=True"
-        )
+    check_remainder_options(drop_remainder, pad_incomplete_batches)
     if bucket_boundaries is None:
         return None
     return _check_boundaries(bucket_boundaries)
@@ -631,12 +646,7 @@ def batch_pairs(
     tokenized pairs costs no tokenizing, so a run may build several (a
     counting pass, the training stream) from one `TokenizedPairs`.
     """
-    if not isinstance(pairs, TokenizedPairs):
-        raise ValueError(
-            "Received an invalid value for argument pairs, expected the "
-            "TokenizedPairs of tokenize_pairs(...). Received: "
-            f"pairs={type(pairs).__name__}"
-        )
+    check_tokenized_pairs(pairs)
     bucket_boundaries = _check_batching(
         batch_size,
         tokens_per_batch,

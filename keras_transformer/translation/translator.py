@@ -520,29 +520,29 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
         pack=False,
     ):
         """`make_dataset` on pairs `_tokenize` made."""
+        # Static shapes: every batch full, the last one dropped from an
+        # endless stream or padded at the end of an epoch.
+        remainder = {
+            "drop_remainder": static_shapes and repeat,
+            "pad_incomplete_batches": static_shapes and not repeat,
+        }
         if pack:
             dataset = packing.packed_dataset(
+                pairs, tokens_per_batch, shuffle=shuffle, seed=seed, repeat=repeat,
+                **remainder,
+            )  # fmt: skip
+        else:
+            dataset = pipeline.batch_pairs(
                 pairs,
-                tokens_per_batch,
+                batch_size=None if tokens_per_batch else batch_size,
+                tokens_per_batch=tokens_per_batch,
+                bucket_boundaries=bucket_boundaries,
                 shuffle=shuffle,
                 seed=seed,
                 repeat=repeat,
-                drop_remainder=static_shapes and repeat,
-                pad_incomplete_batches=static_shapes and not repeat,
+                pad_to_bucket_boundary=static_shapes,
+                **remainder,
             )
-            return distribute.shard_dataset(dataset)
-        dataset = pipeline.batch_pairs(
-            pairs,
-            batch_size=None if tokens_per_batch else batch_size,
-            tokens_per_batch=tokens_per_batch,
-            bucket_boundaries=bucket_boundaries,
-            shuffle=shuffle,
-            seed=seed,
-            repeat=repeat,
-            pad_to_bucket_boundary=static_shapes,
-            drop_remainder=static_shapes and repeat,
-            pad_incomplete_batches=static_shapes and not repeat,
-        )
         # Under a multi-worker strategy each worker keeps its part of every
         # global batch (an in-memory dataset has no files to shard by).
         return distribute.shard_dataset(dataset)
