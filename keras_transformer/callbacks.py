@@ -360,15 +360,21 @@ _SPEED_WINDOW = 200
 class TimeBudget(keras.callbacks.Callback):
     """Trains for a wall-clock budget, the learning rate fitted to it.
 
-    Training time is the time of the training steps and of reading their
-    batches, from each epoch's first step to its last: validation and other
-    work at the end of an epoch do not count. When the budget is spent,
-    training stops after the current step (`model.stop_training`).
+    The budget is wall time from `started_at` (default: when training
+    begins) to the end of `fit`, everything included: the training steps
+    and their compilation, validation and other work at the end of each
+    epoch. Training stops (`model.stop_training`) after the last step after
+    which `fit` can still return within the budget: one more step would
+    cost the step and its epoch's end (validation runs once more when
+    training stops mid-epoch), at the recent time per step and the mean
+    time between epochs measured so far.
 
     With a `schedule` (a `schedules.WarmupCosineDecay`), the run's length in
-    steps is estimated every 10 steps from the 30th on, as the steps done
-    plus the remaining time over the recent time per step (steps slower than
-    4 times the median, which compiled a program, left out), and the
+    steps is estimated every 10 steps from the 30th on: the steps done,
+    plus those the remaining time holds at the recent time per step (steps
+    slower than 4 times the median, which compiled a program, left out)
+    once the time between epochs (measured from the epochs ended so far,
+    spread over their steps) and the last epoch's end are set aside. The
     schedule is set to it: its warm-up stays a fraction of the run and its
     cosine reaches 0 as the budget ends, whatever the corpus, the machine or
     its load. Until the first estimate the schedule keeps the run it was
@@ -376,26 +382,32 @@ class TimeBudget(keras.callbacks.Callback):
     near 0 for those steps).
 
     Args:
-        seconds: float. The training-time budget.
+        seconds: float. The wall-clock budget.
         schedule: `schedules.WarmupCosineDecay` or None. The schedule to fit
             to the run (its `set_run` is called); None only stops training.
         clock: callable returning seconds (default `time.perf_counter`).
+        started_at: float or None. The `clock` reading the budget counts
+            from (`Translator.fit` passes its own start, so tokenizing the
+            texts counts too); None: the start of training.
 
     Attributes:
-        elapsed: training seconds spent so far.
+        elapsed: wall seconds spent so far.
         steps: training steps done so far.
+        epoch_end_seconds: the mean wall time between an epoch's last step
+            and the next epoch's first (validation, callbacks); 0 until an
+            epoch has ended.
 
     Example:
 
     ```python
     schedule = WarmupCosineDecay(5e-3)
     model.compile(keras.optimizers.Adam(schedule), loss=...)
-    model.fit(dataset, epochs=1000,
+    model.fit(dataset, epochs=1000, validation_data=held_out,
               callbacks=[TimeBudget(30 * 60, schedule)])  # half an hour
     ```
     """
 
-    def __init__(self, seconds, schedule=None, clock=time.perf_counter):
+    def __init__(self, seconds, schedule=None, clock=time.perf_counter, started_at=None):
         super().__init__()
         self.seconds = check_positive_float("seconds", seconds)
         if schedule is not None and not callable(getattr(schedule, "set_run", None)):
@@ -418,40 +430,61 @@ class TimeBudget(keras.callbacks.Callback):
                 "Received an invalid value for argument clock, expected a "
                 f"callable returning seconds. Received: clock={clock!r}"
             )
+        if started_at is not None and not (
+            isinstance(started_at, (int, float)) and np.isfinite(started_at)
+        ):
+            raise ValueError(
+                "Received an invalid value for argument started_at, expected "
+                "a reading of clock (a finite number of seconds) or None. "
+                f"Received: started_at={started_at!r}"
+            )
         self.schedule = schedule
         self.clock = clock
+        self.started_at = started_at
         self.elapsed = 0.0
         self.steps = 0
+        self.epoch_end_seconds = 0.0
 
     def on_train_begin(self, logs=None):
+        self._start = self.clock() if self.started_at is None else self.started_at
         self.elapsed = 0.0
         self.steps = 0
+        self.epoch_end_seconds = 0.0
         # (seconds, steps) of the recent calls of on_train_batch_end: one
         # call covers `steps_per_execution` steps.
         self._recent = collections.deque(maxlen=_SPEED_WINDOW)
         self._first_step = self._optimizer_step()
         self._estimated_at = _FIRST_ESTIMATE_AT_STEP - _ESTIMATE_EVERY_N_STEPS
+        # Wall seconds between epochs, and the steps of the epochs ended.
+        self._epoch_ends = []
+        self._steps_of_ended_epochs = 0
+        self._last = None
 
     def _optimizer_step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._last = None
+        self._epoch_begun = True
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._last is None:
-            # The epoch's first step: the time since the last epoch ended
-            # (validation) is not training.
-            self._last = self.clock()
+        now = self.clock()
+        if self._epoch_begun and self._last is not None:
+            # The first step of an epoch after the first: the time since
+            # the last one's last step went to its end (validation).
+            self._epoch_ends.append(now - self._last)
+            self._steps_of_ended_epochs = self.steps
+            self.epoch_end_seconds = float(np.mean(self._epoch_ends))
+        self._epoch_begun = False
+        self._last = now
 
     def on_train_batch_end(self, batch, logs=None):
         now = self.clock()
         steps = self._optimizer_step() - self._first_step
         self._recent.append((now - self._last, steps - self.steps))
-        self.elapsed += now - self._last
         self._last = now
         self.steps = steps
-        if self.elapsed >= self.seconds:
+        self.elapsed = now - self._start
+        if self.elapsed + self._cost_of_one_more_step(batch) > self.seconds:
             self.model.stop_training = True
         elif (
             self.schedule is not None
@@ -460,14 +493,34 @@ class TimeBudget(keras.callbacks.Callback):
             self._estimated_at = self.steps
             self.schedule.set_run(self.estimated_steps(), self._first_step)
 
-    def estimated_steps(self):
-        """The run's length in steps: those done, plus those the remaining
-        budget holds at the recent speed."""
+    def on_train_end(self, logs=None):
+        self.elapsed = self.clock() - self._start
+
+    def _seconds_per_step(self):
+        """The recent time per step, steps that compiled left out."""
         seconds, steps = (np.asarray(column, float) for column in zip(*self._recent))
         per_step = seconds / np.maximum(steps, 1)
         usual = per_step <= _COMPILE_STEP_FACTOR * np.median(per_step)
-        seconds_per_step = seconds[usual].sum() / max(steps[usual].sum(), 1)
-        remaining = max(0.0, self.seconds - self.elapsed)
+        return seconds[usual].sum() / max(steps[usual].sum(), 1)
+
+    def _cost_of_one_more_step(self, batch):
+        """The time training on after step `batch` adds before `fit` can
+        return: a step and the end of its epoch, and, when `batch` ends an
+        epoch, that epoch's end first (stopping now ends the epoch anyway)."""
+        ends_epoch = batch + 1 >= (self.params.get("steps") or float("inf"))
+        epoch_ends = 2 if ends_epoch else 1
+        return self._seconds_per_step() + epoch_ends * self.epoch_end_seconds
+
+    def estimated_steps(self):
+        """The run's length in steps: those done, plus those the remaining
+        budget holds at the recent speed, the time between epochs set
+        aside."""
+        seconds_per_step = self._seconds_per_step()
+        if self._epoch_ends:
+            # Each step also brings its epoch's end closer.
+            steps_per_epoch = self._steps_of_ended_epochs / len(self._epoch_ends)
+            seconds_per_step += self.epoch_end_seconds / steps_per_epoch
+        remaining = max(0.0, self.seconds - self.elapsed - self.epoch_end_seconds)
         total = self.steps + int(remaining / seconds_per_step)
         # A fixed warm-up is never shortened: the run holds at least it.
         warmup = self.schedule.warmup_steps or 0

@@ -255,13 +255,48 @@ def budget_run(clock, seconds, schedule=None, epochs=100, steps=4):
     return model, budget, rates.rates
 
 
-def test_a_time_budget_stops_training_once_spent_and_leaves_validation_time_out():
-    # One second a step, four steps an epoch, a minute of "validation"
-    # after each epoch that the budget does not count.
-    clock = FakeClock([1.0], epoch_end_seconds=60.0)
+def test_a_time_budget_stops_at_the_last_step_that_lets_fit_end_within_it():
+    # One second a step, four steps an epoch: the tenth step ends the budget.
+    clock = FakeClock([1.0])
     model, budget, _ = budget_run(clock, seconds=10)
     assert int(model.optimizer.iterations) == 10
     assert (budget.steps, budget.elapsed) == (10, 10.0)
+
+
+def test_a_time_budget_counts_the_time_between_epochs_and_ends_fit_within_it():
+    from keras_transformer import schedules
+
+    # One second a step, ten steps an epoch, ten seconds of "validation"
+    # after each epoch: twenty seconds an epoch, so 400 seconds hold 20
+    # epochs, the last one's end included.
+    schedule = schedules.WarmupCosineDecay(0.1)
+    clock = FakeClock([1.0], epoch_end_seconds=10.0)
+    model, budget, _ = budget_run(clock, seconds=400, schedule=schedule, steps=10)
+    assert int(model.optimizer.iterations) == 200
+    assert (budget.elapsed, budget.epoch_end_seconds) == (400.0, 10.0)
+    # Every estimate set the time between epochs aside: the schedule ends
+    # where the run did.
+    assert schedule.total_steps == 200
+
+
+def test_a_time_budget_stops_before_an_epoch_end_that_would_outlast_it():
+    # Stopping after step 28 (the seventh epoch's last, at 88 s) ends fit at
+    # 98 s; one more step would end it at 109 s.
+    clock = FakeClock([1.0], epoch_end_seconds=10.0)
+    model, budget, _ = budget_run(clock, seconds=100)
+    assert int(model.optimizer.iterations) == 28
+    assert budget.elapsed == 98.0
+
+
+def test_a_time_budget_counts_from_the_start_it_is_given():
+    # 5 seconds spent before training (tokenizing, say) leave 5 steps.
+    clock = FakeClock([1.0])
+    clock.now = 5.0
+    model = tiny_model()
+    budget = callbacks.TimeBudget(10, clock=clock, started_at=0.0)
+    fit(model, 100, [AdvanceClock(clock), budget])
+    assert int(model.optimizer.iterations) == 5
+    assert budget.elapsed == 10.0
 
 
 def test_a_time_budget_fits_the_schedule_so_the_rate_reaches_zero_as_it_ends():
@@ -317,6 +352,8 @@ def test_steps_that_compile_do_not_shorten_the_estimated_run(compilations, secon
         ({"seconds": float("nan")}, "argument seconds"),
         ({"seconds": 10, "schedule": 1e-3}, "argument schedule"),
         ({"seconds": 10, "clock": 3.0}, "argument clock"),
+        ({"seconds": 10, "started_at": "now"}, "argument started_at"),
+        ({"seconds": 10, "started_at": float("nan")}, "argument started_at"),
     ],
 )
 def test_time_budget_rejects_bad_arguments(kwargs, match):

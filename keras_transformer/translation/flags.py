@@ -156,7 +156,7 @@ def add_recipe_flags(parser):
     group.add_argument(
         "--minutes",
         type=positive_float,
-        help="training time, validation excluded; the schedule fits it",
+        help="wall time of training, validation included; the schedule fits it",
     )
     group.add_argument("--batch-size", type=positive_int, help="pairs per replica")
     group.add_argument(

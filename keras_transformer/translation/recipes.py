@@ -63,10 +63,11 @@ class Recipe:
             an upper bound (None: no bound).
         warmup_fraction: float in (0, 1) or None. The warm-up's share of
             the run when `warmup_steps` is None; None: 5%.
-        minutes: float or None. Train for this much training time instead
-            (`Translator.fit(minutes=...)`): the schedule is fitted to the
-            steps the budget holds on the machine at hand, so the recipe
-            serves any corpus size and any machine.
+        minutes: float or None. Train for this many minutes of wall time
+            instead (`Translator.fit(minutes=...)`, validation included):
+            the schedule is fitted to the steps the budget holds on the
+            machine at hand, so the recipe serves any corpus size and any
+            machine.
         batch_size: int or None. Pairs per batch and replica, when
             batches are not sized by `tokens_per_batch`.
         tokenizer_options: mapping of further `from_texts` arguments of the
@@ -464,7 +465,7 @@ CORPUS = Recipe(
     warmup_steps=None,
     warmup_fraction=0.15,
     label_smoothing=0.1,
-    # Half an hour of training (validation excluded), compiling included;
+    # Half an hour of `fit`'s wall time, compiling and validation included;
     # `fit` turns XLA on for a budget this long.
     epochs=None,
     minutes=30,

@@ -9,6 +9,7 @@ of `fit(minutes=...)` (`time_budget`).
 """
 
 import math
+import time
 
 import keras
 
@@ -154,7 +155,12 @@ def use_xla_for_run(translator, steps, bucket_boundaries, budget=None, pack=Fals
 
 
 def time_budget(translator, minutes, checkpoint_dir):
-    """The `callbacks.TimeBudget` of `fit(minutes=...)`, or None."""
+    """The `callbacks.TimeBudget` of `fit(minutes=...)`, or None.
+
+    Called as `fit` begins: the budget counts `fit`'s whole wall time, the
+    texts' tokenizing and packing included.
+    """
+    started_at = time.perf_counter()
     validation.check_positive_float("minutes", minutes, allow_none=True)
     if minutes is None:
         return None
@@ -184,6 +190,7 @@ def time_budget(translator, minutes, checkpoint_dir):
     return callbacks.TimeBudget(
         60.0 * minutes,
         None if optimizer is None else schedule_following_fit(optimizer),
+        started_at=started_at,
     )
 
 

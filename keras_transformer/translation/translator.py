@@ -603,9 +603,10 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 only).
             checkpoint_every: int or None. Steps between checkpoints (needs
                 `checkpoint_dir`).
-            minutes: float or None. Train for this many minutes of training
-                time (validation excluded) and stop; `epochs`, if given, is
-                an upper bound. A schedule made by `compile()` is fitted to
+            minutes: float or None. Train for this many minutes of wall
+                time and stop: `fit` returns within about a step of it,
+                tokenizing, compiling and validation included; `epochs`, if
+                given, is an upper bound. A schedule made by `compile()` is fitted to
                 the steps the budget holds as the run goes
                 (`callbacks.TimeBudget`), so it warms up for a fraction of
                 them and decays to 0 as the budget ends, on any corpus and

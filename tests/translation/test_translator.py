@@ -150,8 +150,7 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
 def test_fit_for_minutes_stops_at_the_budget_with_the_rate_decayed_to_zero():
     translator = make_translator()
     translator.compile(learning_rate=1e-2)
-    # 16-step epochs: the budget counts steps, not the time between epochs,
-    # which would outlast the budget many times over with 2-step epochs.
+    # 16-step epochs, so that three seconds hold several.
     sources, targets = SOURCES * 8, TARGETS * 8
     # Traced first, so the budget's seconds are all steps.
     translator.fit(sources, targets, batch_size=2, verbose=0)
