@@ -690,7 +690,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 pack=pack,
             )
 
-        steps_per_epoch = len(make_training_dataset(repeat=False, static_shapes=False))
+        steps_per_epoch = kwargs.pop("steps_per_epoch", None) or len(
+            make_training_dataset(repeat=False, static_shapes=False)
+        )
         if static_shapes is None:
             static_shapes = training.use_xla_for_run(
                 self, epochs * steps_per_epoch, bucket_boundaries, budget, pack
@@ -723,9 +725,15 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             with distribute.explain_lost_worker(
                 self.distribute_strategy, "Rerun every worker."
             ):
+                # One endless stream, `steps_per_epoch` batches an epoch:
+                # Keras keeps its iterator across epochs. Given a finite
+                # dataset it makes a new one every epoch, and each epoch's
+                # first step then waited 0.3-20 s on 2 CPU cores (what
+                # `minutes` counts and a short run cannot spare).
                 return super().fit(
-                    make_training_dataset(repeat=False, static_shapes=static_shapes),
+                    make_training_dataset(repeat=True, static_shapes=static_shapes),
                     epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
                     validation_data=validation_data,
                     # The dataset shuffles itself.
                     shuffle=False,
