@@ -140,10 +140,15 @@ def test_fit_fits_the_default_schedule_to_the_run_it_makes():
     assert (schedule.total_steps, schedule.first_step) == (steps, 0)
     assert schedule.resolved_warmup_steps() == max(1, round(0.05 * steps))
     assert float(schedule(steps)) == pytest.approx(0.0, abs=1e-9)
-    # A second fit is a new run from where the first ended.
-    translator.fit(SOURCES, TARGETS, batch_size=2, epochs=1, verbose=0)
+    # Each epoch is one pass over the pairs, though fit streams them
+    # endlessly (one iterator for the run).
+    pass_length = len(translator.make_dataset(SOURCES, TARGETS, batch_size=2))
+    assert steps == 2 * pass_length
+    # A second fit is a new run from where the first ended; steps_per_epoch
+    # sets the epoch's length and the run's.
+    translator.fit(SOURCES, TARGETS, batch_size=2, epochs=2, steps_per_epoch=3, verbose=0)
     assert schedule.first_step == steps
-    assert schedule.total_steps == int(translator.optimizer.iterations) - steps
+    assert schedule.total_steps == int(translator.optimizer.iterations) - steps == 6
 
 
 @pytest.mark.slow
