@@ -459,6 +459,7 @@ class TimeBudget(keras.callbacks.Callback):
         self._epoch_ends = []
         self._steps_of_ended_epochs = 0
         self._last = None
+        self._epoch_begun = False
 
     def _optimizer_step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))

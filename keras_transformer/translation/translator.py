@@ -606,8 +606,8 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
             minutes: float or None. Train for this many minutes of wall
                 time and stop: `fit` returns within about a step of it,
                 tokenizing, compiling and validation included; `epochs`, if
-                given, is an upper bound. A schedule made by `compile()` is fitted to
-                the steps the budget holds as the run goes
+                given, is an upper bound. A schedule made by `compile()` is
+                fitted to the steps the budget holds as the run goes
                 (`callbacks.TimeBudget`), so it warms up for a fraction of
                 them and decays to 0 as the budget ends, on any corpus and
                 machine. Under `jit_compile="auto"` XLA is turned on for a
@@ -690,9 +690,9 @@ class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
                 pack=pack,
             )
 
-        steps_per_epoch = kwargs.pop("steps_per_epoch", None) or len(
-            make_training_dataset(repeat=False, static_shapes=False)
-        )
+        steps_per_epoch = validation.check_positive_int(
+            "steps_per_epoch", kwargs.pop("steps_per_epoch", None), allow_none=True
+        ) or len(make_training_dataset(repeat=False, static_shapes=False))
         if static_shapes is None:
             static_shapes = training.use_xla_for_run(
                 self, epochs * steps_per_epoch, bucket_boundaries, budget, pack

@@ -897,6 +897,7 @@ FIT_REFUSALS = [
     (dict(checkpoint_every=-3, checkpoint_dir="unused"), "argument checkpoint_every"),
     (dict(checkpoint_every=2), "checkpoint_every=2 without checkpoint_dir"),
     (dict(tokens_per_batch=0), "Received: tokens_per_batch=0"),
+    (dict(steps_per_epoch=0), "Received: steps_per_epoch=0"),
     (dict(tokens_per_batch=-5), "argument tokens_per_batch"),
     (dict(batch_size=0), "argument batch_size"),
     (dict(shuffle="no"), "argument shuffle"),
