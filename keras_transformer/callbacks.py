@@ -19,6 +19,7 @@ import numpy as np
 from keras_transformer import evaluation
 from keras_transformer.validation import (
     check_bool,
+    check_non_negative_float,
     check_positive_float,
     check_positive_int,
 )
@@ -386,7 +387,7 @@ class TimeBudget(keras.callbacks.Callback):
         schedule: `schedules.WarmupCosineDecay` or None. The schedule to fit
             to the run (its `set_run` is called); None only stops training.
         clock: callable returning seconds (default `time.perf_counter`).
-        started_at: float or None. The `clock` reading the budget counts
+        started_at: float >= 0 or None. The `clock` reading the budget counts
             from (`Translator.fit` passes its own start, so tokenizing the
             texts counts too); None: the start of training.
 
@@ -430,39 +431,39 @@ class TimeBudget(keras.callbacks.Callback):
                 "Received an invalid value for argument clock, expected a "
                 f"callable returning seconds. Received: clock={clock!r}"
             )
-        if started_at is not None and not (
-            isinstance(started_at, (int, float)) and np.isfinite(started_at)
-        ):
-            raise ValueError(
-                "Received an invalid value for argument started_at, expected "
-                "a reading of clock (a finite number of seconds) or None. "
-                f"Received: started_at={started_at!r}"
-            )
         self.schedule = schedule
         self.clock = clock
+        if started_at is not None:
+            started_at = check_non_negative_float("started_at", started_at)
         self.started_at = started_at
         self.elapsed = 0.0
         self.steps = 0
-        self.epoch_end_seconds = 0.0
+        # Wall seconds between epochs (see `epoch_end_seconds`).
+        self._epoch_ends = []
 
     def on_train_begin(self, logs=None):
         self._start = self.clock() if self.started_at is None else self.started_at
         self.elapsed = 0.0
         self.steps = 0
-        self.epoch_end_seconds = 0.0
         # (seconds, steps) of the recent calls of on_train_batch_end: one
         # call covers `steps_per_execution` steps.
         self._recent = collections.deque(maxlen=_SPEED_WINDOW)
         self._first_step = self._optimizer_step()
         self._estimated_at = _FIRST_ESTIMATE_AT_STEP - _ESTIMATE_EVERY_N_STEPS
-        # Wall seconds between epochs, and the steps of the epochs ended.
         self._epoch_ends = []
+        # The steps of the epochs ended.
         self._steps_of_ended_epochs = 0
         self._last = None
         self._epoch_begun = False
 
     def _optimizer_step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    @property
+    def epoch_end_seconds(self):
+        """The mean wall time between an epoch's last step and the next
+        epoch's first (validation, callbacks); 0 until an epoch has ended."""
+        return float(np.mean(self._epoch_ends)) if self._epoch_ends else 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_begun = True
@@ -474,7 +475,6 @@ class TimeBudget(keras.callbacks.Callback):
             # the last one's last step went to its end (validation).
             self._epoch_ends.append(now - self._last)
             self._steps_of_ended_epochs = self.steps
-            self.epoch_end_seconds = float(np.mean(self._epoch_ends))
         self._epoch_begun = False
         self._last = now
 
