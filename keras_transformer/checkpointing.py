@@ -91,6 +91,7 @@ import numpy as np
 
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import _compat, _files, distribute
+from keras_transformer.models import trainer
 from keras_transformer.validation import (
     check_non_negative_int,
     check_positive_int,
@@ -163,7 +164,8 @@ class Checkpoint:
             ValueError: the model's variables do not match the checkpoint's
                 in number, shape or dtype (a different architecture).
         """
-        _build_optimizer(model)
+        # Built now, as the first train step would, to restore into.
+        trainer.build_optimizer(model)
         groups = {"model": model.variables}
         if model.optimizer is not None:
             groups["optimizer"] = model.optimizer.variables
@@ -630,15 +632,6 @@ class _CheckpointSaver(keras.callbacks.Callback):
 def _global_seed_generator_variables():
     generator = _compat.global_seed_generator()
     return [] if generator is None else [generator.state]
-
-
-def _build_optimizer(model):
-    optimizer = model.optimizer
-    if optimizer is not None and not optimizer.built:
-        # What the first train step would do, done now so there is
-        # something to restore into.
-        with model.distribute_strategy.scope():
-            optimizer.build(model.trainable_variables)
 
 
 def _assign_groups(checkpoint, groups):

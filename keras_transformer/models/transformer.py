@@ -24,7 +24,7 @@ from keras_transformer.layers import _token_ids
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.feed_forward import GATED_ACTIVATIONS
 from keras_transformer.layers.residual import NORM_PLACEMENTS, NORM_TYPES
-from keras_transformer.models import loading
+from keras_transformer.models import loading, trainer
 
 POSITION_ENCODINGS = ("sinusoidal", "learned", "rotary", "alibi", "relative")
 
@@ -777,7 +777,9 @@ def make_transformer_layers(config, dtype=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class Transformer(loading.AtomicSave, keras.Model):
+class Transformer(
+    trainer.OptimizerBuiltBeforeTracing, loading.AtomicSave, keras.Model
+):
     """The encoder-decoder Transformer as a functional `keras.Model`.
 
     Inputs `{"source_ids", "target_ids"}` (int32 `(batch, length)`, padded

@@ -36,7 +36,7 @@ from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, decoding, distribute, losses, validation
 from keras_transformer.data import packing, pipeline, tokenizers
 from keras_transformer.layers import _token_ids
-from keras_transformer.models import loading
+from keras_transformer.models import loading, trainer
 from keras_transformer.models.transformer import (
     Transformer,
     TransformerConfig,
@@ -99,7 +99,12 @@ def check_model_fields(fields):
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
-class Translator(adapters_lib.AdapterMethods, loading.AtomicSave, keras.Model):
+class Translator(
+    adapters_lib.AdapterMethods,
+    trainer.OptimizerBuiltBeforeTracing,
+    loading.AtomicSave,
+    keras.Model,
+):
     """A translator of text: a Transformer backbone and its tokenizers.
 
     The Translator holds its network, `backbone` (a `Transformer`: ids in,
