@@ -475,23 +475,29 @@ def cluster_runs(tmp_path_factory):
     is killed at step 6: both resume from step 4, mid-epoch 0. The chief
     (worker 0) is killed at step 10: both resume from step 8, mid-epoch 1,
     and run to the end. Every launch reruns the same commands on the same
-    ports. In the uninterrupted run the chief finishes 3 s before worker 1.
+    ports. The uninterrupted run is a cluster of its own on other ports,
+    run beside the first launch (it shares nothing with it, and its workers
+    compute while the killed launch's survivor waits to notice the loss).
+    In the uninterrupted run the chief finishes 3 s before worker 1.
     """
     root = tmp_path_factory.mktemp("cluster_runs")
-    hosts = localhost_cluster(2)
+    ports = localhost_cluster(4)  # four distinct ports: two clusters
+    hosts, reference_hosts = ports[:2], ports[2:]
     directory = root / "checkpoints"
     outputs = [root / f"worker_{index}.npz" for index in range(2)]
     reference_outputs = [root / f"reference_{index}.npz" for index in range(2)]
     runs = types.SimpleNamespace(directory=directory, outputs=outputs)
-    runs.reference = run_processes(
+    first_two_launches = run_processes(
         cluster_commands(
-            hosts, root / "reference", reference_outputs, [[], ["--finish-after", 3]]
+            reference_hosts,
+            root / "reference",
+            reference_outputs,
+            [[], ["--finish-after", 3]],
         )
+        + cluster_commands(hosts, directory, outputs, [[], ["--kill-at-step", 6]])
     )
+    runs.reference, runs.worker_killed = first_two_launches[:2], first_two_launches[2:]
     runs.reference_results = [load_result(output) for output in reference_outputs]
-    runs.worker_killed = run_processes(
-        cluster_commands(hosts, directory, outputs, [[], ["--kill-at-step", 6]])
-    )
     runs.after_worker_killed = visible_checkpoints(directory)
     runs.chief_killed = run_processes(
         cluster_commands(hosts, directory, outputs, [["--kill-at-step", 10], []])
