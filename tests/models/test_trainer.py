@@ -36,10 +36,12 @@ def one_block_each_way():
 
 def test_fit_builds_the_optimizer_eagerly_and_trains_as_keras_would():
     model = one_block_each_way()
-    # The same layers and weights in a plain functional keras.Model: Keras'
-    # own path, which builds the optimizer inside the traced step.
-    plain = keras.Model(model.inputs, model.outputs)
-    plain_weights = [w.copy() for w in model.get_weights()]
+    # A twin with the same weights, wrapped in a plain functional
+    # keras.Model: Keras' own path, which builds the optimizer inside the
+    # traced step.
+    twin = one_block_each_way()
+    twin.set_weights(model.get_weights())
+    plain = keras.Model(twin.inputs, twin.outputs)
     built_eagerly = []
     for each in (model, plain):
         each.compile(
@@ -48,12 +50,14 @@ def test_fit_builds_the_optimizer_eagerly_and_trains_as_keras_would():
         )
         built_eagerly.append(record_when_built(each.optimizer))
 
+    initial = model.get_weights()
     model.fit(INPUTS, LABELS, epochs=2, verbose=0, shuffle=False)
-    plain.set_weights(plain_weights)
     plain.fit(INPUTS, LABELS, epochs=2, verbose=0, shuffle=False)
 
     assert built_eagerly == [[True], [False]]
-    for ours, keras_own in zip(model.get_weights(), plain.get_weights()):
+    trained, keras_trained = model.get_weights(), plain.get_weights()
+    assert not np.allclose(trained[0], initial[0])
+    for ours, keras_own in zip(trained, keras_trained, strict=True):
         np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
 
 
