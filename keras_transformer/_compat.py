@@ -54,6 +54,13 @@ def clear_global_seed_generator():
     _global_state.set_global_attribute(_seed_generator.GLOBAL_SEED_GENERATOR, None)
 
 
+# The `(2,)` seed tensor a `keras.random` call takes from its `seed` argument
+# (an int, a `SeedGenerator`, which it advances, or None for the global
+# generator): what `layers.dropout`'s hashed mask is keyed by, drawn as
+# Keras' own random ops draw it. Keras exports no such function (3.15).
+draw_seed = _seed_generator.draw_seed
+
+
 # Layer internals -------------------------------------------------------------
 
 

@@ -23,9 +23,40 @@ def binomial_tolerance(probability, count, sigmas=5):
     return sigmas * np.sqrt(probability * (1 - probability) / count)
 
 
+def lowbias32(values):
+    """Wellons' lowbias32 in NumPy's uint32 arithmetic: the reference."""
+    values = np.asarray(values, dtype=np.uint32)
+    values ^= values >> np.uint32(16)
+    values *= np.uint32(0x7FEB352D)
+    values ^= values >> np.uint32(15)
+    values *= np.uint32(0x846CA68B)
+    values ^= values >> np.uint32(16)
+    return values
+
+
+def reference_mask(shape, rate, seed):
+    """The documented mask of `dropout(..., seed=int)`, computed in NumPy:
+    row r of the flattened input starts at h(h(r ^ key) + seed), where
+    key = h(h(seed) ^ 0), and its column pair j is decided by h(start + j),
+    low 16 bits for column j, high 16 bits for column j + pairs."""
+    with np.errstate(over="ignore"):
+        rows, features = int(np.prod(shape[:-1])), shape[-1]
+        pairs = (features + 1) // 2
+        key = lowbias32(lowbias32(seed) ^ np.uint32(0))
+        starts = lowbias32(
+            lowbias32(np.arange(rows, dtype=np.uint32) ^ key) + np.uint32(seed)
+        )
+        bits = lowbias32(starts[:, None] + np.arange(pairs, dtype=np.uint32)[None, :])
+    threshold = round(rate * 65536)
+    keep = np.concatenate(
+        [(bits & 0xFFFF) >= threshold, (bits >> 16) >= threshold], axis=-1
+    )
+    return keep[:, :features].reshape(shape)
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
-def test_drops_the_rate_rounded_to_2048ths_and_rescales_the_rest(rate):
-    grid_rate = round(rate * 2048) / 2048
+def test_drops_the_rate_rounded_to_65536ths_and_rescales_the_rest(rate):
+    grid_rate = round(rate * 65536) / 65536
     fraction, kept_value, outputs = dropped_fraction_and_kept_value(rate)
     assert abs(fraction - grid_rate) < binomial_tolerance(grid_rate, outputs.size)
     np.testing.assert_allclose(kept_value, 1 / (1 - grid_rate), rtol=1e-6)
@@ -43,10 +74,33 @@ def test_the_two_decisions_drawn_from_one_number_are_independent():
     assert abs(np.mean(second) - rate) < binomial_tolerance(rate, second.size)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 8), (4, 7), (6, 1)])
+def test_the_mask_is_the_documented_hash_of_the_seed(shape):
+    inputs = np.ones(shape, "float32")
+    outputs = to_numpy(dropout(inputs, 0.3, seed=12345))
+    np.testing.assert_array_equal(outputs != 0, reference_mask(shape, 0.3, 12345))
+
+
+def test_masks_of_other_rows_and_other_calls_are_uncorrelated():
+    rate = 0.5
+    layer = Dropout(rate, seed=11)
+    inputs = np.ones(SHAPE, "float32")
+    first, second = (to_numpy(layer(inputs, training=True)) == 0 for _ in range(2))
+    pairs = {
+        "the next call": (first, second),
+        "the next row": (first[:, :-1], first[:, 1:]),
+        "the next column": (first[..., :-1], first[..., 1:]),
+    }
+    for name, (one, other) in pairs.items():
+        both = float(np.mean(one & other))
+        tolerance = binomial_tolerance(rate * rate, one.size)
+        assert abs(both - rate * rate) < tolerance, f"{name}: {both}"
+
+
 def test_a_rate_far_from_the_grid_uses_the_exact_rate():
-    # 0.01 would round to 20/2048 = 0.00977, 2.3% off, so Keras' dropout runs.
-    _, kept_value, _ = dropped_fraction_and_kept_value(0.01, shape=(8, 64))
-    np.testing.assert_allclose(kept_value, 1 / 0.99, rtol=1e-6)
+    # 1e-4 would round to 7/65536 = 1.07e-4, 6.8% off, so Keras' dropout runs.
+    _, kept_value, _ = dropped_fraction_and_kept_value(1e-4, shape=(8, 64))
+    np.testing.assert_allclose(kept_value, 1 / (1 - 1e-4), rtol=1e-6)
 
 
 def test_a_noise_shape_broadcasts_the_mask():
