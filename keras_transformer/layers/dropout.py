@@ -54,7 +54,7 @@ def _hash(values):
     return ops.bitwise_xor(values, _shift_right(values, 16))
 
 
-def random_bits(rows, columns, seed):
+def _hashed_bits(rows, columns, seed):
     """A `(rows, columns)` int32 tensor of hashed bits, a pure function of `seed`.
 
     Args:
@@ -95,7 +95,7 @@ def dropout(inputs, rate, noise_shape=None, seed=None):
         return keras.random.dropout(inputs, rate, noise_shape=noise_shape, seed=seed)
     rows = ops.reshape(inputs, (-1, features))
     pairs = (features + 1) // 2
-    bits = random_bits(ops.shape(rows)[0], pairs, seed)
+    bits = _hashed_bits(ops.shape(rows)[0], pairs, seed)
     threshold = round(grid_rate * _GRID)
     keep = ops.concatenate(
         [
