@@ -57,6 +57,10 @@ def _hash(values):
 def _hashed_bits(rows, columns, seed):
     """A `(rows, columns)` int32 tensor of hashed bits, a pure function of `seed`.
 
+    With `h` the hash and `(s0, s1)` the seed tensor: `key = h(h(s0) ^ s1)`,
+    row `r` starts at `h(h(r ^ key) + s0)` and its column `j` holds
+    `h(start + j)` (tests/layers/test_dropout.py recomputes it in NumPy).
+
     Args:
         rows: int or scalar int tensor.
         columns: int.
