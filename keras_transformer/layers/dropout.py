@@ -24,8 +24,10 @@ from keras import ops
 
 from keras_transformer import _compat
 
-# Each half of a 32-bit hash decides one element with 16 bits.
-_GRID = 65536
+# Each half of a 32-bit hash decides one element with 16 bits: the rate is
+# rounded to a multiple of 1/_GRID.
+_DECISION_BITS = 16
+_GRID = 2**_DECISION_BITS
 # Largest relative change of the rate that rounding to the grid may make.
 _RATE_TOLERANCE = 0.01
 # lowbias32's multipliers (0x7feb352d, 0x846ca68b) as int32 values.
@@ -104,7 +106,7 @@ def dropout(inputs, rate, noise_shape=None, seed=None):
     keep = ops.concatenate(
         [
             ops.bitwise_and(bits, _GRID - 1) >= threshold,
-            _shift_right(bits, 16) >= threshold,
+            _shift_right(bits, _DECISION_BITS) >= threshold,
         ],
         axis=-1,
     )
