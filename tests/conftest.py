@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def _test_xla_flags():
+def xla_flags_for_tests(backend):
     """XLA_FLAGS that compile a test run's tiny programs with less effort.
 
     XLA's CPU optimisation passes cost more than these programs gain from
@@ -28,10 +28,14 @@ def _test_xla_flags():
     the process, so that one is added only for the jaxlib versions it was
     tried on: a newer one runs slower, never fails. The programs compute
     the same functions; child processes inherit the setting. The JAX line
-    also turns off JAX's own passes (`lighten_graph_optimizations`).
+    also turns off JAX's own passes (`lighten_graph_optimizations`). A
+    child process on another backend than its parent's gets that backend's
+    (tests/test_backends.py). Flags the user set are left as they are.
     """
+    if USER_XLA_FLAGS is not None:
+        return USER_XLA_FLAGS
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    if os.environ["KERAS_BACKEND"] == "jax":
+    if backend == "jax":
         try:
             jaxlib = tuple(map(int, importlib.metadata.version("jaxlib").split(".")[:2]))
         except (importlib.metadata.PackageNotFoundError, ValueError):
@@ -41,7 +45,8 @@ def _test_xla_flags():
     return flags
 
 
-os.environ.setdefault("XLA_FLAGS", _test_xla_flags())
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+os.environ["XLA_FLAGS"] = xla_flags_for_tests(os.environ["KERAS_BACKEND"])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import xla_flags_for_tests
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A child imports Keras and its backend, builds and decodes two small models.
 CHILD_TIMEOUT = 600
@@ -90,7 +92,13 @@ def _run(args, backend, code=None):
     result = subprocess.run(
         command,
         cwd=ROOT,
-        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            # The JAX child compiles ~30% less CPU with the JAX line's flags.
+            "XLA_FLAGS": xla_flags_for_tests(backend),
+        },
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,

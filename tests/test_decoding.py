@@ -286,7 +286,12 @@ def test_a_model_reloaded_from_keras_file_decodes_the_same_tokens(tmp_path):
         )
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def untrained_model():
+    """One model for the argument checks: building it is their only cost."""
+    return random_model()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -300,8 +305,8 @@ def test_a_model_reloaded_from_keras_file_decodes_the_same_tokens(tmp_path):
         ({"source_ids": SOURCES[0]}, r"shape \(batch_size, source_length\)"),
     ],
 )
-def test_bad_arguments_raise_value_errors(kwargs, message):
-    model = random_model()
+def test_bad_arguments_raise_value_errors(untrained_model, kwargs, message):
+    model = untrained_model
     arguments = {"source_ids": SOURCES, "max_length": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         decoding.beam_search_decode(model, **arguments)
