@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def xla_flags_for_tests(backend):
+def _compile_lightly_flags(backend):
     """XLA_FLAGS that compile a test run's tiny programs with less effort.
 
     XLA's CPU optimisation passes cost more than these programs gain from
@@ -27,13 +27,9 @@ def xla_flags_for_tests(backend):
     XLA gains nothing from them. An XLA that does not know a flag aborts
     the process, so that one is added only for the jaxlib versions it was
     tried on: a newer one runs slower, never fails. The programs compute
-    the same functions; child processes inherit the setting. The JAX line
-    also turns off JAX's own passes (`lighten_graph_optimizations`). A
-    child process on another backend than its parent's gets that backend's
-    (tests/test_backends.py). Flags the user set are left as they are.
+    the same functions. The JAX line also turns off JAX's own passes
+    (`lighten_graph_optimizations`).
     """
-    if USER_XLA_FLAGS is not None:
-        return USER_XLA_FLAGS
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     if backend == "jax":
         try:
@@ -45,7 +41,23 @@ def xla_flags_for_tests(backend):
     return flags
 
 
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+# Flags inherited from a parent test process (pytest-xdist's controller, a
+# test that starts a child) are ours; any others the user set, and they stay.
+_INHERITED_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+_USER_XLA_FLAGS = (
+    None
+    if _INHERITED_XLA_FLAGS
+    in {_compile_lightly_flags(backend) for backend in ("tensorflow", "jax", "torch")}
+    else _INHERITED_XLA_FLAGS
+)
+
+
+def xla_flags_for_tests(backend):
+    """XLA_FLAGS of a test process on `backend` (children inherit them; one
+    on another backend than its parent's gets its own: tests/test_backends.py)."""
+    return _compile_lightly_flags(backend) if _USER_XLA_FLAGS is None else _USER_XLA_FLAGS
+
+
 os.environ["XLA_FLAGS"] = xla_flags_for_tests(os.environ["KERAS_BACKEND"])
 
 import keras  # noqa: E402
