@@ -33,10 +33,10 @@ def _compile_lightly_flags(backend):
     flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     if backend == "jax":
         try:
-            jaxlib = tuple(map(int, importlib.metadata.version("jaxlib").split(".")[:2]))
-        except (importlib.metadata.PackageNotFoundError, ValueError):
-            jaxlib = None
-        if jaxlib == (0, 10):
+            jaxlib = importlib.metadata.version("jaxlib")
+        except importlib.metadata.PackageNotFoundError:
+            jaxlib = ""
+        if jaxlib.split(".")[:2] == ["0", "10"]:
             flags += " --xla_cpu_use_fusion_emitters=false"
     return flags
 
