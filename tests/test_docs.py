@@ -10,6 +10,9 @@ PAGES = sorted(
     [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "docs").glob("*.json")]
 )
 # Where a run on some machine put its files: what a reader's clone lacks.
+# Narrower than the pattern `evaluation.portable_paths` rewrites in run
+# records, which also matches paths a page rightly names (`/proc/self/status`
+# in docs/benchmarks.md, a Docker mount in the README).
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:tmp|work|home|root|Users|mnt|var/folders)/")
 
 
