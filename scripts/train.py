@@ -43,7 +43,6 @@ from keras_transformer.translation import adapter_training, flags, recipes  # no
 from keras_transformer.translation import run_record, text  # noqa: E402
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def build_parser():
@@ -52,7 +51,11 @@ def build_parser():
     flags.add_recipe_flags(parser)
     fit = parser.add_argument_group("training")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--precision", choices=PRECISIONS, default="float32")
+    fit.add_argument(
+        "--precision", choices=recipes.PRECISIONS,
+        help="the layers' dtype policy (default: the recipe's; auto: "
+        "mixed_bfloat16 on CPUs that multiply bfloat16 natively)",
+    )  # fmt: skip
     fit.add_argument(
         "--jit-compile", choices=("auto", "on", "off"), default="auto",
         help="XLA for the train step; auto: on under a TPU, and for runs "
@@ -151,7 +154,7 @@ def make_translator(args, train_sources, train_targets, strategy):
     """The recipe's translator, compiled, in the strategy's scope."""
     with strategy.scope():
         translator = args.recipe.translator_from_texts(
-            train_sources, train_targets, dtype=args.precision, name=args.name
+            train_sources, train_targets, name=args.name
         )
         # `fit` counts the run's steps and fits the schedule to them (a
         # warm-up longer than the run is refused before the first step); with

@@ -285,6 +285,26 @@ def assert_weights_close(weights, expected):
         np.testing.assert_allclose(actual, wanted, rtol=RTOL, atol=ATOL)
 
 
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu avx2 amx_bf16 amx_tile", True),
+    ("fpu avx2 avx512f avx512_vnni", False),
+    # A flag's name inside another's is not the flag.
+    ("fpu avx512_bf16x", False),
+])  # fmt: skip
+def test_bfloat16_cpus_are_recognised_by_their_flags(flags, expected, tmp_path, monkeypatch):
+    cpu_info = tmp_path / "cpuinfo"
+    cpu_info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="utf-8")
+    monkeypatch.setattr(distribute, "CPU_INFO_PATH", str(cpu_info))
+    assert distribute.trains_on_bfloat16_cpus() is expected
+
+
+def test_cpus_whose_flags_cannot_be_read_do_not_count_as_bfloat16_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(distribute, "CPU_INFO_PATH", str(tmp_path / "missing"))
+    assert distribute.trains_on_bfloat16_cpus() is False
+
+
 @pytest.mark.slow
 def test_mirrored_on_two_cpus_trains_like_one_device_on_the_global_batch(
     reference, mirrored_run

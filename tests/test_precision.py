@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_transformer import data, layers, losses, models
+from keras_transformer import data, distribute, layers, losses, models
+from keras_transformer.translation import training
 from tests.conftest import MIXED_POLICIES, load_script, random_floats, to_numpy
 
 HALF_DTYPES = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
@@ -41,9 +42,9 @@ def pairs():
 
 
 def train_script_model(precision, pairs):
-    """The Translator `scripts/train.py --precision` trains."""
+    """The Translator `scripts/train.py --precision` trains (None: no flag)."""
     train = load_script("train")
-    args = train.parse_args([*TINY, "--precision", precision])
+    args = train.parse_args([*TINY, *(["--precision", precision] if precision else [])])
     args.global_batch_size, args.replicas = BATCH_SIZE, 1
     return train.make_translator(args, *pairs, tf.distribute.get_strategy())
 
@@ -58,6 +59,16 @@ def test_train_script_model_takes_a_finite_fit_step(precision, pairs):
 
     assert np.isfinite(history.history["loss"][0])
     assert all(np.isfinite(to_numpy(v)).all() for v in model.trainable_variables)
+
+
+@pytest.mark.parametrize("bfloat16_cpus", [True, False])
+def test_train_script_auto_precision_follows_the_machine(bfloat16_cpus, pairs, monkeypatch):
+    monkeypatch.setattr(distribute, "trains_on_bfloat16_cpus", lambda: bfloat16_cpus)
+    model = train_script_model("auto", pairs)
+    expected = "mixed_bfloat16" if bfloat16_cpus else "float32"
+    assert training.layers_policy_name(model) == expected
+    # Without the flag, the date task's recipe keeps Keras' global policy.
+    assert training.layers_policy_name(train_script_model(None, pairs)) == "float32"
 
 
 def test_float16_training_scales_the_loss_and_bfloat16_does_not(pairs):

@@ -33,7 +33,7 @@ _MODEL_FLAGS = tuple(
 # Flag values the adapter path honours (static_shapes: None, the default,
 # lets fit decide; an adapter trains for --epochs, by its own schedule).
 _FIXED_FLAGS = {
-    "precision": "float32",
+    "precision": None,
     "strategy": "default",
     "static_shapes": None,
     "minutes": None,

@@ -14,6 +14,7 @@ import keras
 
 from keras_transformer import _files, callbacks, schedules
 from keras_transformer._tensorflow import import_tensorflow
+from keras_transformer.translation import training
 
 tf = import_tensorflow(__name__)
 
@@ -40,7 +41,7 @@ def recipe_summary(recipe, translator):
 
     Returns:
         A str such as `"sentencepiece 4000 joint; 4+4 layers, d 128, FFN
-        256, 4 heads, dropout 0.1; 30 minutes, lr 0.005 (warm-up 15% of the run),
+        256, 4 heads, dropout 0.1, float32; 30 minutes, lr 0.005 (warm-up 15% of the run),
         label smoothing 0.1, 2048 tokens a batch, average of 5 snapshots"`.
     """
     config = translator.config
@@ -62,7 +63,8 @@ def recipe_summary(recipe, translator):
         f"{' joint' if recipe.joint_vocabulary else ''}; "
         f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, d "
         f"{config.hidden_dim}, FFN {config.intermediate_dim}, {config.num_heads} "
-        f"heads, dropout {config.dropout}; {run_length(recipe)}, lr "
+        f"heads, dropout {config.dropout}, {training.layers_policy_name(translator)}; "
+        f"{run_length(recipe)}, lr "
         f"{recipe.learning_rate} (warm-up {warmup}), label "
         f"smoothing {recipe.label_smoothing}, {batches}, average of "
         f"{recipe.checkpoints_averaged} snapshots"

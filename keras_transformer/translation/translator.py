@@ -393,7 +393,9 @@ class Translator(
                 shape (about 15 s each for the corpus recipe's model on a
                 2-core CPU) and then runs each step about 1.3x faster, so
                 `fit` turns it on, with static shapes, when the run has at
-                least `training.XLA_STEPS_PER_PROGRAM` steps per length bucket.
+                least `training.XLA_STEPS_PER_PROGRAM` steps per length bucket;
+                not for a model in mixed_bfloat16 on CPUs that multiply
+                bfloat16 natively, whose oneDNN kernels outrun XLA's.
             warmup_fraction: float in (0, 1) or None. The warm-up's share of
                 the run when `warmup_steps` is None; None: 5%.
             **kwargs: other `keras.Model.compile` arguments.

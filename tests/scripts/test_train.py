@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import evaluation
-from keras_transformer.translation import export
+from keras_transformer.translation import export, recipes
 from tests.conftest import SCRIPTS, is_png, load_script
 from tests.conftest import usage_error as script_usage_error
 
@@ -169,6 +169,10 @@ def test_a_parallel_corpus_trains_with_word_tokenizers_and_reports_bleu(tmp_path
     assert [point["epoch"] for point in record["val_bleu"]] == [1]
     assert 0 <= record["val_bleu"][0]["bleu"] <= 100
     assert "word" in record["recipe_summary"]
+    # The corpus recipe's precision follows the machine (mixed_bfloat16 on
+    # CPUs that multiply bfloat16 natively).
+    policy = recipes.CORPUS.dtype_policy() or "float32"
+    assert f", {policy}; " in record["recipe_summary"]
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from keras_transformer import callbacks
-from keras_transformer.translation import recipes
+from keras_transformer import callbacks, distribute
+from keras_transformer.translation import recipes, training
 from keras_transformer.models import TransformerConfig
 from tests.translation.conftest import TINY_MODEL
 
@@ -113,6 +113,7 @@ def test_recipes_are_frozen_down_to_their_mappings():
         ({"bleu_every_n_epochs": 0}, "argument bleu_every_n_epochs"),
         ({"beam_size": 0}, "argument beam_size"),
         ({"length_penalty": -1.0}, "argument length_penalty"),
+        ({"precision": "bfloat16"}, "argument precision, expected None or one of auto,"),
     ],
 )
 def test_bad_recipe_values_are_refused_naming_the_field(changes, match):
@@ -232,6 +233,28 @@ def test_a_translator_from_the_recipe_has_its_tokenizer_and_model(tiny_recipe, d
         assert getattr(translator.config, field) == value
     assert translator.config.dropout == recipes.DATE_TASK.model["dropout"]
     assert not translator.compiled
+
+
+@pytest.mark.parametrize("bfloat16_cpus", [True, False])
+def test_auto_precision_is_mixed_bfloat16_only_on_cpus_that_multiply_it_natively(
+    bfloat16_cpus, monkeypatch, tiny_recipe, date_texts
+):
+    monkeypatch.setattr(distribute, "trains_on_bfloat16_cpus", lambda: bfloat16_cpus)
+    auto = tiny_recipe.override(precision="auto")
+    expected = "mixed_bfloat16" if bfloat16_cpus else None
+    assert auto.dtype_policy() == expected
+    translator = auto.translator_from_texts(*date_texts)
+    assert training.layers_policy_name(translator) == (expected or "float32")
+    # A policy the recipe or the caller names is taken as it is.
+    assert tiny_recipe.override(precision="mixed_float16").dtype_policy() == "mixed_float16"
+    assert tiny_recipe.dtype_policy() is None
+    named = auto.translator_from_texts(*date_texts, dtype="float32")
+    assert training.layers_policy_name(named) == "float32"
+
+
+def test_only_the_corpus_recipe_chooses_its_precision_by_machine():
+    assert recipes.CORPUS.precision == "auto"
+    assert recipes.DATE_TASK.precision is None
 
 
 def test_a_joint_vocabulary_recipe_shares_one_tokenizer(tiny_recipe, date_texts):

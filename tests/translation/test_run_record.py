@@ -11,7 +11,8 @@ def test_the_recipe_summary_names_the_model_and_its_training(tiny_recipe, date_t
     translator = tiny_recipe.translator_from_texts(*date_texts)
     vocabulary = translator.source_tokenizer.vocabulary_size
     assert run_record.recipe_summary(tiny_recipe, translator) == (
-        f"character {vocabulary}; 1+1 layers, d 16, FFN 32, 2 heads, dropout 0.0; "
+        f"character {vocabulary}; 1+1 layers, d 16, FFN 32, 2 heads, dropout 0.0, "
+        "float32; "
         "1 epochs, lr 0.002 (warm-up 2 steps), label smoothing 0.1, 16 pairs a "
         "batch, average of 1 snapshots"
     )

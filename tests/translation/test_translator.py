@@ -13,7 +13,7 @@ tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run i
 
 import keras_transformer  # noqa: E402
 from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
-from keras_transformer import schedules  # noqa: E402
+from keras_transformer import distribute, schedules  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
 from keras_transformer.translation import training as training_module  # noqa: E402
 from keras_transformer.translation.translator import Translator  # noqa: E402
@@ -229,6 +229,24 @@ def test_xla_auto_counts_one_program_for_packed_rows():
     assert not training_module.use_xla_for_run(translator, steps, None)
     assert training_module.use_xla_for_run(translator, steps, None, pack=True)
     assert translator.jit_compile is True
+
+
+@pytest.mark.parametrize("dtype, bfloat16_cpus, xla", [
+    ("mixed_bfloat16", True, False),  # oneDNN's bfloat16 kernels outrun XLA
+    ("mixed_bfloat16", False, True),
+    ("float32", True, True),
+])  # fmt: skip
+def test_xla_auto_leaves_bfloat16_on_cpus_that_multiply_it_to_onednn(
+    dtype, bfloat16_cpus, xla, monkeypatch
+):
+    monkeypatch.setattr(
+        distribute, "trains_on_bfloat16_cpus", lambda strategy: bfloat16_cpus
+    )
+    translator = make_translator(dtype=dtype)
+    translator.compile()
+    steps = training_module.XLA_STEPS_PER_PROGRAM
+    assert training_module.use_xla_for_run(translator, steps, None, pack=True) is xla
+    assert translator.jit_compile is xla
 
 
 def test_packing_batches_of_ids_is_refused_rather_than_ignored(translator):
