@@ -35,9 +35,9 @@ finite dataset anew every epoch, as it did. Tokens per second count real
 (non-padding) target tokens over the time of the timed epoch's training
 steps (`callbacks.TrainingSpeed`); compile seconds are the first turn's
 steps slower than 4x the median. Tokens per CPU-second (the turn's CPU time
-over both its epochs' target tokens) are given beside them: this machine is
-shared, and a turn that loses a core to another tenant runs at half the
-wall speed for the same CPU time. A goal is met only when both measures meet
+over both its epochs' target tokens) are given beside them: on this shared
+machine some turns run at half the wall speed for the same CPU time (as if
+on one core). A goal is met only when both measures meet
 it.
 """
 
@@ -281,11 +281,13 @@ def run(settings, options):
         for label, run_epoch in candidates.items():
             timed[label].append(run_epoch())
 
-    def median(label, key):
-        return float(np.median([turn[key] for turn in timed[label]]))
+    def by_turn(key):
+        return {label: [turn[key] for turn in turns] for label, turns in timed.items()}
 
-    speed = {label: median(label, "target_tokens_per_second") for label in timed}
-    cpu_speed = {label: median(label, "target_tokens_per_cpu_second") for label in timed}
+    wall = by_turn("target_tokens_per_second")
+    speed = {label: float(np.median(values)) for label, values in wall.items()}
+    cpu = by_turn("target_tokens_per_cpu_second")
+    cpu_speed = {label: float(np.median(values)) for label, values in cpu.items()}
     headers = ["path", "target tokens/s (median)", "min-max",
                "tokens per CPU-s (median)", "compile s (first turn)",
                "vs ceiling (wall, CPU)", "vs old path (wall, CPU)"]  # fmt: skip
@@ -293,10 +295,7 @@ def run(settings, options):
         [
             label,
             f"{speed[label]:,.0f}",
-            "{:,.0f}-{:,.0f}".format(
-                *(f([turn["target_tokens_per_second"] for turn in timed[label]])
-                  for f in (min, max))
-            ),  # fmt: skip
+            f"{min(wall[label]):,.0f}-{max(wall[label]):,.0f}",
             f"{cpu_speed[label]:,.0f}",
             f"{first[label]['compile_seconds']:.0f}",
             f"{ratio(speed[label], speed[CEILING])}, "
