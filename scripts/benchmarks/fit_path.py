@@ -37,8 +37,7 @@ steps (`callbacks.TrainingSpeed`); compile seconds are the first turn's
 steps slower than 4x the median. Tokens per CPU-second (the turn's CPU time
 over both its epochs' target tokens) are given beside them: on this shared
 machine some turns run at half the wall speed for the same CPU time (as if
-on one core). A goal is met only when both measures meet
-it.
+on one core). A goal is met only when both measures meet it.
 """
 
 import time
