@@ -285,7 +285,6 @@ def assert_weights_close(weights, expected):
         np.testing.assert_allclose(actual, wanted, rtol=RTOL, atol=ATOL)
 
 
-
 @pytest.mark.parametrize("flags, expected", [
     ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
     ("fpu avx2 amx_bf16 amx_tile", True),

@@ -63,7 +63,9 @@ def test_train_script_model_takes_a_finite_fit_step(precision, pairs):
 
 @pytest.mark.parametrize("bfloat16_cpus", [True, False])
 def test_train_script_auto_precision_follows_the_machine(bfloat16_cpus, pairs, monkeypatch):
-    monkeypatch.setattr(distribute, "trains_on_bfloat16_cpus", lambda: bfloat16_cpus)
+    monkeypatch.setattr(
+        distribute, "trains_on_bfloat16_cpus", lambda strategy=None: bfloat16_cpus
+    )
     model = train_script_model("auto", pairs)
     expected = "mixed_bfloat16" if bfloat16_cpus else "float32"
     assert training.layers_policy_name(model) == expected

@@ -175,12 +175,7 @@ class Recipe:
         )
         validation.check_positive_int("beam_size", self.beam_size)
         validation.check_non_negative_float("length_penalty", self.length_penalty)
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ValueError(
-                "Received an invalid value for argument precision, expected "
-                f"None or one of {', '.join(PRECISIONS)}. Received: "
-                f"precision={self.precision!r}"
-            )
+        validation.check_choice("precision", self.precision, (None, *PRECISIONS))
 
     def override(self, **changes):
         """A copy of the recipe with some fields changed, checked again.

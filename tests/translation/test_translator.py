@@ -240,7 +240,7 @@ def test_xla_auto_leaves_bfloat16_on_cpus_that_multiply_it_to_onednn(
     dtype, bfloat16_cpus, xla, monkeypatch
 ):
     monkeypatch.setattr(
-        distribute, "trains_on_bfloat16_cpus", lambda strategy: bfloat16_cpus
+        distribute, "trains_on_bfloat16_cpus", lambda strategy=None: bfloat16_cpus
     )
     translator = make_translator(dtype=dtype)
     translator.compile()
