@@ -180,6 +180,36 @@ def test_grouped_query_attention_matches_keras_group_query_attention():
     _assert_close(scores, expected_scores)
 
 
+
+def test_gradients_match_keras_multi_head_attention():
+    """The backward pass, against Keras's own layer given the same weights."""
+    query = random_floats(BATCH, LENGTH, FEATURES)
+    value_mask = _bool_mask(BATCH, LENGTH, seed=1)
+    weights = ops.convert_to_tensor(random_floats(BATCH, LENGTH, FEATURES, seed=2))
+    ours = layers.MultiHeadAttention(
+        num_heads=2, key_dim=4, bias_initializer="random_normal"
+    )
+    reference = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)
+    ours(query)
+    reference(query, query)
+    _copy_weights(ours, reference)
+
+    def loss_of(layer, **kwargs):
+        def loss(query):
+            outputs = layer(query, query, use_causal_mask=True, **kwargs)
+            return ops.sum(outputs * weights)
+
+        return loss
+
+    gradients = [
+        value_and_gradients(loss, [], [query])[1][0]
+        for loss in (
+            loss_of(ours, value_mask=value_mask),
+            loss_of(reference, attention_mask=value_mask[:, None, :]),
+        )
+    ]
+    _assert_close(*gradients)
+
 # -- caches -------------------------------------------------------------
 
 DECODING_CONFIGS = {
