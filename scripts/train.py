@@ -60,7 +60,7 @@ def build_parser():
         "--jit-compile", choices=("auto", "on", "off"), default="auto",
         help="XLA for the train step; auto: on under a TPU, and for runs "
         "long enough to repay compiling one program per length bucket (packed "
-        "rows: one)",
+        "rows: one per row length, two at most)",
     )  # fmt: skip
     fit.add_argument(
         "--static-shapes", action=argparse.BooleanOptionalAction,

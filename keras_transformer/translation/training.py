@@ -16,7 +16,7 @@ import keras
 from keras_transformer import _compat
 from keras_transformer._tensorflow import import_tensorflow
 from keras_transformer import callbacks, distribute, metrics, schedules, validation
-from keras_transformer.data import pipeline
+from keras_transformer.data import packing, pipeline
 
 tf = import_tensorflow(__name__)
 
@@ -129,7 +129,7 @@ def steps_of_keras_fit(x, batch_size, epochs, steps_per_epoch):
 def use_xla_for_run(translator, steps, bucket_boundaries, budget=None, pack=False):
     """Under `jit_compile="auto"`, turns XLA on for a run of enough
     `steps` (or, under a time `budget`, of enough seconds) per batch
-    shape (packed rows have one), unless the model computes in bfloat16 on
+    shape (packed rows have at most two), unless the model computes in bfloat16 on
     CPUs that multiply it natively; returns whether the run uses XLA (and
     so static shapes)."""
     if not (
@@ -147,7 +147,7 @@ def use_xla_for_run(translator, steps, bucket_boundaries, budget=None, pack=Fals
         # without XLA, 4,121 with it).
         return bool(translator.jit_compile)
     if pack:
-        programs = 1
+        programs = packing.MAX_ROW_SHAPES
     elif bucket_boundaries is None:
         programs = pipeline.DEFAULT_NUM_BUCKETS
     else:

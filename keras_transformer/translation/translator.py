@@ -598,8 +598,8 @@ class Translator(
             bucket_boundaries: list of int or None. Length-bucket
                 boundaries (texts only; default: 8 equal buckets).
             pack: bool. Pack several pairs to a row instead of bucketing
-                (texts only; needs `tokens_per_batch`): one batch shape,
-                so one XLA program, and almost no padding
+                (texts only; needs `tokens_per_batch`): two batch shapes
+                at most, so two XLA programs, and almost no padding
                 (`keras_transformer.data.packing`). Validation texts are
                 packed too. The `sequence_exact_match` metric then scores
                 rows, not pairs.

@@ -14,6 +14,7 @@ tf = pytest.importorskip("tensorflow", reason="the Translator's tokenizers run i
 import keras_transformer  # noqa: E402
 from keras_transformer import data, decoding, losses, metrics, models  # noqa: E402
 from keras_transformer import distribute, schedules  # noqa: E402
+from keras_transformer.data import packing  # noqa: E402
 from keras_transformer.models import transformer  # noqa: E402
 from keras_transformer.translation import training as training_module  # noqa: E402
 from keras_transformer.translation.translator import Translator  # noqa: E402
@@ -216,18 +217,21 @@ def test_fit_on_packed_rows_learns_and_validates_on_packed_rows():
     losses_by_epoch = history.history["loss"]
     assert losses_by_epoch[-1] < 0.7 * losses_by_epoch[0], losses_by_epoch
     assert history.history["val_loss"][-1] < history.history["val_loss"][0]
-    # 32 pairs of 11-12 decoder tokens fill 64-position rows five at a time.
-    assert int(translator.optimizer.iterations) == 8 * 7
+    # 32 pairs of 11-12 decoder tokens fill rows of 24 positions (two median
+    # pairs) two at a time, two rows to a batch of 64 positions: 8 batches.
+    assert int(translator.optimizer.iterations) == 8 * 8
     assert all(value > 0 for value in history.history["target_tokens_per_second"])
 
 
-def test_xla_auto_counts_one_program_for_packed_rows():
+def test_xla_auto_counts_two_programs_for_packed_rows():
     translator = make_translator()
     translator.compile()
     steps = training_module.XLA_STEPS_PER_PROGRAM
-    # Enough steps for one program, not for the pipeline's 8 buckets.
-    assert not training_module.use_xla_for_run(translator, steps, None)
-    assert training_module.use_xla_for_run(translator, steps, None, pack=True)
+    # Packed rows come in two shapes: one program's steps are too few.
+    assert not training_module.use_xla_for_run(translator, steps, None, pack=True)
+    # Enough steps for two programs, not for the pipeline's 8 buckets.
+    assert not training_module.use_xla_for_run(translator, 2 * steps, None)
+    assert training_module.use_xla_for_run(translator, 2 * steps, None, pack=True)
     assert translator.jit_compile is True
 
 
@@ -244,7 +248,7 @@ def test_xla_auto_leaves_bfloat16_on_cpus_that_multiply_it_to_onednn(
     )
     translator = make_translator(dtype=dtype)
     translator.compile()
-    steps = training_module.XLA_STEPS_PER_PROGRAM
+    steps = packing.MAX_ROW_SHAPES * training_module.XLA_STEPS_PER_PROGRAM
     assert training_module.use_xla_for_run(translator, steps, None, pack=True) is xla
     assert translator.jit_compile is xla
 
@@ -923,7 +927,7 @@ FIT_REFUSALS = [
     (dict(pack="yes"), "argument pack"),
     (dict(pack=True), "needs tokens_per_batch and takes no bucket_boundaries"),
     (dict(pack=True, tokens_per_batch=64, bucket_boundaries=[4]), "bucket_boundaries=[4]"),
-    (dict(pack=True, tokens_per_batch=8), "fewer than one packed row of 64"),
+    (dict(pack=True, tokens_per_batch=8), "fewer than one packed row of 24"),
     (dict(x=None, y=None), "argument x, expected texts"),
     (dict(x=42, y=None), "Received: x=42"),
     (dict(x="5 March 2021", y="2021-03-05"), "argument x, expected texts"),
