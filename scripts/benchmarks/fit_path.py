@@ -14,13 +14,15 @@ multiply bfloat16 natively), compiled as `fit` compiles it under
 - ceiling: the same model's `train_on_batch` on one fixed 128 x 16 batch
   (2,048 target tokens, no padding), at the recipe's precision: what a step
   costs with nothing around it;
-- packed step alone: the same on the packed rows' shape, every row full;
+- packed rows: `fit(pack=True)` at the recipe's precision, several pairs
+  to a row, rows of two lengths (short ones for most pairs, long ones for
+  the longest: almost no padding): the recipe's path;
+- packed step alone: the ceiling's step on the shape of the packed path's
+  short rows (most of its batches), every row full;
+- packed rows, float32, XLA: the recipe's path on CPUs without native
+  bfloat16 (and, but for its rows' two lengths, the last release's path);
 - old path: `fit` as the library ran it before (float32, dynamic batch
   shapes, no XLA, buckets 4 tokens wide);
-- packed rows, float32, XLA: the recipe's path before its precision
-  followed the machine;
-- packed rows: `fit(pack=True)` at the recipe's precision, several pairs
-  to a row of one shape (almost no padding): the recipe's path;
 - keras-hub: keras-hub's `TransformerEncoder`/`TransformerDecoder` of the
   same shape in float32 as its examples train them, in the length-bucket
   pipeline (static shapes, XLA; its position embedding cannot restart
@@ -37,7 +39,11 @@ steps (`callbacks.TrainingSpeed`); compile seconds are the first turn's
 steps slower than 4x the median. Tokens per CPU-second (the turn's CPU time
 over both its epochs' target tokens) are given beside them: on this shared
 machine some turns run at half the wall speed for the same CPU time (as if
-on one core). A goal is met only when both measures meet it.
+on one core). A goal is met only when both measures meet it. Ratios
+between paths are medians over the turns of the ratio within a turn, the
+recipe's path timed right after the ceiling: a change of machine load
+between turns (medians of 3 turns move by 10% from one run to the next
+here) then hits both sides of a ratio alike.
 """
 
 import time
@@ -54,7 +60,6 @@ from benchmarks.common import (
     import_keras_hub,
     peer,
     progress,
-    ratio,
     skipped_row,
 )
 from keras_transformer import callbacks, losses
@@ -213,7 +218,7 @@ def run(settings, options):
 
         return run_epoch
 
-    packed_rows = packing.row_lengths(pairs)
+    row_shapes = packing.row_shapes(pairs)
 
     def fill(data):
         """Share of the target positions of one epoch that are real tokens."""
@@ -226,14 +231,15 @@ def run(settings, options):
     def recipe_translator():
         """The translator at the recipe's precision, compiled as `fit`
         compiles the recipe's run (`training.use_xla_for_run` on a run long
-        enough for XLA to repay its one packed program)."""
+        enough for XLA to repay its packed programs)."""
         model = Translator(
             translator.config, translator.source_tokenizer,
             translator.target_tokenizer, dtype=policy,
         )  # fmt: skip
         model.compile()
         training.use_xla_for_run(
-            model, training.XLA_STEPS_PER_PROGRAM, None, pack=True
+            model, packing.MAX_ROW_SHAPES * training.XLA_STEPS_PER_PROGRAM, None,
+            pack=True,
         )  # fmt: skip
         return model
 
@@ -251,20 +257,20 @@ def run(settings, options):
         f"{'XLA' if packed.jit_compile else 'no XLA'}"
     )
     candidates[CEILING] = ceiling_runner(step_model(), max(1, tokens_per_batch // 16), 16)
-    # The packed path's own step: its batch shape, every row full of pairs
-    # of 16 tokens.
-    row_length = packed_rows[1]
+    candidates[PACKED] = repeating_runner(packed, packed.jit_compile, None, pack=True)
+    # The packed path's own step: the batch shape of its short rows (most of
+    # its batches), every row full of pairs of 16 tokens.
+    row_length = row_shapes[0][1]
     candidates[PACKED_CEILING] = ceiling_runner(
         step_model(), max(1, tokens_per_batch // row_length), row_length,
         segments=max(1, row_length // 16),
     )  # fmt: skip
-    old = Translator.from_config(translator.get_config())
-    old.compile(jit_compile=False)
-    candidates[OLD] = epoch_runner(old, dataset(False, old_buckets))
     packed_float32 = Translator.from_config(translator.get_config())
     packed_float32.compile(jit_compile=True)
     candidates[PACKED_FLOAT32] = repeating_runner(packed_float32, True, None, pack=True)
-    candidates[PACKED] = repeating_runner(packed, packed.jit_compile, None, pack=True)
+    old = Translator.from_config(translator.get_config())
+    old.compile(jit_compile=False)
+    candidates[OLD] = epoch_runner(old, dataset(False, old_buckets))
     skipped = None
     try:
         hub = peer(keras_hub_twin, import_keras_hub(), translator)
@@ -287,9 +293,20 @@ def run(settings, options):
     speed = {label: float(np.median(values)) for label, values in wall.items()}
     cpu = by_turn("target_tokens_per_cpu_second")
     cpu_speed = {label: float(np.median(values)) for label, values in cpu.items()}
+
+    def paired(label, reference, speeds):
+        """The median over the turns of `label`'s speed over `reference`'s in
+        the same turn."""
+        return float(np.median(np.divide(speeds[label], speeds[reference])))
+
+    def versus(label, reference):
+        return (
+            f"{paired(label, reference, wall):.2f}x, "
+            f"{paired(label, reference, cpu):.2f}x"
+        )
     headers = ["path", "target tokens/s (median)", "min-max",
                "tokens per CPU-s (median)", "compile s (first turn)",
-               "vs ceiling (wall, CPU)", "vs old path (wall, CPU)"]  # fmt: skip
+               "vs ceiling (wall, CPU; by turn)", "vs old path (wall, CPU; by turn)"]  # fmt: skip
     rows = [
         [
             label,
@@ -297,24 +314,29 @@ def run(settings, options):
             f"{min(wall[label]):,.0f}-{max(wall[label]):,.0f}",
             f"{cpu_speed[label]:,.0f}",
             f"{first[label]['compile_seconds']:.0f}",
-            f"{ratio(speed[label], speed[CEILING])}, "
-            f"{ratio(cpu_speed[label], cpu_speed[CEILING])}",
-            f"{ratio(speed[label], speed[OLD])}, {ratio(cpu_speed[label], cpu_speed[OLD])}",
+            versus(label, CEILING),
+            versus(label, OLD),
         ]
         for label in candidates
     ]
     if skipped:
         rows.append(skipped_row(KERAS_HUB, skipped, len(headers)))
-    overhead = speed[CEILING] / speed[PACKED] - 1
-    cpu_overhead = cpu_speed[CEILING] / cpu_speed[PACKED] - 1
-    packed_overhead = speed[PACKED_CEILING] / speed[PACKED] - 1
+    overhead = paired(CEILING, PACKED, wall) - 1
+    packed_batches = [labels.shape[1] for _, labels in dataset(True, None, pack=True)]
+    long_batches = sum(length != row_length for length in packed_batches)
+    cpu_overhead = paired(CEILING, PACKED, cpu) - 1
+    packed_overhead = paired(PACKED_CEILING, PACKED, wall) - 1
     setup = (
         f"{settings.fit_pairs:,} synthetic pairs ({target_tokens:,} target tokens an "
         f"epoch), {tokens_per_batch} tokens a batch, the corpus recipe's model "
         f"({model_fields['num_encoder_layers']}+{model_fields['num_decoder_layers']} "
         f"layers, d {model_fields['hidden_dim']}) at the recipe's precision here: "
-        f"{recipe_precision}; old buckets {len(old_buckets) + 1}; packed rows "
-        f"{packed_rows[1]} target and {packed_rows[0]} source positions. "
+        f"{recipe_precision}; old buckets {len(old_buckets) + 1}; packed rows of "
+        + " and ".join(
+            f"{target} target and {source} source positions"
+            for source, target in row_shapes
+        )
+        + ". "
         "The first turn of each path compiles and is not timed; a turn of a fit "
         "path is a two-epoch fit whose second epoch is timed (this release's paths "
         "on one repeating dataset, as Translator.fit reads it; the old path on the "
@@ -334,9 +356,9 @@ def run(settings, options):
             ),
             Goal(
                 "fit tokens/s >= 1.3x the old path",
-                min(speed[PACKED] / speed[OLD], cpu_speed[PACKED] / cpu_speed[OLD]) >= 1.3,
-                f"{ratio(speed[PACKED], speed[OLD])} by wall time, "
-                f"{ratio(cpu_speed[PACKED], cpu_speed[OLD])} by CPU time",
+                min(paired(PACKED, OLD, wall), paired(PACKED, OLD, cpu)) >= 1.3,
+                f"{paired(PACKED, OLD, wall):.2f}x by wall time, "
+                f"{paired(PACKED, OLD, cpu):.2f}x by CPU time",
             ),
         ],
         notes=[
@@ -347,10 +369,12 @@ def run(settings, options):
             f"in the old path's buckets, {fill(dataset(True, new_buckets))} in the "
             f"recipe's length buckets (keras-hub's pipeline), "
             f"{fill(dataset(True, None, pack=True))} in packed rows.",
-            "The packed step alone runs the packed path's batch shape with every row "
-            "full (pairs of 16 tokens): against it, the packed path's overhead is "
-            f"{100 * packed_overhead:.0f}% (the padding at the rows' ends and the loop). "
-            "What it lacks against the fixed 128 x 16 step is its step: attention "
-            f"over rows of {row_length} positions.",
+            "The packed step alone runs the batch shape of the packed path's short "
+            f"rows ({tokens_per_batch // row_length} x {row_length}), every row full "
+            "(pairs of 16 tokens): against it, the packed path's overhead is "
+            f"{100 * packed_overhead:.0f}% (the padding at the rows' ends, the "
+            f"batches of long rows ({long_batches} of {len(packed_batches)}) and the "
+            "loop). What it lacks against the fixed 128 x 16 step is its step: "
+            f"attention over rows of {row_length} positions.",
         ],
     )
