@@ -26,6 +26,12 @@ def test_the_recipe_summary_names_the_model_and_its_training(tiny_recipe, date_t
     assert "512 tokens a batch" in run_record.recipe_summary(by_tokens, translator)
     packed = by_tokens.override(pack=True)
     assert "512 tokens a batch (packed rows)," in run_record.recipe_summary(packed, translator)
+    own_rates = tiny_recipe.override(
+        model={"dropout": 0.1, "attention_dropout": 0.0, "feed_forward_dropout": 0.1}
+    )
+    assert ", dropout 0.1 (attention 0.0), " in run_record.recipe_summary(
+        own_rates, own_rates.translator_from_texts(*date_texts)
+    )
 
 
 def test_a_run_is_recorded_with_its_bleu_speed_and_time(tiny_recipe, date_texts, tmp_path):
