@@ -488,8 +488,9 @@ CORPUS = Recipe(
         # validation BLEU after 2 epochs, 4+4 d 128: 1.1 with 0.3, 2.8 with
         # 0.1).
         "dropout": 0.1,
-        # None on the attention weights, as in fairseq's transformer (its
-        # attention_dropout defaults to 0) and Vaswani et al.'s base model.
+        # No dropout on the attention weights, as in fairseq's transformer
+        # (its attention_dropout defaults to 0) and Vaswani et al.'s base
+        # model.
         # Without XLA (the mixed_bfloat16 path) a dropout mask costs a dozen
         # unfused passes over its tensor, and the attention weights' tensor
         # grows with the packed row's length: on 2 CPU cores, mixed_bfloat16,
