@@ -322,10 +322,13 @@ def run(settings, options):
     if skipped:
         rows.append(skipped_row(KERAS_HUB, skipped, len(headers)))
     overhead = paired(CEILING, PACKED, wall) - 1
-    packed_batches = [labels.shape[1] for _, labels in dataset(True, None, pack=True)]
-    long_batches = sum(length != row_length for length in packed_batches)
+    # One epoch of the packed path's finite dataset, packed once for both
+    # notes that read it.
+    packed_epoch = list(dataset(True, None, pack=True))
+    long_batches = sum(labels.shape[1] != row_length for _, labels in packed_epoch)
     cpu_overhead = paired(CEILING, PACKED, cpu) - 1
     packed_overhead = paired(PACKED_CEILING, PACKED, wall) - 1
+    speedup, cpu_speedup = paired(PACKED, OLD, wall), paired(PACKED, OLD, cpu)
     setup = (
         f"{settings.fit_pairs:,} synthetic pairs ({target_tokens:,} target tokens an "
         f"epoch), {tokens_per_batch} tokens a batch, the corpus recipe's model "
@@ -356,9 +359,8 @@ def run(settings, options):
             ),
             Goal(
                 "fit tokens/s >= 1.3x the old path",
-                min(paired(PACKED, OLD, wall), paired(PACKED, OLD, cpu)) >= 1.3,
-                f"{paired(PACKED, OLD, wall):.2f}x by wall time, "
-                f"{paired(PACKED, OLD, cpu):.2f}x by CPU time",
+                min(speedup, cpu_speedup) >= 1.3,
+                f"{speedup:.2f}x by wall time, {cpu_speedup:.2f}x by CPU time",
             ),
         ],
         notes=[
@@ -368,12 +370,12 @@ def run(settings, options):
             f"Real target tokens of the positions: {fill(dataset(False, old_buckets))} "
             f"in the old path's buckets, {fill(dataset(True, new_buckets))} in the "
             f"recipe's length buckets (keras-hub's pipeline), "
-            f"{fill(dataset(True, None, pack=True))} in packed rows.",
+            f"{fill(packed_epoch)} in packed rows.",
             "The packed step alone runs the batch shape of the packed path's short "
             f"rows ({tokens_per_batch // row_length} x {row_length}), every row full "
             "(pairs of 16 tokens): against it, the packed path's overhead is "
             f"{100 * packed_overhead:.0f}% (the padding at the rows' ends, the "
-            f"batches of long rows ({long_batches} of {len(packed_batches)}) and the "
+            f"batches of long rows ({long_batches} of {len(packed_epoch)}) and the "
             "loop). What it lacks against the fixed 128 x 16 step is its step: "
             f"attention over rows of {row_length} positions.",
         ],
