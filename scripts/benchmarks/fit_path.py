@@ -19,6 +19,8 @@ multiply bfloat16 natively), compiled as `fit` compiles it under
   the longest: almost no padding): the recipe's path;
 - packed step alone: the ceiling's step on the shape of the packed path's
   short rows (most of its batches), every row full;
+- fit on the packed step's batch: `fit` on a dataset that repeats that one
+  batch: what `fit`'s loop and input pipeline cost around the step;
 - packed rows, float32, XLA: the recipe's path on CPUs without native
   bfloat16 (and, but for its rows' two lengths, the last release's path);
 - old path: `fit` as the library ran it before (float32, dynamic batch
@@ -35,7 +37,11 @@ set to a pass, as `Translator.fit` on texts does (no new iterator, so no
 refilled shuffle buffer, at an epoch's start); the old path reads the
 finite dataset anew every epoch, as it did. Tokens per second count real
 (non-padding) target tokens over the time of the timed epoch's training
-steps (`callbacks.TrainingSpeed`); compile seconds are the first turn's
+steps (`callbacks.TrainingSpeed`): for the finite dataset one pass of the
+pairs, for the repeating one the mean real tokens of an epoch of its
+batches (counted by reading it), which are a few more than one pass: its
+batches are all full, where the finite dataset ends each row shape or
+bucket with an incomplete batch. Compile seconds are the first turn's
 steps slower than 4x the median. Tokens per CPU-second (the turn's CPU time
 over both its epochs' target tokens) are given beside them: on this shared
 machine some turns run at half the wall speed for the same CPU time (as if
@@ -50,6 +56,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from benchmarks.common import (
     KERAS_HUB,
@@ -69,6 +76,7 @@ from keras_transformer.translation import Translator, recipes, training
 
 CEILING, OLD = "ceiling: fixed-shape step", "old fit path"
 PACKED_CEILING = "packed step alone: full rows"
+LOOP = "fit on the packed step's batch"
 # Between the logarithms of a Multi30k pair's source and target lengths in
 # the corpus recipe's subwords.
 LENGTH_CORRELATION = 0.84
@@ -162,13 +170,17 @@ def run(settings, options):
             repeat=repeat,
         )  # fmt: skip
 
-    def epoch_runner(model, data, steps_per_epoch=None):
+    def epoch_runner(model, data, steps_per_epoch=None, tokens=None):
         """A two-epoch `model.fit`; returns the second epoch's speed (and the
         compile seconds of both). `steps_per_epoch`: a repeating `data`'s
-        pass."""
+        pass; `tokens`: the real `(source, target)` tokens of an epoch, one
+        pass of the pairs unless given."""
+        epoch_source_tokens, epoch_target_tokens = tokens or (
+            source_tokens, target_tokens
+        )
 
         def run_epoch():
-            speed = callbacks.TrainingSpeed(source_tokens, target_tokens)
+            speed = callbacks.TrainingSpeed(epoch_source_tokens, epoch_target_tokens)
             started = time.process_time()
             keras.Model.fit(
                 model, data, epochs=2, steps_per_epoch=steps_per_epoch,
@@ -177,21 +189,45 @@ def run(settings, options):
             cpu_seconds = time.process_time() - started
             return {
                 **speed.epochs[-1],
-                "target_tokens_per_cpu_second": 2 * target_tokens / cpu_seconds,
+                "target_tokens_per_cpu_second": 2 * epoch_target_tokens / cpu_seconds,
                 "compile_seconds": sum(e["compile_seconds"] for e in speed.epochs),
             }
 
         return run_epoch
 
-    def repeating_runner(model, static_shapes, buckets, pack=False):
-        """`epoch_runner` on the repeating dataset, as `Translator.fit` reads it."""
+    def stream_epoch(data, steps, epochs=4):
+        """The mean real source and target tokens and target positions of an
+        epoch of `steps` batches of the repeating `data`, over its first
+        `epochs` epochs (they differ by less than 0.1%)."""
+        counts = np.zeros(3)
+        for inputs, labels in data.take(epochs * steps):
+            counts += (
+                np.count_nonzero(inputs["source_ids"] != translator.padding_id),
+                np.count_nonzero(labels != translator.padding_id),
+                np.prod(labels.shape),
+            )
+        return counts / epochs
+
+    stream_fill, stream_tokens = {}, {}
+
+    def repeating_runner(label, model, static_shapes, buckets, pack=False):
+        """`epoch_runner` on the repeating dataset, as `Translator.fit` reads
+        it, crediting the real tokens of an epoch of its batches; notes
+        those and the share of its target positions that are real tokens
+        under `label`."""
         steps = len(dataset(static_shapes, buckets, pack=pack))
         data = dataset(static_shapes, buckets, pack=pack, repeat=True)
-        return epoch_runner(model, data, steps_per_epoch=steps)
+        epoch_sources, epoch_targets, positions = stream_epoch(data, steps)
+        stream_fill[label] = epoch_targets / positions
+        stream_tokens[label] = epoch_targets
+        return epoch_runner(
+            model, data, steps_per_epoch=steps,
+            tokens=(round(epoch_sources), round(epoch_targets)),
+        )  # fmt: skip
 
-    def ceiling_runner(model, rows, length, segments=1):
-        """`train_on_batch` on one fixed `rows` x `length` batch with no
-        padding; `segments` > 1 packs that many equal pairs to a row."""
+    def fixed_batch(rows, length, segments=1):
+        """One `rows` x `length` batch of random ids with no padding;
+        `segments` > 1 packs that many equal pairs to a row."""
         rng = np.random.default_rng(0)
         ids = {
             name: rng.integers(4, settings.fit_vocabulary_size, (rows, length)).astype("int32")
@@ -202,21 +238,38 @@ def run(settings, options):
             for name in PACKED_INPUTS:
                 ids[name] = np.tile(segment_ids, (rows, 1)).astype("int32")
         labels = rng.integers(4, settings.fit_vocabulary_size, (rows, length)).astype("int32")
-        steps = len(dataset(False, old_buckets))
+        return ids, labels
+
+    # The fixed-shape steps run as many steps a turn as the old path.
+    fixed_steps = len(dataset(False, old_buckets))
+
+    def ceiling_runner(model, batch):
+        """`train_on_batch` on one fixed `batch`."""
+        ids, labels = batch
 
         def run_epoch():
             for _ in range(2):
                 model.train_on_batch(ids, labels)
             started, cpu_started = time.perf_counter(), time.process_time()
-            for _ in range(steps):
+            for _ in range(fixed_steps):
                 model.train_on_batch(ids, labels)
             seconds = time.perf_counter() - started
             cpu_seconds = time.process_time() - cpu_started
-            return {"target_tokens_per_second": steps * rows * length / seconds,
-                    "target_tokens_per_cpu_second": steps * rows * length / cpu_seconds,
+            return {"target_tokens_per_second": fixed_steps * labels.size / seconds,
+                    "target_tokens_per_cpu_second": fixed_steps * labels.size / cpu_seconds,
                     "compile_seconds": 0.0}  # fmt: skip
 
         return run_epoch
+
+    def loop_runner(model, batch):
+        """`epoch_runner` on one fixed `batch`, repeated: `fit`'s loop and
+        input pipeline around `train_on_batch`'s step, with no padding."""
+        ids, labels = batch
+        data = tf.data.Dataset.from_tensors(batch).repeat()
+        return epoch_runner(
+            model, data, steps_per_epoch=fixed_steps,
+            tokens=(fixed_steps * ids["source_ids"].size, fixed_steps * labels.size),
+        )  # fmt: skip
 
     row_shapes = packing.row_shapes(pairs)
 
@@ -256,25 +309,33 @@ def run(settings, options):
         f"{training.layers_policy_name(packed)}, "
         f"{'XLA' if packed.jit_compile else 'no XLA'}"
     )
-    candidates[CEILING] = ceiling_runner(step_model(), max(1, tokens_per_batch // 16), 16)
-    candidates[PACKED] = repeating_runner(packed, packed.jit_compile, None, pack=True)
+    candidates[CEILING] = ceiling_runner(
+        step_model(), fixed_batch(max(1, tokens_per_batch // 16), 16)
+    )
+    candidates[PACKED] = repeating_runner(
+        PACKED, packed, packed.jit_compile, None, pack=True
+    )
     # The packed path's own step: the batch shape of its short rows (most of
     # its batches), every row full of pairs of 16 tokens.
     row_length = row_shapes[0][1]
-    candidates[PACKED_CEILING] = ceiling_runner(
-        step_model(), max(1, tokens_per_batch // row_length), row_length,
+    packed_batch = fixed_batch(
+        max(1, tokens_per_batch // row_length), row_length,
         segments=max(1, row_length // 16),
     )  # fmt: skip
+    candidates[PACKED_CEILING] = ceiling_runner(step_model(), packed_batch)
+    candidates[LOOP] = loop_runner(step_model(), packed_batch)
     packed_float32 = Translator.from_config(translator.get_config())
     packed_float32.compile(jit_compile=True)
-    candidates[PACKED_FLOAT32] = repeating_runner(packed_float32, True, None, pack=True)
+    candidates[PACKED_FLOAT32] = repeating_runner(
+        PACKED_FLOAT32, packed_float32, True, None, pack=True
+    )
     old = Translator.from_config(translator.get_config())
     old.compile(jit_compile=False)
     candidates[OLD] = epoch_runner(old, dataset(False, old_buckets))
     skipped = None
     try:
         hub = peer(keras_hub_twin, import_keras_hub(), translator)
-        candidates[KERAS_HUB] = repeating_runner(hub, True, new_buckets)
+        candidates[KERAS_HUB] = repeating_runner(KERAS_HUB, hub, True, new_buckets)
     except Skipped as reason:
         skipped = str(reason)
 
@@ -328,6 +389,13 @@ def run(settings, options):
     long_batches = sum(labels.shape[1] != row_length for _, labels in packed_epoch)
     cpu_overhead = paired(CEILING, PACKED, cpu) - 1
     packed_overhead = paired(PACKED_CEILING, PACKED, wall) - 1
+    packed_cpu_overhead = paired(PACKED_CEILING, PACKED, cpu) - 1
+    loop_overhead = paired(PACKED_CEILING, LOOP, wall) - 1
+    loop_cpu_overhead = paired(PACKED_CEILING, LOOP, cpu) - 1
+    bucket_fill = (
+        f"{stream_fill[KERAS_HUB]:.0%}" if KERAS_HUB in stream_fill
+        else fill(dataset(True, new_buckets))
+    )  # fmt: skip
     speedup, cpu_speedup = paired(PACKED, OLD, wall), paired(PACKED, OLD, cpu)
     setup = (
         f"{settings.fit_pairs:,} synthetic pairs ({target_tokens:,} target tokens an "
@@ -368,15 +436,27 @@ def run(settings, options):
             "tokens only, so padding (within length buckets, or at the end of a "
             "packed row) counts as overhead.",
             f"Real target tokens of the positions: {fill(dataset(False, old_buckets))} "
-            f"in the old path's buckets, {fill(dataset(True, new_buckets))} in the "
-            f"recipe's length buckets (keras-hub's pipeline), "
-            f"{fill(packed_epoch)} in packed rows.",
+            f"in the old path's buckets, {bucket_fill} in the recipe's length "
+            f"buckets (keras-hub's pipeline), {stream_fill[PACKED]:.1%} in packed "
+            f"rows ({fill(packed_epoch)} in the finite dataset, whose last batch of "
+            "each row shape is topped up with empty rows).",
+            "An epoch of the packed path's repeating dataset holds "
+            f"{stream_tokens[PACKED] / target_tokens - 1:.1%} more real target "
+            "tokens than one pass of the pairs (its batches are all full): its "
+            "tokens/s count those.",
             "The packed step alone runs the batch shape of the packed path's short "
             f"rows ({tokens_per_batch // row_length} x {row_length}), every row full "
             "(pairs of 16 tokens): against it, the packed path's overhead is "
-            f"{100 * packed_overhead:.0f}% (the padding at the rows' ends, the "
-            f"batches of long rows ({long_batches} of {len(packed_epoch)}) and the "
-            "loop). What it lacks against the fixed 128 x 16 step is its step: "
-            f"attention over rows of {row_length} positions.",
+            f"{100 * packed_overhead:.0f}% by wall time, "
+            f"{100 * packed_cpu_overhead:.0f}% by CPU time (the padding at the "
+            f"rows' ends, the batches of long rows ({long_batches} of "
+            f"{len(packed_epoch)}) and the loop). What it lacks against the fixed "
+            f"128 x 16 step is its step: attention over rows of {row_length} "
+            "positions.",
+            "Fit on the packed step's batch repeated (a repeating dataset of that "
+            "one batch, two-epoch turns as the fit paths) costs "
+            f"{100 * loop_overhead:.0f}% by wall time and "
+            f"{100 * loop_cpu_overhead:.0f}% by CPU time over `train_on_batch` "
+            "on it: the cost of `fit`'s loop and input pipeline alone.",
         ],
     )
