@@ -208,18 +208,18 @@ def run(settings, options):
             )
         return counts / epochs
 
-    stream_fill, stream_tokens = {}, {}
+    # The real target tokens and the target positions of an epoch of each
+    # repeating dataset, by path.
+    stream_targets = {}
 
     def repeating_runner(label, model, static_shapes, buckets, pack=False):
         """`epoch_runner` on the repeating dataset, as `Translator.fit` reads
         it, crediting the real tokens of an epoch of its batches; notes
-        those and the share of its target positions that are real tokens
-        under `label`."""
+        their target counts under `label` in `stream_targets`."""
         steps = len(dataset(static_shapes, buckets, pack=pack))
         data = dataset(static_shapes, buckets, pack=pack, repeat=True)
         epoch_sources, epoch_targets, positions = stream_epoch(data, steps)
-        stream_fill[label] = epoch_targets / positions
-        stream_tokens[label] = epoch_targets
+        stream_targets[label] = epoch_targets, positions
         return epoch_runner(
             model, data, steps_per_epoch=steps,
             tokens=(round(epoch_sources), round(epoch_targets)),
@@ -392,8 +392,9 @@ def run(settings, options):
     packed_cpu_overhead = paired(PACKED_CEILING, PACKED, cpu) - 1
     loop_overhead = paired(PACKED_CEILING, LOOP, wall) - 1
     loop_cpu_overhead = paired(PACKED_CEILING, LOOP, cpu) - 1
+    packed_targets, packed_positions = stream_targets[PACKED]
     bucket_fill = (
-        f"{stream_fill[KERAS_HUB]:.0%}" if KERAS_HUB in stream_fill
+        f"{np.divide(*stream_targets[KERAS_HUB]):.0%}" if KERAS_HUB in stream_targets
         else fill(dataset(True, new_buckets))
     )  # fmt: skip
     speedup, cpu_speedup = paired(PACKED, OLD, wall), paired(PACKED, OLD, cpu)
@@ -437,11 +438,11 @@ def run(settings, options):
             "packed row) counts as overhead.",
             f"Real target tokens of the positions: {fill(dataset(False, old_buckets))} "
             f"in the old path's buckets, {bucket_fill} in the recipe's length "
-            f"buckets (keras-hub's pipeline), {stream_fill[PACKED]:.1%} in packed "
-            f"rows ({fill(packed_epoch)} in the finite dataset, whose last batch of "
-            "each row shape is topped up with empty rows).",
+            f"buckets (keras-hub's pipeline), {packed_targets / packed_positions:.1%} "
+            f"in packed rows ({fill(packed_epoch)} in the finite dataset, whose last "
+            "batch of each row shape is topped up with empty rows).",
             "An epoch of the packed path's repeating dataset holds "
-            f"{stream_tokens[PACKED] / target_tokens - 1:.1%} more real target "
+            f"{packed_targets / target_tokens - 1:.1%} more real target "
             "tokens than one pass of the pairs (its batches are all full): its "
             "tokens/s count those.",
             "The packed step alone runs the batch shape of the packed path's short "
