@@ -123,7 +123,6 @@ def test_only_pairs_too_long_for_short_rows_open_long_rows_and_rows_fill_well(pa
         assert (rows["labels"] != data.PAD_ID).mean() > 0.85
 
 
-
 def test_a_pair_opens_a_row_only_when_no_earlier_row_has_room_for_it(pairs):
     """Best fit decreasing: rows only lose room, so every earlier row of a
     shape still lacks the room its later rows' first pairs needed."""
@@ -139,12 +138,12 @@ def test_a_pair_opens_a_row_only_when_no_earlier_row_has_room_for_it(pairs):
             assert not fits.any()
 
 
-
 def test_pairs_go_in_longest_target_first(pairs):
     """So the rows' first pairs, in the order the rows opened, never grow."""
     for rows in packing.pack_rows(pairs, packing.row_shapes(pairs), seed=5):
         openers = (rows["target_segment_ids"] == 1).sum(axis=1)
         assert (np.diff(openers) <= 0).all()
+
 
 def test_rows_too_short_for_the_longest_pair_are_refused(pairs):
     with pytest.raises(ValueError, match="cannot hold the longest pair"):

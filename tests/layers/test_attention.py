@@ -180,7 +180,6 @@ def test_grouped_query_attention_matches_keras_group_query_attention():
     _assert_close(scores, expected_scores)
 
 
-
 def test_gradients_match_keras_multi_head_attention():
     """The backward pass, against Keras's own layer given the same weights."""
     query = random_floats(BATCH, LENGTH, FEATURES)
@@ -209,6 +208,7 @@ def test_gradients_match_keras_multi_head_attention():
         )
     ]
     _assert_close(*gradients)
+
 
 # -- caches -------------------------------------------------------------
 
