@@ -17,6 +17,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+def _threads_per_worker():
+    """The cores each pytest-xdist worker may use, or None outside xdist."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return None
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count()
+    return max(1, cores // int(workers))
+
+
+# PyTorch's CPU kernels start an OpenMP thread per core, so `-n 2` on 2
+# cores ran four busy threads: one a worker took the PyTorch line from 56 s
+# to 36 s (2 runs each way). TensorFlow's and XLA's pools do not read this
+# variable, and limiting them was no faster: with TensorFlow's intra-op pool
+# at one thread a worker the slow suite took 534 s against 493 s (its tail,
+# one worker alone, then ran on one core), and with XLA's Eigen on one
+# thread the JAX line 151 s against 130 s. A value the user set stays.
+if _threads_per_worker() is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
+
+
 def _compile_lightly_flags(backend):
     """XLA_FLAGS that compile a test run's tiny programs with less effort.
 
