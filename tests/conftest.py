@@ -247,6 +247,16 @@ def to_numpy(value):
     return keras.ops.convert_to_numpy(value)
 
 
+def mean_real_tokens(dataset, num_batches):
+    """The real (non-padding) source and label tokens of the first
+    `num_batches` batches of a dataset of `(inputs, labels)`, on average."""
+    source_tokens = label_tokens = 0
+    for inputs, labels in dataset.take(num_batches):
+        source_tokens += np.count_nonzero(to_numpy(inputs["source_ids"]))
+        label_tokens += np.count_nonzero(to_numpy(labels))
+    return source_tokens / num_batches, label_tokens / num_batches
+
+
 # Backends: the same test files run on TensorFlow, JAX and PyTorch
 # (`KERAS_BACKEND=jax python -m pytest tests/layers tests/models`).
 

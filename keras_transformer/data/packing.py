@@ -239,25 +239,12 @@ def packed_dataset(
         (`models.transformer.PACKED_INPUTS`); unless it repeats, its
         cardinality is set.
     """
-    check_tokenized_pairs(pairs)
-    check_positive_int("tokens_per_batch", tokens_per_batch)
-    check_non_negative_int("seed", seed)
     check_remainder_options(drop_remainder, pad_incomplete_batches)
-    shapes = row_shapes(pairs)
-    longest_row = shapes[-1][1]
-    if tokens_per_batch < longest_row:
-        raise ValueError(
-            f"Received tokens_per_batch={tokens_per_batch}, fewer than one "
-            f"packed row of {longest_row} target positions (the longest "
-            f"pair needs {pairs.longest_decoder}). Pass tokens_per_batch >= "
-            f"{longest_row}."
-        )
     rounding = math.floor if drop_remainder and not repeat else math.ceil
     datasets, batches_per_epoch = [], []
-    for (_, target_length), rows in zip(
-        shapes, pack_rows(pairs, shapes, shuffle=shuffle, seed=seed)
+    for rows, rows_per_batch in _rows_of_each_shape(
+        pairs, tokens_per_batch, shuffle, seed
     ):
-        rows_per_batch = tokens_per_batch // target_length
         batches = rounding(len(rows["labels"]) / rows_per_batch)
         if batches:
             datasets.append(
@@ -295,6 +282,60 @@ def packed_dataset(
             tf.data.experimental.assert_cardinality(sum(batches_per_epoch))
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _rows_of_each_shape(pairs, tokens_per_batch, shuffle, seed):
+    """`(rows, rows_per_batch)` of each row shape (`pack_rows`), after
+    checking `packed_dataset`'s arguments."""
+    check_tokenized_pairs(pairs)
+    check_positive_int("tokens_per_batch", tokens_per_batch)
+    check_non_negative_int("seed", seed)
+    shapes = row_shapes(pairs)
+    longest_row = shapes[-1][1]
+    if tokens_per_batch < longest_row:
+        raise ValueError(
+            f"Received tokens_per_batch={tokens_per_batch}, fewer than one "
+            f"packed row of {longest_row} target positions (the longest "
+            f"pair needs {pairs.longest_decoder}). Pass tokens_per_batch >= "
+            f"{longest_row}."
+        )
+    return [
+        (rows, tokens_per_batch // target_length)
+        for (_, target_length), rows in zip(
+            shapes, pack_rows(pairs, shapes, shuffle=shuffle, seed=seed)
+        )
+    ]
+
+
+def stream_tokens_per_batch(pairs, tokens_per_batch, shuffle=True, seed=0):
+    """Real tokens in a batch of `packed_dataset(..., repeat=True)`, on average.
+
+    An epoch of that endless stream holds as many batches of each row shape
+    as one pass of the finite dataset (the last one of a shape counted
+    whole), and every one of them full of rows, where the finite dataset's
+    last batch of a shape is not: so an epoch of the stream holds more
+    tokens than one pass (what tokens per second must count; 2.9% more on
+    4,000 synthetic pairs).
+
+    Args:
+        pairs: `TokenizedPairs`.
+        tokens_per_batch, shuffle, seed: as given to `packed_dataset`.
+
+    Returns:
+        `(source_tokens, label_tokens)`: floats, padding excluded.
+    """
+    source_tokens = label_tokens = batches = 0
+    for rows, rows_per_batch in _rows_of_each_shape(
+        pairs, tokens_per_batch, shuffle, seed
+    ):
+        if not len(rows["labels"]):
+            continue
+        rows_in_epoch = math.ceil(len(rows["labels"]) / rows_per_batch) * rows_per_batch
+        share_of_rows = rows_in_epoch / len(rows["labels"])
+        source_tokens += share_of_rows * np.count_nonzero(rows["source_ids"] != PAD_ID)
+        label_tokens += share_of_rows * np.count_nonzero(rows["labels"] != PAD_ID)
+        batches += rows_in_epoch // rows_per_batch
+    return source_tokens / batches, label_tokens / batches
 
 
 def _batched_rows(

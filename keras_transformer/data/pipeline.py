@@ -448,12 +448,68 @@ def _batch_sizes_for_tokens(tokens_per_batch, tops):
     return [tokens_per_batch // max(top, 1) for top in tops]
 
 
-def _count_batches(lengths, bucket_boundaries, bucket_batch_sizes, drop_remainder):
-    """How many batches one pass over examples of these lengths makes."""
+def _buckets(pairs, batch_size, tokens_per_batch, bucket_boundaries):
+    """`(bucket_boundaries, bucket_batch_sizes)` of `batch_pairs`."""
+    limits = [
+        limit for limit in (pairs.max_source_length, pairs.max_target_length) if limit
+    ]
+    longest = max(limits) if limits else max(pairs.longest_source, pairs.longest_decoder)
+    if bucket_boundaries is None:
+        bucket_boundaries = _default_bucket_boundaries(longest)
+    if tokens_per_batch is None:
+        return bucket_boundaries, [batch_size] * (len(bucket_boundaries) + 1)
+    return bucket_boundaries, _batch_sizes_for_tokens(
+        tokens_per_batch, _bucket_tops(bucket_boundaries, longest)
+    )
+
+
+def _examples_per_bucket(pairs, bucket_boundaries):
+    """How many of the pairs fall in each bucket (`_example_length`'s)."""
+    lengths = np.maximum(
+        pairs.sources.row_lengths().numpy(), pairs.targets.row_lengths().numpy() + 1
+    )
     buckets = np.searchsorted(bucket_boundaries, lengths, side="right")
-    counts = np.bincount(buckets, minlength=len(bucket_batch_sizes))
-    rounding = np.floor_divide if drop_remainder else _ceil_divide
-    return int(sum(rounding(counts, bucket_batch_sizes)))
+    return np.bincount(buckets, minlength=len(bucket_boundaries) + 1)
+
+
+def stream_tokens_per_batch(
+    pairs, batch_size=None, tokens_per_batch=None, bucket_boundaries=None
+):
+    """Real tokens in a batch of `batch_pairs(..., repeat=True)`, on average.
+
+    That endless stream's batches are all full: a pass over the pairs fills
+    `examples / batch size` batches of each bucket, a fraction included,
+    where one pass of the finite dataset ends each bucket with a batch that
+    is not. So an epoch of `len(batch_pairs(...))` stream batches holds more
+    tokens than one pass (what tokens per second must count).
+
+    Args:
+        pairs: `TokenizedPairs`.
+        batch_size, tokens_per_batch, bucket_boundaries: as given to
+            `batch_pairs`.
+
+    Returns:
+        `(source_tokens, label_tokens)`: floats, padding excluded.
+    """
+    check_tokenized_pairs(pairs)
+    bucket_boundaries = _check_batching(
+        batch_size,
+        tokens_per_batch,
+        seed=0,
+        bucket_boundaries=bucket_boundaries,
+        drop_remainder=False,
+        pad_incomplete_batches=False,
+    )
+    bucket_boundaries, bucket_batch_sizes = _buckets(
+        pairs, batch_size, tokens_per_batch, bucket_boundaries
+    )
+    batches_per_pass = float(
+        np.sum(_examples_per_bucket(pairs, bucket_boundaries) / bucket_batch_sizes)
+    )
+    return (
+        pairs.source_tokens / batches_per_pass,
+        pairs.label_tokens / batches_per_pass,
+    )
 
 
 def _ceil_divide(numerators, denominators):
@@ -655,36 +711,24 @@ def batch_pairs(
         drop_remainder,
         pad_incomplete_batches,
     )
-    sources, targets = pairs.sources, pairs.targets
-    max_source_length = pairs.max_source_length
-    max_target_length = pairs.max_target_length
-    longest_source, longest_decoder = pairs.longest_source, pairs.longest_decoder
-    dataset = tf.data.Dataset.from_tensor_slices((sources, targets))
+    dataset = tf.data.Dataset.from_tensor_slices((pairs.sources, pairs.targets))
     if shuffle:
         dataset = dataset.shuffle(
-            int(sources.nrows()), seed=seed, reshuffle_each_iteration=True
+            int(pairs.sources.nrows()), seed=seed, reshuffle_each_iteration=True
         )
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(_teacher_forcing_example)
 
-    limits = [limit for limit in (max_source_length, max_target_length) if limit]
-    longest = max(limits) if limits else max(longest_source, longest_decoder)
-    if bucket_boundaries is None:
-        bucket_boundaries = _default_bucket_boundaries(longest)
-    if tokens_per_batch is None:
-        bucket_batch_sizes = [batch_size] * (len(bucket_boundaries) + 1)
-    else:
-        bucket_batch_sizes = _batch_sizes_for_tokens(
-            tokens_per_batch, _bucket_tops(bucket_boundaries, longest)
+    bucket_boundaries, bucket_batch_sizes = _buckets(
+        pairs, batch_size, tokens_per_batch, bucket_boundaries
+    )
+    num_batches = int(
+        sum(
+            (np.floor_divide if drop_remainder else _ceil_divide)(
+                _examples_per_bucket(pairs, bucket_boundaries), bucket_batch_sizes
+            )
         )
-    num_batches = _count_batches(
-        np.maximum(
-            sources.row_lengths().numpy(), targets.row_lengths().numpy() + 1
-        ),
-        bucket_boundaries,
-        bucket_batch_sizes,
-        drop_remainder,
     )
     dataset = dataset.bucket_by_sequence_length(
         element_length_func=_example_length,
@@ -698,8 +742,8 @@ def batch_pairs(
         dataset = dataset.map(
             _padding_to_bucket_tops(
                 bucket_boundaries,
-                max_source_length or longest_source,
-                max_target_length or longest_decoder,
+                pairs.max_source_length or pairs.longest_source,
+                pairs.max_target_length or pairs.longest_decoder,
             )
         )
     if pad_incomplete_batches:

@@ -554,6 +554,23 @@ class Translator(
         # global batch (an in-memory dataset has no files to shard by).
         return distribute.shard_dataset(dataset)
 
+    @staticmethod
+    def _stream_tokens_per_batch(
+        pairs, batch_size, shuffle, seed, tokens_per_batch, bucket_boundaries, pack
+    ):
+        """Real `(source, label)` tokens in a batch of the endless stream
+        `_batches(..., repeat=True)` makes, on average."""
+        if pack:
+            return packing.stream_tokens_per_batch(
+                pairs, tokens_per_batch, shuffle=shuffle, seed=seed
+            )
+        return pipeline.stream_tokens_per_batch(
+            pairs,
+            batch_size=None if tokens_per_batch else batch_size,
+            tokens_per_batch=tokens_per_batch,
+            bucket_boundaries=bucket_boundaries,
+        )
+
     def fit(
         self,
         x=None,
@@ -723,8 +740,22 @@ class Translator(
 
         training.fit_schedule_to_run(self, epochs * steps_per_epoch)
         # Tokens per second and compile time in the progress line and the
-        # history.
-        speed = callbacks.TrainingSpeed(pairs.source_tokens, pairs.label_tokens)
+        # history. An epoch of the stream holds more tokens than one pass
+        # over the pairs: its batches are all full.
+        speed = callbacks.TrainingSpeed(
+            *(
+                max(1, round(tokens * steps_per_epoch))
+                for tokens in self._stream_tokens_per_batch(
+                    pairs,
+                    batch_size,
+                    shuffle,
+                    seed,
+                    tokens_per_batch,
+                    bucket_boundaries,
+                    pack,
+                )
+            )
+        )
         kwargs["callbacks"] = [speed, *(kwargs.get("callbacks") or [])]
         if checkpoint_dir is None:
             # Under a multi-worker strategy a lost worker becomes an error

@@ -4,6 +4,7 @@ import pytest
 from keras_transformer import data
 from keras_transformer.data import packing, pipeline
 from keras_transformer.models.transformer import PACKED_INPUTS
+from tests.conftest import mean_real_tokens
 
 
 def corpus(num_pairs=300, seed=0):
@@ -197,6 +198,17 @@ def test_an_endless_stream_gives_each_shape_its_batches_of_an_epoch_every_epoch(
     for epoch in range(3):
         shapes = stream[epoch * per_epoch : (epoch + 1) * per_epoch]
         assert sorted(shapes) == sorted(tuple(labels.shape) for _, labels in finite)
+
+
+def test_the_streams_tokens_per_batch_are_what_its_batches_hold(pairs):
+    per_epoch = len(packing.packed_dataset(pairs, 256, seed=3))
+    stream = packing.packed_dataset(pairs, 256, seed=3, repeat=True, drop_remainder=True)
+    credited = packing.stream_tokens_per_batch(pairs, 256, seed=3)
+    # Counted on 30 epochs of the stream: within 1%.
+    np.testing.assert_allclose(credited, mean_real_tokens(stream, 30 * per_epoch), rtol=0.01)
+    # An epoch of the stream holds more than one pass: every batch is full.
+    assert credited[0] * per_epoch > pairs.source_tokens
+    assert credited[1] * per_epoch > pairs.label_tokens
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import data
+from tests.conftest import mean_real_tokens
 
 SOURCES = [
     "one",
@@ -256,6 +257,21 @@ def test_tokenized_pairs_count_the_tokens_of_the_pairs_they_keep(tokenizers):
     assert pairs.label_tokens == sum(
         len(target_tokenizer.tokenize([TARGETS[i]]).flat_values) + 1 for i in kept
     )
+
+
+@pytest.mark.parametrize(
+    "options", [{"batch_size": 3}, {"tokens_per_batch": 24, "bucket_boundaries": [4]}]
+)
+def test_the_streams_tokens_per_batch_are_what_its_batches_hold(tokenizers, options):
+    pairs = data.pipeline.tokenize_pairs(SOURCES, TARGETS, *tokenizers)
+    per_pass = len(data.pipeline.batch_pairs(pairs, **options))
+    stream = data.pipeline.batch_pairs(pairs, repeat=True, drop_remainder=True, **options)
+    credited = data.pipeline.stream_tokens_per_batch(pairs, **options)
+    # Counted on 600 batches of the stream (over 100 passes): within 1%.
+    np.testing.assert_allclose(credited, mean_real_tokens(stream, 600), rtol=0.01)
+    # `per_pass` batches of the stream hold more than one pass: every batch
+    # is full.
+    assert credited[1] * per_pass > pairs.label_tokens
 
 
 def test_batch_pairs_wants_the_pairs_of_tokenize_pairs(tokenizers):
