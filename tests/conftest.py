@@ -36,8 +36,9 @@ def _threads_per_worker():
 # at one thread a worker the slow suite took 534 s against 493 s (its tail,
 # one worker alone, then ran on one core), and with XLA's Eigen on one
 # thread the JAX line 151 s against 130 s. A value the user set stays.
-if _threads_per_worker() is not None:
-    os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
+_THREADS_PER_WORKER = _threads_per_worker()
+if _THREADS_PER_WORKER is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS_PER_WORKER))
 
 
 def _compile_lightly_flags(backend):
